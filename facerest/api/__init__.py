@@ -1,0 +1,1 @@
+"""HTTP layer: parses requests, calls the pipeline, serialises answers. Nothing else."""

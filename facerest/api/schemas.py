@@ -1,0 +1,77 @@
+"""Request bodies, as InsightFace-REST clients send them (see docs/api.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Images(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[str | bytes] | None = Field(
+        None,
+        description="Base64 images (a `data:...;base64,` prefix is allowed); raw bytes in msgpack bodies.",
+    )
+    urls: list[str] | None = Field(None, description="http(s) URLs to fetch the images from.")
+
+
+class ImageOptions(BaseModel):
+    """What every endpoint that detects faces accepts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    threshold: Threshold | None = Field(
+        None, description="Detection score threshold (server default if absent)."
+    )
+    limit_faces: int = Field(0, ge=0, description="Keep the N largest faces; 0 = all.")
+    min_face_size: float = Field(0, ge=0, description="Drop faces whose box is narrower than this (pixels).")
+    max_size: list[int] | int | None = Field(
+        None, description="Largest detector input [w, h] (0 = do not resize); server setting if absent."
+    )
+    single_face: StrictBool = Field(
+        False, description="The image is one face: when none is found, the whole image is taken as the face."
+    )
+
+    @field_validator("max_size")
+    @classmethod
+    def _size(cls, value: list[int] | int | None) -> list[int] | int | None:
+        if isinstance(value, list) and (len(value) != 2 or any(v < 0 or v > 8192 for v in value)):
+            raise ValueError("max_size must be [width, height], each between 0 and 8192")
+        if isinstance(value, int) and not 0 <= value <= 8192:
+            raise ValueError("max_size must be between 0 and 8192")
+        return value
+
+
+class ExtractRequest(ImageOptions):
+    images: Images
+    embed_only: StrictBool = Field(False, description="Inputs are 112x112 aligned crops: skip detection.")
+    return_face_data: StrictBool = Field(
+        False, description="Add each aligned crop as base64 JPEG (`facedata`)."
+    )
+    return_landmarks: StrictBool = Field(False, description="Add the 5 landmarks of each face.")
+    return_dense_landmarks: StrictBool = Field(
+        False, description="Add 106 landmarks (`landmarks106`); needs FACEREST_LANDMARKS_NAME."
+    )
+    extract_embedding: StrictBool = Field(True, description="Compute embeddings (`vec`, `norm`).")
+    extract_ga: StrictBool = Field(False, description="Estimate gender and age.")
+    detect_masks: StrictBool = Field(False, description="Classify masks; needs FACEREST_MASK_NAME.")
+    verbose_timings: StrictBool = Field(False, description="Add per-stage timings to `took`.")
+    msgpack: StrictBool = Field(False, description="Answer in msgpack.")
+    img_req_headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers sent with URL fetches."
+    )
+    api_ver: Literal["1", "2", 1, 2] = Field(
+        "2", description='"2": envelope with timings; "1": a list of faces per image, no envelope.'
+    )
+
+
+class DrawRequest(ImageOptions):
+    images: Images
+    draw_landmarks: StrictBool = True
+    draw_scores: StrictBool = True
+    draw_sizes: StrictBool = True
+    detect_masks: StrictBool = False

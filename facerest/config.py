@@ -1,0 +1,143 @@
+"""Every setting of the service, typed, with its default stated once.
+
+Each field is read from one environment variable, `FACEREST_<FIELD>` (e.g. `FACEREST_PORT`),
+or from a `.env` file in the working directory. Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACEREST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- server ---
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    port: int = Field(18081, description="HTTP port.")
+    workers: int = Field(1, ge=1, description="Server processes (each loads its own models).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_json: bool = Field(False, description="Write logs as JSON lines (one object per line).")
+    root_path: str = Field("", description="Path prefix when served behind a proxy.")
+
+    # --- models ---
+    models_dir: Path = Field(Path("models"), description="Folder holding model files.")
+    det_name: str = Field("scrfd_500m_bnkps", description="Face detector (catalogue name).")
+    rec_name: str = Field("w600k_mbf", description="Face recognizer (catalogue name); empty: none.")
+    ga_name: str = Field("age_gender_dlib", description="Gender/age model used by `extract_ga`; empty: none.")
+    mask_name: str = Field("", description="Mask classifier used by `detect_masks`; empty: none.")
+    landmarks_name: str = Field(
+        "", description="Dense landmark model (e.g. 2d106det) for 106-point landmarks; empty: none."
+    )
+    auto_download: bool = Field(
+        False, description="Download configured models that are missing at start (needs a network)."
+    )
+
+    # --- inference ---
+    runtime: Literal["onnx", "openvino", "trt", "triton"] = Field(
+        "onnx", description="Execution backend for the models."
+    )
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference (comma separated).",
+    )
+    threads: int = Field(
+        default_factory=_default_threads,
+        ge=1,
+        description="Intra-op threads of the inference session (default: the cores available).",
+    )
+    det_thresh: float = Field(0.6, ge=0.0, le=1.0, description="Default detection score threshold.")
+    nms_thresh: float = Field(0.4, gt=0.0, le=1.0, description="IoU above which detections merge.")
+    max_size: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [640, 640],
+        description="Largest detector input, width,height; images are scaled to fit, keeping aspect.",
+    )
+    det_batch_size: int = Field(4, ge=1, description="Most images in one detector call.")
+    rec_batch_size: int = Field(32, ge=1, description="Most faces in one recognizer call.")
+    batch_wait_ms: float = Field(
+        2.0, ge=0.0, description="How long a batch may wait for more work from other requests."
+    )
+    force_fp16: bool = Field(False, description="Build TensorRT engines in FP16.")
+
+    # --- request defaults and limits ---
+    max_images_per_request: int = Field(64, ge=1, description="Images accepted in one request.")
+    max_image_bytes: int = Field(20_000_000, ge=1, description="Largest encoded image, in bytes.")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Largest decoded image, in pixels.")
+    max_body_bytes: int = Field(64_000_000, ge=1, description="Largest request body, in bytes.")
+    max_faces_per_image: int = Field(
+        512, ge=1, description="Most faces returned for one image (largest kept)."
+    )
+    queue_size: int = Field(
+        64, ge=1, description="Requests admitted to inference at once; more are answered 503."
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="Longest a request may take.")
+
+    # --- URL fetching ---
+    url_timeout_s: float = Field(10.0, gt=0, description="Time limit of one image download.")
+    url_max_redirects: int = Field(3, ge=0, description="Redirects followed per image download.")
+    url_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts or networks (CIDR) that URLs may reach although private or loopback.",
+    )
+    local_files_root: Path | None = Field(
+        None, description="Folder from which `images.urls` may read local paths; unset: never."
+    )
+
+    # --- access ---
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted X-API-Key values; empty: no key needed."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty: none."
+    )
+
+    @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _parse_size(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
+            return parts * 2 if len(parts) == 1 else parts
+        if isinstance(value, int):
+            return [value, value]
+        return value
+
+    @field_validator("max_size")
+    @classmethod
+    def _check_size(cls, value: list[int]) -> list[int]:
+        if len(value) != 2 or min(value) < 32:
+            raise ValueError("max_size must be two numbers (width,height), each at least 32")
+        return value
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for docs and --help."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        factory = field.default_factory
+        default = factory() if factory is not None else field.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(str(v) for v in default)
+        if name == "threads":
+            default = "cores available"
+        rows.append(
+            (f"FACEREST_{name.upper()}", "" if default is None else str(default), field.description or "")
+        )
+    return rows

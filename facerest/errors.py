@@ -1,0 +1,105 @@
+"""One exception type per failure kind; the API maps each to an HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class FaceRestError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadInput(FaceRestError):
+    """The client sent something that cannot be processed."""
+
+    status_code = 400
+    code = "bad_input"
+
+
+class ImageDecodeError(BadInput):
+    code = "image_decode_error"
+
+
+class ImageTooLarge(BadInput):
+    status_code = 413
+    code = "image_too_large"
+
+
+class TooManyImages(BadInput):
+    status_code = 413
+    code = "too_many_images"
+
+
+class BodyTooLarge(BadInput):
+    status_code = 413
+    code = "body_too_large"
+
+
+class UrlRefused(BadInput):
+    """A URL points where the operator did not allow fetching (private address, bad scheme...)."""
+
+    code = "url_refused"
+
+
+class UrlFetchFailed(BadInput):
+    code = "url_fetch_failed"
+
+
+class FeatureUnavailable(FaceRestError):
+    """The request asks for a model the server was not started with."""
+
+    status_code = 400
+    code = "feature_unavailable"
+
+
+class ModelMismatch(FaceRestError):
+    status_code = 409
+    code = "model_mismatch"
+
+
+class NotFound(FaceRestError):
+    status_code = 404
+    code = "not_found"
+
+
+class Overloaded(FaceRestError):
+    """The inference queue is full; the client should retry later."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(FaceRestError):
+    status_code = 504
+    code = "timeout"
+
+
+class ModelError(FaceRestError):
+    """A model file is missing, corrupt or unusable; raised at start, never per request."""
+
+    code = "model_error"
+
+
+class ModelMissing(ModelError):
+    code = "model_missing"
+
+
+class ChecksumMismatch(ModelError):
+    code = "checksum_mismatch"
+
+
+class DownloadFailed(ModelError):
+    code = "download_failed"
+
+
+class BackendUnavailable(ModelError):
+    code = "backend_unavailable"

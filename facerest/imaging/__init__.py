@@ -1,0 +1,1 @@
+"""Image sources, decoding, resizing and drawing."""

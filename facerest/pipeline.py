@@ -1,0 +1,266 @@
+"""FaceAnalyzer: detect -> filter -> align -> embed / gender-age / mask, batched across requests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from facerest.config import Settings
+from facerest.errors import FaceRestError, FeatureUnavailable, Overloaded, RequestTimeout
+from facerest.faces import Face, ImageResult
+from facerest.imaging.resize import DetectorInput, letterbox, plan_input
+from facerest.models import LoadedModels
+from facerest.models.base import FaceModel
+from facerest.models.detection.base import Detections
+from facerest.scheduler import InferenceScheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ExtractOptions:
+    threshold: float = 0.6
+    embed_only: bool = False
+    return_face_data: bool = False
+    return_landmarks: bool = False
+    extract_embedding: bool = True
+    extract_ga: bool = False
+    detect_masks: bool = False
+    dense_landmarks: bool = False
+    limit_faces: int = 0
+    min_face_size: float = 0
+    max_size: tuple[int, int] | None = None  # None: the server's; (0, 0): no resize
+    single_face: bool = False
+
+
+@dataclass(slots=True)
+class Timings:
+    detect_ms: float = 0.0
+    faces_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+ImageInput = np.ndarray | FaceRestError
+
+
+class Admission:
+    """Bounds the requests inside the pipeline; the next one is told to come back later."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._inside = 0
+        self._lock = threading.Lock()
+
+    @property
+    def inside(self) -> int:
+        return self._inside
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside >= self.limit:
+                raise Overloaded(
+                    f"the server is at its limit of {self.limit} requests in progress; retry shortly"
+                )
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+
+
+class FaceAnalyzer:
+    def __init__(self, models: LoadedModels, settings: Settings) -> None:
+        self.models = models
+        self.settings = settings
+        self.scheduler = InferenceScheduler(settings.batch_wait_ms / 1000.0)
+        self.admission = Admission(settings.queue_size)
+        self.timeout_s = settings.request_timeout_s
+
+    # --- public entry points (blocking; call from a worker thread, never the event loop) ---
+
+    def process(
+        self, images: list[ImageInput], options: ExtractOptions, timings: Timings | None = None
+    ) -> list[ImageResult]:
+        """One ImageResult per input, in order; an input that is an error fails alone."""
+        timings = timings or Timings()
+        self._check_features(options)
+        deadline = time.monotonic() + self.timeout_s
+        started = time.perf_counter()
+        results = [ImageResult() for _ in images]
+        for result, image in zip(results, images, strict=True):
+            if isinstance(image, FaceRestError):
+                result.error, result.error_code = image.detail, image.code
+            else:
+                result.height, result.width = image.shape[:2]
+        ok = [i for i, img in enumerate(images) if not isinstance(img, FaceRestError)]
+        pixels = {i: images[i] for i in ok}
+        if options.embed_only:
+            for i in ok:
+                h, w = pixels[i].shape[:2]
+                results[i].faces = [Face(np.array([0, 0, w, h], np.float32), 1.0, None, 0)]
+        else:
+            t0 = time.perf_counter()
+            found = self.detect(pixels, options, deadline)
+            timings.detect_ms += (time.perf_counter() - t0) * 1000
+            for i, faces in found.items():
+                if options.single_face:
+                    faces = faces[:1] if faces else [self._whole_image_face(pixels[i])]
+                results[i].faces = faces
+        t0 = time.perf_counter()
+        self._run_face_models(pixels, results, options, deadline)
+        timings.faces_ms += (time.perf_counter() - t0) * 1000
+        total = (time.perf_counter() - started) * 1000
+        for result in results:
+            result.took_ms = total
+        return results
+
+    def detect(
+        self, pixels: dict[int, np.ndarray], options: ExtractOptions, deadline: float
+    ) -> dict[int, list[Face]]:
+        detector = self.models.detector
+        pending: dict[int, tuple[DetectorInput, Future]] = {}
+        for i, image in pixels.items():
+            plan = self._plan(image, options)
+            tensor = detector.prepare(letterbox(image, plan))
+            future = self.scheduler.submit(detector.name, detector.infer, tensor[None], detector.max_batch)
+            pending[i] = (plan, future)
+        found: dict[int, list[Face]] = {}
+        for i, (plan, future) in pending.items():
+            outputs = self._wait(future, deadline)
+            one = {k: v[0] for k, v in outputs.items()}
+            dets = detector.decode(one, (plan.canvas[1], plan.canvas[0]), options.threshold).scaled(
+                plan.scale
+            )
+            found[i] = self._select(dets, options)
+        return found
+
+    def warmup(self, image: np.ndarray) -> list[ImageResult]:
+        options = ExtractOptions(
+            threshold=0.3,
+            extract_ga=self.models.genderage is not None,
+            detect_masks=self.models.mask is not None,
+            dense_landmarks=self.models.landmarks is not None,
+            extract_embedding=self.models.recognizer is not None,
+        )
+        return self.process([image], options)
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    # --- steps ---
+
+    def _check_features(self, options: ExtractOptions) -> None:
+        wanted = {
+            "extract_embedding / embed_only": (
+                options.extract_embedding or options.embed_only,
+                self.models.recognizer,
+                "FACEREST_REC_NAME",
+            ),
+            "extract_ga": (options.extract_ga, self.models.genderage, "FACEREST_GA_NAME"),
+            "detect_masks": (options.detect_masks, self.models.mask, "FACEREST_MASK_NAME"),
+            "dense landmarks": (options.dense_landmarks, self.models.landmarks, "FACEREST_LANDMARKS_NAME"),
+        }
+        for feature, (asked, model, setting) in wanted.items():
+            if asked and model is None:
+                raise FeatureUnavailable(
+                    f"{feature} needs a model this server was not started with (set {setting})"
+                )
+
+    def _plan(self, image: np.ndarray, options: ExtractOptions) -> DetectorInput:
+        detector = self.models.detector
+        h, w = image.shape[:2]
+        max_size = options.max_size or tuple(self.settings.max_size)
+        return plan_input(w, h, max_size, fixed=detector.fixed_input, stride=detector.stride)
+
+    def _select(self, dets: Detections, options: ExtractOptions) -> list[Face]:
+        widths = dets.boxes[:, 2] - dets.boxes[:, 0]
+        keep = (
+            np.flatnonzero(widths >= options.min_face_size)
+            if options.min_face_size > 0
+            else np.arange(len(dets))
+        )
+        dets = dets.take(keep)
+        limit = min(
+            options.limit_faces or self.settings.max_faces_per_image, self.settings.max_faces_per_image
+        )
+        if options.single_face:
+            limit = 1
+        if len(dets) > limit:
+            areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
+            largest = np.sort(np.argsort(-areas, kind="stable")[:limit])
+            dets = dets.take(largest)
+        faces = []
+        for n in range(len(dets)):
+            face = Face(
+                bbox=dets.boxes[n],
+                score=float(dets.scores[n]),
+                landmarks=None if dets.landmarks is None else dets.landmarks[n],
+                index=n,
+            )
+            if "mask" in dets.extra:
+                mask = float(dets.extra["mask"][n])
+                face.mask_probs = {"mask": mask, "no_mask": 1.0 - mask}
+                face.mask = mask >= 0.2
+            faces.append(face)
+        return faces
+
+    @staticmethod
+    def _whole_image_face(image: np.ndarray) -> Face:
+        h, w = image.shape[:2]
+        return Face(np.array([0, 0, w, h], np.float32), 0.0, None, 0, whole_image=True)
+
+    def _face_models(self, options: ExtractOptions) -> list[FaceModel]:
+        chosen = []
+        wants_crops = options.extract_embedding or options.embed_only or options.return_face_data
+        if wants_crops and self.models.recognizer is not None:
+            chosen.append(self.models.recognizer)
+        for asked, model in (
+            (options.extract_ga, self.models.genderage),
+            (options.detect_masks, self.models.mask),
+            (options.dense_landmarks, self.models.landmarks),
+        ):
+            if asked and model is not None:
+                chosen.append(model)
+        return chosen
+
+    def _run_face_models(
+        self,
+        pixels: dict[int, np.ndarray],
+        results: list[ImageResult],
+        options: ExtractOptions,
+        deadline: float,
+    ) -> None:
+        owners = [(i, face) for i, r in enumerate(results) if r.ok for face in r.faces]
+        if not owners:
+            return
+        submitted: list[tuple[FaceModel, Future, bool]] = []
+        for model in self._face_models(options):
+            crops = np.stack([model.crop(pixels[i], face) for i, face in owners])
+            if model is self.models.recognizer and options.return_face_data:
+                for (_, face), crop in zip(owners, crops, strict=True):
+                    face.crop = crop
+            run = model is not self.models.recognizer or options.extract_embedding or options.embed_only
+            if run:
+                future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), model.max_batch)
+                submitted.append((model, future, True))
+        for model, future, _ in submitted:
+            rows = self._wait(future, deadline)
+            for (_, face), row in zip(owners, rows, strict=True):
+                model.apply(face, row)
+
+    def _wait(self, future: Future, deadline: float):  # type: ignore[no-untyped-def]
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout as exc:
+            future.cancel()
+            raise RequestTimeout(f"the request took longer than {self.timeout_s} s") from exc

@@ -1,0 +1,63 @@
+"""The one interface every backend implements, and the factory that picks a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from facerest.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from facerest.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str | None, ...]  # str or None: dynamic dimension
+    dtype: str = "float32"
+
+
+class InferenceSession(Protocol):
+    """A loaded model ready to run; knows tensors, nothing about faces."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    backend: str  # e.g. "onnxruntime:CPUExecutionProvider"
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def create_session(model_path: Path, settings: Settings, *, model_name: str = "") -> InferenceSession:
+    """Load `model_path` on the backend the settings ask for."""
+    if settings.runtime == "onnx":
+        from facerest.runtime.onnx import OnnxSession
+
+        return OnnxSession(model_path, providers=settings.providers, threads=settings.threads)
+    if settings.runtime == "openvino":
+        try:
+            from facerest.runtime.openvino import OpenVinoSession
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"FACEREST_RUNTIME=openvino but OpenVINO is not installed ({exc}); "
+                "install it with `pip install facerest[openvino]`"
+            ) from exc
+        return OpenVinoSession(model_path, threads=settings.threads)
+    if settings.runtime == "trt":
+        try:
+            from facerest.runtime.tensorrt import TensorRTSession
+        except ImportError as exc:
+            raise BackendUnavailable(f"FACEREST_RUNTIME=trt but TensorRT is not usable here ({exc})") from exc
+        return TensorRTSession.from_onnx(model_path, settings)
+    if settings.runtime == "triton":
+        try:
+            from facerest.runtime.triton import TritonSession
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"FACEREST_RUNTIME=triton but the Triton client is not installed ({exc})"
+            ) from exc
+        return TritonSession(model_name or model_path.stem, settings)
+    raise BackendUnavailable(f"unknown runtime {settings.runtime!r}")

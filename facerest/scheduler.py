@@ -1,0 +1,156 @@
+"""One inference thread that forms batches across requests.
+
+Request threads submit jobs (a stack of inputs for one model); the inference thread runs the
+oldest waiting model with every job of the same model and input shape that fits in its batch,
+so 8 concurrent one-face requests become one batch of 8 instead of 8 calls. One thread, one
+session per model: the cores go to the model's own intra-op threads and never oversubscribe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]]
+
+
+@dataclass(slots=True)
+class _Job:
+    items: np.ndarray
+    future: Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _Queue:
+    runner: Runner
+    max_batch: int
+    jobs: deque[_Job] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    batches: int = 0
+    items: int = 0
+    busy_s: float = 0.0
+    by_model: dict[str, list[int]] = field(default_factory=dict)  # model -> [batches, items]
+
+
+def _slice(out: np.ndarray | dict[str, np.ndarray], start: int, stop: int) -> Any:
+    if isinstance(out, dict):
+        return {k: v[start:stop] for k, v in out.items()}
+    return out[start:stop]
+
+
+def _concat(outs: list[Any]) -> Any:
+    if len(outs) == 1:
+        return outs[0]
+    if isinstance(outs[0], dict):
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return np.concatenate(outs)
+
+
+class InferenceScheduler:
+    def __init__(self, batch_wait_s: float = 0.0) -> None:
+        self.batch_wait_s = batch_wait_s
+        self.stats = SchedulerStats()
+        self._cond = threading.Condition()
+        self._queues: dict[Hashable, _Queue] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="facerest-inference", daemon=True)
+        self._thread.start()
+
+    def submit(self, model: str, runner: Runner, items: np.ndarray, max_batch: int) -> Future:
+        """Queue `items` (N, ...) for `runner`; the future gets the N output rows."""
+        future: Future = Future()
+        if len(items) == 0:
+            future.set_result(np.zeros((0,), np.float32))
+            return future
+        key = (model, items.shape[1:], items.dtype.str)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the inference scheduler is stopped")
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = _Queue(runner, max(1, max_batch))
+            queue.jobs.append(_Job(items, future))
+            self._cond.notify()
+        return future
+
+    def depth(self) -> int:
+        with self._cond:
+            return sum(len(j.items) for q in self._queues.values() for j in q.jobs)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the queued work, then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _take(self) -> tuple[Hashable, _Queue, list[_Job]] | None:
+        with self._cond:
+            while True:
+                waiting = [(q.jobs[0].enqueued, k) for k, q in self._queues.items() if q.jobs]
+                if waiting:
+                    break
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            key = min(waiting, key=lambda pair: pair[0])[1]
+            queue = self._queues[key]
+            if self.batch_wait_s > 0 and sum(len(j.items) for j in queue.jobs) < queue.max_batch:
+                self._cond.wait(self.batch_wait_s)
+            jobs: list[_Job] = []
+            count = 0
+            while queue.jobs and (not jobs or count + len(queue.jobs[0].items) <= queue.max_batch):
+                job = queue.jobs.popleft()
+                jobs.append(job)
+                count += len(job.items)
+            return key, queue, jobs
+
+    def _loop(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            key, queue, jobs = taken
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if not jobs:
+                continue
+            started = time.perf_counter()
+            try:
+                batch = jobs[0].items if len(jobs) == 1 else np.concatenate([j.items for j in jobs])
+                outs = [
+                    queue.runner(batch[i : i + queue.max_batch])
+                    for i in range(0, len(batch), queue.max_batch)
+                ]
+                out = _concat(outs)
+            except BaseException as exc:  # every waiting request must hear of the failure
+                log.exception("inference failed for %s", key[0])
+                for job in jobs:
+                    job.future.set_exception(exc)
+                continue
+            finally:
+                elapsed = time.perf_counter() - started
+            offset = 0
+            for job in jobs:
+                job.future.set_result(_slice(out, offset, offset + len(job.items)))
+                offset += len(job.items)
+            stats = self.stats
+            stats.batches += 1
+            stats.items += offset
+            stats.busy_s += elapsed
+            per = stats.by_model.setdefault(str(key[0]), [0, 0])
+            per[0] += 1
+            per[1] += offset

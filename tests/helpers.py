@@ -1,0 +1,17 @@
+"""Small helpers the tests share."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+
+
+def b64(path_or_bytes: Path | bytes) -> str:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return base64.b64encode(data).decode("ascii")
+
+
+def vectors(faces: list[dict]) -> np.ndarray:
+    return np.array([f["vec"] for f in faces], dtype=np.float32)
