@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from facerest import cli_models
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -35,6 +36,9 @@ def setup_logging(settings: Settings) -> None:
     from facerest.logs import configure_logging
 
     configure_logging(settings.log_level, json_lines=settings.log_json)
+
+
+app.add_typer(cli_models.app, name="models")
 
 
 @app.command(epilog=_settings_epilog())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from facerest.errors import ChecksumMismatch, ModelMissing
+from facerest.errors import ChecksumMismatch, ModelError, ModelMissing
 from facerest.models.catalog import Catalog, CatalogEntry, ModelFile
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,22 @@ class ModelStore:
         return entry
 
     def path(self, entry: CatalogEntry, file: ModelFile | None = None) -> Path:
+        """`<models>/<name>/<file>`, or `<models>/custom/<file>` when only that one exists."""
         file = file or entry.main_file
+        usual = self.models_dir / entry.name / file.name
         custom = self.models_dir / CUSTOM_DIR / file.name
-        if entry.family != "custom" or not custom.is_file():
-            return self.models_dir / entry.name / file.name
-        return custom
+        return custom if not usual.is_file() and custom.is_file() else usual
+
+    def discover_custom(self) -> list[CatalogEntry]:
+        """Catalogue entries for every `custom/*.onnx` not named in the catalogue (for listing)."""
+        found = []
+        for onnx_file in sorted((self.models_dir / CUSTOM_DIR).glob("*.onnx")):
+            if self.catalog.get(onnx_file.stem) is None:
+                try:
+                    found.append(self.entry(onnx_file.stem))
+                except ModelError as exc:
+                    log.warning("%s", exc.detail)
+        return found
 
     def status(self, entry: CatalogEntry, *, check_md5: bool = True) -> list[FileStatus]:
         out = []
