@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 #: family -> "module:Class"; each detector family decodes its own outputs
 DETECTOR_FAMILIES = {
     "scrfd": "facerest.models.detection.scrfd:ScrfdDetector",
+    "retinaface": "facerest.models.detection.retinaface:RetinaFaceDetector",
+    "mnet_cov2": "facerest.models.detection.retinaface:RetinaFaceDetector",
+    "centerface": "facerest.models.detection.centerface:CenterFaceDetector",
+    "yolov5_face": "facerest.models.detection.yolov5_face:YoloV5FaceDetector",
 }
 
 
