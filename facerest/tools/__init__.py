@@ -1,0 +1,1 @@
+"""Model tools: ONNX graph surgery, TensorRT engine building."""
