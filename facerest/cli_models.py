@@ -35,6 +35,8 @@ def list_models(
     md5: bool = typer.Option(True, help="Check the md5 of present files (slower for big files)."),
 ) -> None:
     """Every model of the catalogue (and custom/*.onnx), whether its files are here and intact."""
+    from facerest.models.store import embedded_path
+
     store = _store()
     store.discover_custom()
     table = Table("name", "task", "family", "files", "size", "md5")
@@ -44,6 +46,10 @@ def list_models(
         status = store.status(entry, check_md5=md5)
         present = sum(s.present for s in status)
         state = "present" if present == len(status) else ("absent" if present == 0 else "partial")
+        if state != "present" and all(
+            s.present or (s.file.embedded and embedded_path(s.file.embedded)) for s in status
+        ):
+            state = "bundled"  # installed from an installed package at first use
         sizes = [s.size for s in status if s.size is not None]
         checks = [s.md5_ok for s in status if s.present]
         if not checks:
