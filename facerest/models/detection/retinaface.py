@@ -71,7 +71,6 @@ class RetinaFaceDetector(Detector):
                 self.outputs[int(match.group(1))][kind] = name
             else:
                 self.outputs[STRIDES[i // per_stride]][KINDS[i % per_stride]] = name
-        self.batched = len(self.session.outputs[0].shape) == 4
 
     def decode(
         self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int], threshold: float
