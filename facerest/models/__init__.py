@@ -80,6 +80,9 @@ def prepare_models(settings: Settings) -> dict[str, list[Path]]:
 
     Runs once before any worker starts, so workers never download or copy at the same time.
     """
+    from facerest.tools.mxnet_convert import convert_dropped_models  # <models>/mxnet/<name>/ -> ONNX
+
+    convert_dropped_models(settings.models_dir, settings.mxnet_env)
     store = ModelStore(settings.models_dir)
     names = [
         settings.det_name,
