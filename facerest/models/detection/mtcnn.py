@@ -15,31 +15,12 @@ import numpy as np
 from facerest.errors import ModelError
 from facerest.models.catalog import CatalogEntry
 from facerest.models.detection.base import Detections, Detector
+from facerest.models.detection.nms import nms
 from facerest.runtime.base import InferenceSession
 
 #: P-Net's receptive field (12 px) and output stride (2 px)
 CELL_SIZE = 12
 CELL_STRIDE = 2
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, *, by_min: bool = False) -> np.ndarray:
-    """Greedy NMS; overlap is intersection over union or, for the last stage, over the smaller box."""
-    if len(boxes) == 0:
-        return np.empty(0, dtype=np.int64)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        union = np.minimum(areas[i], areas[rest]) if by_min else areas[i] + areas[rest] - inter
-        order = rest[inter / union <= threshold]
-    return np.asarray(keep, dtype=np.int64)
 
 
 def square(boxes: np.ndarray) -> np.ndarray:
