@@ -230,7 +230,8 @@ def register(
     file_name = known.main_file.name if known and len(known.files) == 1 else f"{name}.onnx"
     target = models_dir / name / file_name
     _install(onnx_path, target)
-    base = known.model_dump() if known else {"name": name}
+    # only what the known entry states: an unstated normalisation is then read from the graph
+    base = known.model_dump(exclude_unset=True) if known else {"name": name}
     base.update(
         task=task,
         family=family,
@@ -241,7 +242,7 @@ def register(
     entry = CatalogEntry.model_validate(base)
     data = json.loads(override.read_text("utf-8")) if override.is_file() else {"models": []}
     data["models"] = [m for m in data.get("models", []) if m.get("name") != name]
-    data["models"].append(entry.model_dump(mode="json", exclude_defaults=True) | {"name": name})
+    data["models"].append(entry.model_dump(mode="json", exclude_unset=True))
     tmp = override.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", "utf-8")
     tmp.replace(override)
