@@ -68,3 +68,8 @@ test: mxnet-env-if-possible
 .PHONY: mxnet-env-if-possible
 mxnet-env-if-possible: $(VENV)/.installed
 	-@$(MAKE) --no-print-directory mxnet-env
+
+.PHONY: mxnet-clean
+clean: mxnet-clean
+mxnet-clean:
+	rm -rf $(MXNET_ENV)

@@ -75,6 +75,7 @@ def test_boxes_and_landmarks_match_scrfd(mtcnn, analyzer):
 
 @pytest.fixture(scope="module")
 def mtcnn_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    shared_path("verify", "deepface")  # its only user needs these photos: no server without them
     log_dir = tmp_path_factory.mktemp("mtcnn_server")
     server = start_server(
         {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_DET_NAME": "mtcnn"}, log_dir / "server.log"
