@@ -1,1 +1,1 @@
-"""Model tools: ONNX graph surgery, TensorRT engine building."""
+"""Model tooling that runs outside a request: ONNX graph surgery, format conversion, TensorRT engines."""
