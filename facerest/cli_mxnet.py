@@ -1,7 +1,6 @@
-"""`facerest mxnet convert PREFIX EPOCH --out NAME.onnx`: MXNet checkpoints to registered ONNX models.
+"""`facerest models convert-mxnet PREFIX EPOCH --out NAME.onnx`: MXNet checkpoints to registered ONNX models.
 
-Meant to live as `facerest models convert-mxnet`; `convert_mxnet` is a plain function so the
-models group can register it as it is.
+`convert_mxnet` is a plain function that the `models` group registers (facerest/cli_models.py).
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import typer
 
 from facerest.config import Settings
 from facerest.errors import FaceRestError
-
-app = typer.Typer(help="MXNet checkpoints (InsightFace model zoo era) to ONNX.", no_args_is_help=True)
 
 
 def _shape(text: str | None) -> list[int] | None:
@@ -64,6 +61,3 @@ def convert_mxnet(
     for repair in report.repairs:
         typer.echo(f"  repaired: {repair}")
     typer.echo(f"max abs diff ONNX Runtime vs MXNet: {report.max_abs_diff:.3g} ({report.seconds:.1f} s)")
-
-
-app.command("convert")(convert_mxnet)

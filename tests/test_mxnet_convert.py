@@ -109,7 +109,7 @@ def test_converted_model_gives_mxnet_outputs(checkpoint, mxnet_env, tmp_path):
     models = tmp_path / "models"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
     env.update({"FACEREST_MODELS_DIR": str(models), "FACEREST_MXNET_ENV": str(mxnet_env)})
-    command = [sys.executable, "-m", "facerest.cli", "mxnet", "convert", str(prefix), str(EPOCH)]
+    command = [sys.executable, "-m", "facerest.cli", "models", "convert-mxnet", str(prefix), str(EPOCH)]
     command += ["--out", "tiny_arcface.onnx", "--task", "recognition", "--family", "arcface"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
