@@ -42,3 +42,12 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache models
+
+# --- user tools (issue 7): the demo page's browser test needs Debian's chromium ---
+.PHONY: browser readme-config
+test: browser
+browser:
+	@bash scripts/ensure-chromium.sh
+# rewrite the README's configuration table from facerest/config.py
+readme-config: $(VENV)/.installed
+	$(BIN)/facerest config --markdown --update README.md
