@@ -77,6 +77,11 @@ def serve(
     )
 
 
+from facerest.cli_extract import app as extract_app  # noqa: E402  (issue 7)
+
+app.add_typer(extract_app)
+
+
 def main() -> None:
     try:
         app()
