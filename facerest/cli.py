@@ -77,9 +77,11 @@ def serve(
     )
 
 
+from facerest.cli_config import app as config_app  # noqa: E402  (issue 7)
 from facerest.cli_extract import app as extract_app  # noqa: E402  (issue 7)
 
 app.add_typer(extract_app)
+app.add_typer(config_app)
 
 
 def main() -> None:

@@ -393,8 +393,9 @@ def extract(
 ) -> None:
     """Every face of the given images, one row each: file, face, bbox, score, landmarks, embedding.
 
-    Interrupted (Ctrl-C)? Run the same command again: it finishes the rest without redoing or
-    repeating what was done. Files that cannot be read or decoded are listed in <out>.errors.jsonl.
+    Interrupted (Ctrl-C)? Run the same command again: it finishes the rest, redoing nothing.
+
+    Files that cannot be read or decoded are listed in OUT.errors.jsonl.
     """
     console = Console(stderr=True)
     output_format = _output_format(out, fmt)
