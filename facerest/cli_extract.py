@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -275,9 +276,14 @@ class RunState:
         return pa.concat_tables(tables), errors
 
     def clear(self) -> None:
-        for child in self.dir.iterdir():
-            child.unlink()
-        self.dir.rmdir()
+        """Forget the run. The folder is renamed away first (atomic), so an interrupt while its
+        files are deleted cannot leave a partial state that a later run would resume from."""
+        if not self.dir.exists():
+            return
+        trash = self.dir.with_name(self.dir.name + ".deleting")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(self.dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _fsync_rename(tmp: Path, target: Path) -> None:
@@ -416,7 +422,6 @@ def extract(
     # SIGTERM ends the run like Ctrl-C: the current batch is dropped, finished parts stay
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     extractor: Extractor | None = None
-    errors = 0
     try:
         with Progress(
             TextColumn("[bold]extract"),
@@ -439,7 +444,6 @@ def extract(
             for batch in batches(todo, batch_size):
                 results = extractor.run(batch)
                 faces += state.save(results, EMBEDDING_DIM)
-                errors += sum(r.error is not None for r in results)
                 progress.update(task, advance=len(batch), faces=faces)
     except KeyboardInterrupt:
         console.print(
@@ -450,8 +454,22 @@ def extract(
     finally:
         if extractor is not None:
             extractor.close()
+    try:
+        table, errors_file, error_map = _finish(state, out, output_format)
+    except KeyboardInterrupt:
+        # the parts are still whole: the next run rewrites the output from them
+        console.print("[yellow]interrupted[/] while writing the output: run the same command again")
+        raise typer.Exit(130) from None
+    summary = f"{table.num_rows} faces from {len(files)} files written to {out}"
+    if error_map:
+        summary += f"; {len(error_map)} files failed, listed in {errors_file}"
+    console.print(summary)
+
+
+def _finish(state: RunState, out: Path, fmt: OutputFormat) -> tuple[pa.Table, Path, dict[str, str]]:
+    """The output and its error list from the parts; then the parts go."""
     table, error_map = state.merged(EMBEDDING_DIM)
-    write_output(table, out, output_format)
+    write_output(table, out, fmt)
     errors_file = out.with_name(out.name + ".errors.jsonl")
     if error_map:
         _atomic_write(
@@ -461,10 +479,7 @@ def extract(
     elif errors_file.exists():
         errors_file.unlink()
     state.clear()
-    summary = f"{table.num_rows} faces from {len(files)} files written to {out}"
-    if error_map:
-        summary += f"; {len(error_map)} files failed, listed in {errors_file}"
-    console.print(summary)
+    return table, errors_file, error_map
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
