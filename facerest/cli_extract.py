@@ -425,7 +425,7 @@ def extract(
     try:
         with Progress(
             TextColumn("[bold]extract"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TextColumn("images"),
             RateColumn(),

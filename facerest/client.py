@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import os
 import time
@@ -530,11 +531,22 @@ class _Base:
         self.max_backoff = max_backoff
         self.headers = {"X-API-Key": api_key} if api_key else {}
 
-    def _delay(self, attempt: int, error: APIError) -> float:
-        """Seconds before retry number `attempt` (0-based): Retry-After when given, else doubling."""
-        if error.retry_after is not None:
-            return min(error.retry_after, self.max_backoff)
-        return min(self.backoff * (2**attempt), self.max_backoff)
+    def _retry_delay(self, call: _Call, attempt: int, response: httpx.Response) -> float | None:
+        """Seconds to wait before trying a 503 again (Retry-After when given, else doubling);
+        None when this answer is final."""
+        if response.status_code != 503 or not call.retry or attempt >= self.retries:
+            return None
+        retry_after = _retry_after(response)
+        delay = min(self.backoff * (2**attempt) if retry_after is None else retry_after, self.max_backoff)
+        log.warning(
+            "%s %s: server overloaded, retry %d in %.2f s", call.method, call.path, attempt + 1, delay
+        )
+        return delay
+
+    def _transport_error(self, call: _Call, exc: httpx.HTTPError) -> FaceRestClientError:
+        if isinstance(exc, httpx.TimeoutException):
+            return ClientTimeout(f"{call.method} {call.path}: no answer in {self.timeout} s")
+        return ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}")
 
     @staticmethod
     def _check(response: httpx.Response) -> Any:
@@ -564,25 +576,15 @@ class Client(_Base):
 
     def _send(self, call: _Call) -> Any:
         kwargs = call.request_kwargs()
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 response = self._http.request(call.method, call.path, **kwargs)
-            except httpx.TimeoutException as exc:
-                raise ClientTimeout(f"{call.method} {call.path}: no answer in {self.timeout} s") from exc
             except httpx.HTTPError as exc:
-                raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
-            try:
+                raise self._transport_error(call, exc) from exc
+            delay = self._retry_delay(call, attempt, response)
+            if delay is None:
                 return self._check(response)
-            except Overloaded as exc:
-                if not call.retry or attempt >= self.retries:
-                    raise
-                delay = self._delay(attempt, exc)
-                log.warning(
-                    "%s %s: server overloaded, retry %d in %.2f s", call.method, call.path, attempt + 1, delay
-                )
-                time.sleep(delay)
-                attempt += 1
+            time.sleep(delay)
 
     # service
 
@@ -714,25 +716,15 @@ class AsyncClient(_Base):
 
     async def _send(self, call: _Call) -> Any:
         kwargs = call.request_kwargs()
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 response = await self._http.request(call.method, call.path, **kwargs)
-            except httpx.TimeoutException as exc:
-                raise ClientTimeout(f"{call.method} {call.path}: no answer in {self.timeout} s") from exc
             except httpx.HTTPError as exc:
-                raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
-            try:
+                raise self._transport_error(call, exc) from exc
+            delay = self._retry_delay(call, attempt, response)
+            if delay is None:
                 return self._check(response)
-            except Overloaded as exc:
-                if not call.retry or attempt >= self.retries:
-                    raise
-                delay = self._delay(attempt, exc)
-                log.warning(
-                    "%s %s: server overloaded, retry %d in %.2f s", call.method, call.path, attempt + 1, delay
-                )
-                await asyncio.sleep(delay)
-                attempt += 1
+            await asyncio.sleep(delay)
 
     async def extract(
         self,

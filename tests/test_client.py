@@ -20,6 +20,7 @@ from facerest.client import (
     AsyncClient,
     BadRequest,
     Client,
+    ClientTimeout,
     ConnectionFailed,
     InvalidImage,
     NotFound,
@@ -118,6 +119,8 @@ def test_unknown_route_and_unreachable_server(server: Server):
     nobody_listens = f"http://127.0.0.1:{free_port()}"
     with Client(nobody_listens, timeout=5) as client, pytest.raises(ConnectionFailed):
         client.info()
+    with Client(server.url, timeout=0.001) as client, pytest.raises(ClientTimeout):
+        client.extract([PLAYERS] * 4)  # seconds of work against a millisecond's patience
 
 
 # --- gallery and verify (issue 6's API; skipped until it is merged) ---------------------------
