@@ -30,6 +30,11 @@ async function api(method, path, body) {
   return answer;
 }
 
+// the image as plain base64, without the data-URL prefix every endpoint may not strip
+function imageData() {
+  return state.dataUrl.slice(state.dataUrl.indexOf(",") + 1);
+}
+
 function readAsDataUrl(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -125,7 +130,7 @@ async function detect() {
   const started = performance.now();
   try {
     const answer = await api("POST", "extract", {
-      images: { data: [state.dataUrl] },
+      images: { data: [imageData()] },
       threshold: Number.isFinite(threshold) ? threshold : 0.6,
       return_landmarks: true,
       return_face_data: true,
@@ -203,7 +208,7 @@ async function enrol() {
   const subject = $("subject-name").value.trim();
   try {
     const answer = await api("POST", `${galleryPath(gallery, "subjects", subject)}/faces`, {
-      images: { data: [state.dataUrl] },
+      images: { data: [imageData()] },
       all_faces: false,
     });
     const failed = answer.failed && answer.failed.length ? ` (${answer.failed[0].detail})` : "";
@@ -222,7 +227,7 @@ async function search() {
   const gallery = $("gallery-name").value.trim();
   try {
     const answer = await api("POST", galleryPath(gallery, "search"), {
-      images: { data: [state.dataUrl] },
+      images: { data: [imageData()] },
       top_k: 3,
       threshold: null,
     });
