@@ -150,43 +150,60 @@ class RemoteExtractor:
     def __init__(self, url: str, threshold: float | None, max_size: tuple[int, int] | None) -> None:
         from facerest.client import Client
 
-        self.client = Client(url, timeout=600)
+        # a long run rides out busy spells of a shared server
+        self.client = Client(url, timeout=600, retries=10, max_backoff=30)
         self.threshold = threshold
         self.max_size = max_size
 
     def run(self, files: Sequence[Path]) -> list[FileResult]:
-        from facerest.client import InvalidImage
-
-        readable: list[Path] = []
         out: dict[str, FileResult] = {}
+        payload: list[tuple[Path, bytes]] = []
         for path in files:
             try:
-                path.stat()
-                readable.append(path)
+                payload.append((path, path.read_bytes()))
             except OSError as exc:
                 out[str(path)] = FileResult(str(path), [], f"cannot read the file: {exc.strerror or exc}")
-        if readable:
-            try:
-                result = self.client.extract(
-                    readable, threshold=self.threshold, return_landmarks=True, max_size=self.max_size
-                )
-            except InvalidImage as exc:
-                raise FaceRestError(str(exc)) from exc
-            for path, image in zip(readable, result.images, strict=True):
-                if not image.ok:
-                    out[str(path)] = FileResult(str(path), [], image.error or image.code or "failed")
-                    continue
-                rows = [
-                    FaceRow(
-                        bbox=[float(v) for v in face.bbox],
-                        score=face.prob,
-                        landmarks=face.landmarks.tolist() if face.landmarks is not None else [],
-                        embedding=face.vec,  # type: ignore[arg-type]
-                    )
-                    for face in image.faces
-                ]
-                out[str(path)] = FileResult(str(path), rows)
+        self._extract_into(out, payload)
         return [out[str(p)] for p in files]
+
+    def _extract_into(self, out: dict[str, FileResult], payload: list[tuple[Path, bytes]]) -> None:
+        from facerest.client import APIError, FaceRestClientError
+
+        if not payload:
+            return
+        try:
+            result = self.client.extract(
+                [data for _, data in payload],
+                threshold=self.threshold,
+                return_landmarks=True,
+                max_size=self.max_size,
+            )
+        except APIError as exc:
+            if exc.status >= 500:  # the server is failing or still overloaded: stop, resume later
+                raise FaceRestError(f"the server failed: {exc}") from exc
+            if len(payload) == 1:
+                out[str(payload[0][0])] = FileResult(str(payload[0][0]), [], f"{exc.code}: {exc.detail}")
+                return
+            # the whole request was refused (a body over the limit...): one file per request finds which
+            for item in payload:
+                self._extract_into(out, [item])
+            return
+        except FaceRestClientError as exc:  # unreachable, timed out
+            raise FaceRestError(str(exc)) from exc
+        for (path, _), image in zip(payload, result.images, strict=True):
+            if not image.ok:
+                out[str(path)] = FileResult(str(path), [], image.error or image.code or "failed")
+                continue
+            rows = [
+                FaceRow(
+                    bbox=[float(v) for v in face.bbox],
+                    score=face.prob,
+                    landmarks=face.landmarks.tolist() if face.landmarks is not None else [],
+                    embedding=face.vec,  # type: ignore[arg-type]
+                )
+                for face in image.faces
+            ]
+            out[str(path)] = FileResult(str(path), rows)
 
     def close(self) -> None:
         self.client.close()

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import Server, package_photo, shared_path
+from conftest import Server, package_photo, shared_path, start_server, stop_server
 from helpers import b64
 
 
@@ -153,3 +153,24 @@ def test_shared_testdata_parquet_interrupted_and_resumed(models_dir: Path, serve
     assert len(rows) == sum(len(faces) for faces in expected.values())
     assert len(expected[str(testdata / "anchor" / "lumia.jpg")]) > 80  # the crowd photo
     assert_rows_match(rows, expected)
+
+
+def test_remote_request_refused_as_a_whole_fails_only_the_culprit(
+    photo_dir: Path, models_dir: Path, tmp_path: Path
+):
+    """A server with a 200 kB body limit: the batch is refused (413), then each file is sent alone."""
+    srv = start_server(
+        {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_MAX_BODY_BYTES": "200000"}, tmp_path / "server.log"
+    )
+    try:
+        args = [str(photo_dir), "--out", "faces.jsonl", "--url", srv.url, "--batch-size", "4"]
+        output = finish(run_extract(args, models_dir, tmp_path))
+    finally:
+        stop_server(srv)
+    assert "2 files failed" in output
+    rows = [json.loads(line) for line in (tmp_path / "faces.jsonl").read_text().splitlines()]
+    assert {Path(r["file"]).name for r in rows} == {"yaoming.jpg", "gdp.jpg"}
+    errors = [json.loads(line) for line in (tmp_path / "faces.jsonl.errors.jsonl").read_text().splitlines()]
+    by_name = {Path(e["file"]).name: e["error"] for e in errors}
+    assert set(by_name) == {"players.jpg", "broken.jpg"}
+    assert by_name["players.jpg"].startswith("body_too_large")
