@@ -105,7 +105,7 @@ class LocalExtractor:
             return_landmarks=True,
             max_size=max_size,
         )
-        # decoding the next batch overlaps inference of this one
+        # the files of a batch are read and decoded two at a time (decoding is small next to inference)
         self.reader = ThreadPoolExecutor(max_workers=2)
 
     def _load(self, path: Path) -> np.ndarray | FaceRestError:
