@@ -77,6 +77,10 @@ def serve(
     )
 
 
+from facerest.cli_mxnet import app as mxnet_app  # noqa: E402  (issue 10; to move under `models`)
+
+app.add_typer(mxnet_app, name="mxnet")
+
 from facerest.cli_config import app as config_app  # noqa: E402  (issue 7)
 from facerest.cli_extract import app as extract_app  # noqa: E402  (issue 7)
 

@@ -1,0 +1,1 @@
+"""Model tooling that runs outside a request: format conversion."""
