@@ -73,3 +73,12 @@ mxnet-env-if-possible: $(VENV)/.installed
 clean: mxnet-clean
 mxnet-clean:
 	rm -rf $(MXNET_ENV)
+
+# --- user tools (issue 7): the demo page's browser test needs Debian's chromium ---
+.PHONY: browser readme-config
+test: browser
+browser:
+	@bash scripts/ensure-chromium.sh
+# rewrite the README's configuration table from facerest/config.py
+readme-config: $(VENV)/.installed
+	$(BIN)/facerest config --markdown --update README.md

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from facerest import cli_models
+from facerest import cli_config, cli_extract, cli_models
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -39,6 +39,8 @@ def setup_logging(settings: Settings) -> None:
 
 
 app.add_typer(cli_models.app, name="models")
+app.add_typer(cli_extract.app)
+app.add_typer(cli_config.app)
 
 
 @app.command(epilog=_settings_epilog())
