@@ -42,3 +42,22 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache models
+
+# --- deployment (issue 8) ---
+# The Triton tests run a real tritonserver from nvidia-pytriton, which pins numpy<2: it gets an
+# environment of its own beside the project's (deploy/triton/pytriton_onnx.py runs in it).
+TRITON_VENV := .venv-triton
+
+.PHONY: triton-env lint-docker
+
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet nvidia-pytriton==0.7.0 onnxruntime==1.24.1
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
+
+test: $(TRITON_VENV)/.installed
+
+lint-docker: $(VENV)/.installed-dev
+	$(BIN)/hadolint deploy/Dockerfile.cpu deploy/Dockerfile.gpu

@@ -37,6 +37,11 @@ def setup_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, json_lines=settings.log_json)
 
 
+from facerest.cli_deploy import triton_app  # noqa: E402
+
+app.add_typer(triton_app, name="triton")
+
+
 @app.command(epilog=_settings_epilog())
 def serve(
     host: str | None = typer.Option(None, help="Bind address [env FACEREST_HOST, default 0.0.0.0]."),

@@ -34,9 +34,16 @@ class InferenceSession(Protocol):
 def create_session(model_path: Path, settings: Settings, *, model_name: str = "") -> InferenceSession:
     """Load `model_path` on the backend the settings ask for."""
     if settings.runtime == "onnx":
-        from facerest.runtime.onnx import OnnxSession
+        from facerest.runtime.onnx import OnnxSession, provider_plan
 
-        return OnnxSession(model_path, providers=settings.providers, threads=settings.threads)
+        providers, options = provider_plan(settings)
+        return OnnxSession(
+            model_path,
+            providers=providers,
+            threads=settings.threads,
+            provider_options=options,
+            model_name=model_name or model_path.stem,
+        )
     if settings.runtime == "openvino":
         try:
             from facerest.runtime.openvino import OpenVinoSession

@@ -1,0 +1,1 @@
+"""Offline model tools: ONNX surgery, TensorRT engine builds, Triton model repositories."""
