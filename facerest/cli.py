@@ -37,9 +37,9 @@ def setup_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, json_lines=settings.log_json)
 
 
-from facerest.cli_deploy import triton_app  # noqa: E402
+from facerest.cli_deploy import add_deploy_commands  # noqa: E402
 
-app.add_typer(triton_app, name="triton")
+add_deploy_commands(app)  # `facerest triton ...`, `facerest ray ...` (issue 8)
 
 
 @app.command(epilog=_settings_epilog())
