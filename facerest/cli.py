@@ -65,6 +65,16 @@ def serve(
         prepare_models(settings)
     except FaceRestError as exc:
         fail(exc.detail)
+    if settings.gpus:  # one process group per GPU (facerest/serve_gpus.py), engines built in each
+        from facerest.serve_gpus import serve_on_gpus
+
+        raise typer.Exit(serve_on_gpus(settings))
+    from facerest.runtime.base import prepare_runtime
+
+    try:
+        prepare_runtime(settings)  # e.g. TensorRT engines, built once before the workers start
+    except FaceRestError as exc:
+        fail(exc.detail)
     import uvicorn
 
     from facerest.logs import uvicorn_log_config

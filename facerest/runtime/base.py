@@ -58,7 +58,7 @@ def create_session(model_path: Path, settings: Settings, *, model_name: str = ""
             from facerest.runtime.tensorrt import TensorRTSession
         except ImportError as exc:
             raise BackendUnavailable(f"FACEREST_RUNTIME=trt but TensorRT is not usable here ({exc})") from exc
-        return TensorRTSession.from_onnx(model_path, settings)
+        return TensorRTSession.from_onnx(model_path, settings, model_name)
     if settings.runtime == "triton":
         try:
             from facerest.runtime.triton import TritonSession
@@ -68,3 +68,22 @@ def create_session(model_path: Path, settings: Settings, *, model_name: str = ""
             ) from exc
         return TritonSession(model_name or model_path.stem, settings)
     raise BackendUnavailable(f"unknown runtime {settings.runtime!r}")
+
+
+def prepare_runtime(settings: Settings) -> None:
+    """Work the runtime needs once per machine (or GPU) before any worker starts.
+
+    TensorRT: build (or find cached) engines for every configured model, so workers only load
+    them and never race to build. Called by `facerest serve` after the model files are prepared,
+    in each GPU's process group (it sees only its GPU).
+    """
+    if settings.runtime != "trt":
+        return
+    from facerest.models import prepare_models
+    from facerest.models.store import ModelStore
+    from facerest.tools.tensorrt_build import build_engine
+
+    store = ModelStore(settings.models_dir)
+    for name, paths in prepare_models(settings).items():
+        for path in paths:
+            build_engine(path, settings, store.entry(name))
