@@ -2,16 +2,16 @@
 
 An engine only runs on the GPU model and TensorRT version it was built with, and encodes its
 batch range and precision; all of these form the cache key. The key is kept beside the engine
-(`<engine>.json`) so a stale engine is rebuilt with a log line that says what changed. Builds take
+(`<model>.<gpu>.json`) so a stale engine is rebuilt with a log line that says what changed. Builds take
 a file lock and write atomically: two GPU process groups starting together build once.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,13 +39,12 @@ class EngineKey:
     # (min, opt, max) shapes per dynamic input, e.g. {"input.1": [[1,3,32,32], [4,3,640,640], ...]}
     profiles: dict[str, list[list[int]]]
 
-    def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
-
 
 def engine_path(engines_dir: Path, model_name: str, key: EngineKey) -> Path:
-    return engines_dir / f"{model_name}.{key.digest()}.plan"
+    """One engine per model and GPU model: GPUs of two kinds can share the models volume, and
+    any other change (model file, TensorRT, precision, batch) replaces the engine in place."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", key.gpu_name).strip("-").lower() or "gpu"
+    return engines_dir / f"{model_name}.{gpu}.plan"
 
 
 def stale_reason(path: Path, key: EngineKey) -> str | None:
