@@ -183,3 +183,17 @@ def test_a_model_triton_does_not_serve_is_a_clear_error(triton: TritonServer, se
     remote_settings = settings.model_copy(update={"runtime": "triton", "triton_uri": triton.grpc})
     with pytest.raises(BackendUnavailable, match="facerest triton export"):
         TritonSession("no_such_model", remote_settings, wait_ready_s=0.5)
+
+
+def test_a_failed_triton_call_is_a_503_error(triton: TritonServer, settings: Settings) -> None:
+    from facerest.errors import InferenceBackendError
+
+    remote_settings = settings.model_copy(update={"runtime": "triton", "triton_uri": triton.http})
+    session = TritonSession("w600k_mbf", remote_settings)
+    with pytest.raises(InferenceBackendError, match="w600k_mbf") as failure:
+        session.run({"not_an_input": np.zeros((1, 3, 112, 112), np.float32)})
+    assert failure.value.status_code == 503
+    # a batch above the model's max_batch_size (16 in this export) goes in slices
+    out = session.run({"input.1": np.zeros((40, 3, 112, 112), np.float32)})
+    assert out["516"].shape == (40, 512)
+    session.close()
