@@ -116,14 +116,15 @@ class OnnxSession:
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.providers = self._session.get_providers()
         self.backend = f"onnxruntime:{self.providers[0]}"
+        label = model_name or where_of(model)
         dropped = [p for p in chosen if p not in self.providers]
         if dropped:  # e.g. CUDA present in the wheel but no driver: onnxruntime falls back quietly
-            log.warning("%s: providers that failed to start: %s", model_name or where_of(model), dropped)
+            log.warning("%s: providers that failed to start: %s", label, dropped)
         if options_in_use := [
             f"{p} {o}" for p, o in zip(chosen, opts, strict=True) if o and p in self.providers
         ]:
-            log.info("%s: provider options %s", model_name or where_of(model), "; ".join(options_in_use))
-        log.info("%s runs on %s", model_name or where_of(model), ", ".join(self.providers))
+            log.info("%s: provider options %s", label, "; ".join(options_in_use))
+        log.info("%s runs on %s", label, ", ".join(self.providers))
         self._output_names = [o.name for o in self.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
