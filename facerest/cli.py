@@ -92,6 +92,11 @@ def serve(
     )
 
 
+from facerest.cli_mxnet import app as mxnet_app  # noqa: E402  (issue 10; to move under `models`)
+
+app.add_typer(mxnet_app, name="mxnet")
+
+
 def main() -> None:
     try:
         app()

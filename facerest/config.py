@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty: none."
     )
 
+    # --- MXNet checkpoints (issue 10) ---
+    mxnet_env: Path = Field(
+        Path(".venv-mxnet"),
+        description="Virtualenv with MXNet 1.9.1 that converts MXNet checkpoints to ONNX (`make mxnet-env`).",
+    )
+
     # --- deployment: runtimes, GPUs, Triton, Ray (issue 8) ---
     provider_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -124,7 +130,9 @@ class Settings(BaseSettings):
     triton_queue_delay_us: int = Field(
         2000, ge=0, description="How long Triton's dynamic batcher waits to fill a batch (exported configs)."
     )
-    ray_address: str = Field("", description="Ray cluster to join for `serve --ray` (empty: a local one).")
+    ray_address: str = Field(
+        "", description="Ray cluster to join for `facerest ray serve` (empty: a local one)."
+    )
     ray_replicas: int = Field(2, ge=1, description="Ray Serve replicas at start.")
     ray_max_replicas: int = Field(
         0, ge=0, description="Ray Serve autoscaling upper bound (0: a fixed FACEREST_RAY_REPLICAS)."

