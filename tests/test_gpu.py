@@ -7,6 +7,7 @@ with TensorRT and onnxruntime-gpu) and skip with the reason everywhere else. doc
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_cuda_provider_matches_cpu(models_dir: Path, crops: np.ndarray) -> None:
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_tensorrt_engine_builds_caches_and_matches_cpu(
-    fp16: bool, models_dir: Path, tmp_path: Path, crops: np.ndarray, capsys
+    fp16: bool, models_dir: Path, tmp_path: Path, crops: np.ndarray, capsys, caplog
 ) -> None:  # type: ignore[no-untyped-def]
     _need_tensorrt_gpu()
     from facerest.runtime.onnx import OnnxSession
@@ -83,8 +84,10 @@ def test_tensorrt_engine_builds_caches_and_matches_cpu(
     path = store.ensure("w600k_mbf")[0]
     settings = Settings(models_dir=models_dir, trt_engines_dir=tmp_path, rec_batch_size=64, force_fp16=fp16)
     started = time.perf_counter()
-    engine = build_engine(path, settings, store.entry("w600k_mbf"))
+    with caplog.at_level(logging.INFO, logger="facerest.tools.tensorrt_build"):
+        engine = build_engine(path, settings, store.entry("w600k_mbf"))
     build_s = time.perf_counter() - started
+    assert ("built in FP16" in caplog.text) is fp16  # never silently
     mtime = engine.stat().st_mtime_ns
     assert build_engine(path, settings, store.entry("w600k_mbf")) == engine  # cached
     assert engine.stat().st_mtime_ns == mtime
