@@ -82,3 +82,30 @@ browser:
 # rewrite the README's configuration table from facerest/config.py
 readme-config: $(VENV)/.installed
 	$(BIN)/facerest config --markdown --update README.md
+
+# --- deployment (issue 8) ---
+# The Triton tests run a real tritonserver from nvidia-pytriton, which pins numpy<2: it gets an
+# environment of its own beside the project's (deploy/triton/pytriton_onnx.py runs in it).
+TRITON_VENV := .venv-triton
+
+.PHONY: triton-env lint-docker
+
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet nvidia-pytriton==0.7.0 onnxruntime==1.24.1
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
+
+# where it cannot be made (no PyPI), the Triton tests say why and skip
+.PHONY: triton-env-if-possible triton-clean
+test: triton-env-if-possible
+triton-env-if-possible:
+	-@$(MAKE) --no-print-directory triton-env
+
+clean: triton-clean
+triton-clean:
+	rm -rf $(TRITON_VENV)
+
+lint-docker: $(VENV)/.installed-dev
+	$(BIN)/hadolint deploy/Dockerfile.cpu deploy/Dockerfile.gpu

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from facerest import cli_config, cli_extract, cli_models
+from facerest.cli_deploy import add_deploy_commands
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -41,6 +42,7 @@ def setup_logging(settings: Settings) -> None:
 app.add_typer(cli_models.app, name="models")
 app.add_typer(cli_extract.app)
 app.add_typer(cli_config.app)
+add_deploy_commands(app)  # `facerest triton ...`, `facerest ray ...`
 
 
 @app.command(epilog=_settings_epilog())
@@ -64,6 +66,16 @@ def serve(
 
     try:
         prepare_models(settings)
+    except FaceRestError as exc:
+        fail(exc.detail)
+    if settings.gpus:  # one process group per GPU (facerest/serve_gpus.py), engines built in each
+        from facerest.serve_gpus import serve_on_gpus
+
+        raise typer.Exit(serve_on_gpus(settings))
+    from facerest.runtime.base import prepare_runtime
+
+    try:
+        prepare_runtime(settings)  # e.g. TensorRT engines, built once before the workers start
     except FaceRestError as exc:
         fail(exc.detail)
     import uvicorn

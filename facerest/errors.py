@@ -103,3 +103,10 @@ class DownloadFailed(ModelError):
 
 class BackendUnavailable(ModelError):
     code = "backend_unavailable"
+
+
+class InferenceBackendError(FaceRestError):
+    """A remote inference backend (Triton) failed or could not be reached during a request."""
+
+    status_code = 503
+    code = "backend_error"
