@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty: none."
     )
 
+    # --- gallery (issue 6) ---
+    data_dir: Path = Field(Path("data"), description="Folder for data the service keeps (SQLite gallery).")
+    gallery_url: str = Field(
+        "",
+        description="Gallery storage: sqlite:///PATH or postgresql://... (pgvector, for several replicas); "
+        "empty: sqlite in data_dir/gallery.db.",
+    )
+
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

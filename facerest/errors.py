@@ -40,6 +40,12 @@ class BodyTooLarge(BadInput):
     code = "body_too_large"
 
 
+class NoFace(BadInput):
+    """An image that must show a face (to enrol or verify it) shows none."""
+
+    code = "no_face"
+
+
 class UrlRefused(BadInput):
     """A URL points where the operator did not allow fetching (private address, bad scheme...)."""
 
@@ -60,6 +66,13 @@ class FeatureUnavailable(FaceRestError):
 class ModelMismatch(FaceRestError):
     status_code = 409
     code = "model_mismatch"
+
+
+class Conflict(FaceRestError):
+    """The request clashes with what is stored (e.g. renaming a subject onto an existing one)."""
+
+    status_code = 409
+    code = "conflict"
 
 
 class NotFound(FaceRestError):
