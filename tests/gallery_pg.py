@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ import pytest
 @functools.cache
 def _server_uri() -> str | Exception:
     try:
-        import pgserver  # bundles PostgreSQL and pgvector; as root it runs them as user "pgserver"
+        with warnings.catch_warnings():  # platformdirs complains when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver  # bundles PostgreSQL and pgvector; as root it runs them as user "pgserver"
 
         # a short path: the Unix socket lives in the data folder, and socket paths are short
         root = Path(tempfile.mkdtemp(prefix="facerest-pg-"))
