@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from facerest.cli_gallery import app as gallery_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -75,6 +76,9 @@ def serve(
         timeout_graceful_shutdown=int(settings.request_timeout_s),
         proxy_headers=True,
     )
+
+
+app.add_typer(gallery_app, name="gallery")
 
 
 def main() -> None:
