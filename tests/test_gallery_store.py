@@ -108,3 +108,30 @@ def test_reopened_store_and_other_writers_are_seen(url: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_search_equals_brute_force_after_many_changes(store: GalleryStore) -> None:
+    """Hundreds of faces added, some deleted: both backends still rank exactly as numpy does."""
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 300)
+    kept: dict[int, tuple[str, np.ndarray]] = {}
+    for s in range(60):
+        chunk = vectors[s * 5 : (s + 1) * 5]
+        for face_id, v in zip(
+            store.add_faces("g", f"s{s}", MODEL, [NewFace(v) for v in chunk]), chunk, strict=True
+        ):
+            kept[face_id] = (f"s{s}", v)
+    for face_id in list(kept)[::7]:
+        assert store.delete_face("g", face_id)
+        del kept[face_id]
+    for s in range(0, 60, 9):
+        store.delete_subject("g", f"s{s}")
+        kept = {k: v for k, v in kept.items() if v[0] != f"s{s}"}
+    queries = unit(rng, 20)
+    for query, result in zip(queries, store.search("g", queries, top_k=4), strict=True):
+        best: dict[str, float] = {}
+        for subject, v in kept.values():
+            best[subject] = max(best.get(subject, -2.0), float(v @ query))
+        expected = sorted(best.items(), key=lambda item: -item[1])[:4]
+        assert [m.subject for m in result.matches] == [s for s, _ in expected]
+        assert np.allclose([m.similarity for m in result.matches], [v for _, v in expected], atol=1e-5)

@@ -86,7 +86,8 @@ class GalleryService:
         if recognizer is not None:
             entry = recognizer.entry
             md5 = entry.main_file.md5 or md5_of(ModelStore(settings.models_dir).path(entry))
-            self.model = ModelTag(entry.name, md5, int(getattr(recognizer, "dim", 512)))
+            dim = getattr(recognizer, "dim", None)
+            self.model = ModelTag(entry.name, md5, dim if isinstance(dim, int) else 512)
             if entry.verify_threshold is None:
                 log.warning(
                     "%s has no calibrated verify_threshold in the catalogue; using %.2f",
