@@ -24,7 +24,7 @@ def _server_uri() -> str | Exception:
 
         # a short path: the Unix socket lives in the data folder, and socket paths are short
         root = Path(tempfile.mkdtemp(prefix="facerest-pg-"))
-        server = pgserver.get_server(root / "data", cleanup_mode="delete")
+        server = pgserver.get_server(root, cleanup_mode="delete")
         server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
         return server.get_uri()
     except Exception as exc:  # any failure to start means: skip, with the reason

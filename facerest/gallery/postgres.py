@@ -43,6 +43,14 @@ CREATE TABLE IF NOT EXISTS facerest_faces (
     added_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS facerest_faces_by_subject ON facerest_faces (gallery, subject);
+-- a 512-d vector (2 KB) is just over TOAST's threshold: stored out of line by default, it makes
+-- every search detoast each row (1.5 s instead of ~0.1 s for 100k faces); keep it in the row
+DO $$ BEGIN
+    IF (SELECT attstorage FROM pg_attribute
+        WHERE attrelid = 'facerest_faces'::regclass AND attname = 'embedding') <> 'p' THEN
+        ALTER TABLE facerest_faces ALTER COLUMN embedding SET STORAGE PLAIN;
+    END IF;
+END $$;
 """
 
 # the schema is created once per database even when several replicas start together
