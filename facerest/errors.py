@@ -91,6 +91,13 @@ class Overloaded(FaceRestError):
         self.retry_after_s = retry_after_s
 
 
+class StorageUnavailable(FaceRestError):
+    """The gallery database could not be opened or reached."""
+
+    status_code = 503
+    code = "storage_unavailable"
+
+
 class RequestTimeout(FaceRestError):
     status_code = 504
     code = "timeout"

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import start_server, stop_server
+from conftest import free_port, start_server, stop_server
 from gallery_pg import postgres_url
 
 CLIENTS = 4
@@ -89,3 +89,26 @@ def test_acknowledged_faces_survive_sigkill(backend: str, models_dir: Path, tmp_
     finally:
         stop_server(server)
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_unreachable_storage_leaves_the_rest_of_the_service_up(models_dir: Path, tmp_path: Path) -> None:
+    """A gallery database that cannot be reached: gallery requests answer 503 with the reason."""
+    port = free_port()  # nothing listens there
+    env = {
+        "FACEREST_MODELS_DIR": str(models_dir),
+        "FACEREST_GALLERY_URL": f"postgresql://127.0.0.1:{port}/none",
+    }
+    server = start_server(env, tmp_path / "server.log")
+    try:
+        with server.client() as http:
+            r = http.get("/galleries")
+            assert r.status_code == 503 and r.json()["code"] == "storage_unavailable", r.text
+            assert "PostgreSQL" in r.json()["detail"]
+            r = http.post("/gallery/g/search", json={"embeddings": [[1.0] * 512]})
+            assert r.status_code == 503 and r.json()["code"] == "storage_unavailable", r.text
+            # comparing two faces needs no gallery
+            r = http.post("/verify", json={"embeddings": [[1.0] * 512] * 2})
+            assert r.status_code == 200 and r.json()["same"] is True, r.text
+            assert http.get("/info").status_code == 200
+    finally:
+        stop_server(server)

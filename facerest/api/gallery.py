@@ -6,6 +6,7 @@ Parsing and serialising only: the work runs in `GalleryService` in a worker thre
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -18,7 +19,7 @@ from facerest.api.responses import JSONResponse
 from facerest.api.routes import _parse, _state
 from facerest.api.schemas import Images
 from facerest.api.state import AppState
-from facerest.errors import BadInput, FaceRestError, NotFound
+from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable
 from facerest.gallery import gallery_url, open_store
 from facerest.gallery.service import FoundFace, GalleryService, check_name
 from facerest.imaging.loader import Loaded, load_images
@@ -71,9 +72,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Opens the store after the app's own lifespan has loaded the models; closes it first."""
     state: AppState = app.state.facerest
     url = gallery_url(state.settings)
-    store = await anyio.to_thread.run_sync(open_store, url)
-    state.gallery = GalleryService(store, state.analyzer, state.settings)
-    log.info("gallery storage: %s", url.split("://")[0])
+    store, reason = None, ""
+    try:
+        store = await anyio.to_thread.run_sync(open_store, url)
+        log.info("gallery storage: %s", url.split("://")[0])
+    except (FaceRestError, OSError, sqlite3.Error) as exc:
+        # the rest of the service works without its gallery; gallery requests say why not
+        reason = exc.detail if isinstance(exc, FaceRestError) else f"{type(exc).__name__}: {exc}"
+        log.error("gallery storage %s cannot be opened: %s", url.split("://")[0], reason)
+    state.gallery = GalleryService(store, state.analyzer, state.settings, store_error=reason)
     try:
         yield
     finally:
@@ -87,7 +94,7 @@ router = APIRouter(tags=["gallery"], lifespan=lifespan)
 def _service(request: Request) -> tuple[AppState, GalleryService]:
     state = _state(request)
     if state.gallery is None:
-        raise FaceRestError("the gallery is not open")
+        raise StorageUnavailable("the gallery service is not running")
     return state, state.gallery
 
 

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from facerest.config import Settings
-from facerest.errors import BadInput, FaceRestError, FeatureUnavailable, ModelMismatch, NoFace, NotFound
+from facerest.errors import (
+    BadInput,
+    FaceRestError,
+    FeatureUnavailable,
+    ModelMismatch,
+    NoFace,
+    NotFound,
+    StorageUnavailable,
+)
 from facerest.faces import Face
 from facerest.gallery.store import (
     GalleryInfo,
@@ -76,8 +84,17 @@ class Identified:
 
 
 class GalleryService:
-    def __init__(self, store: GalleryStore, analyzer: FaceAnalyzer, settings: Settings) -> None:
-        self.store = store
+    def __init__(
+        self,
+        store: GalleryStore | None,
+        analyzer: FaceAnalyzer,
+        settings: Settings,
+        store_error: str = "the gallery storage is not open",
+    ) -> None:
+        """`store` None: the storage could not be opened (`store_error` says why); verifying two
+        images or embeddings still works, everything that needs the gallery answers 503."""
+        self._store = store
+        self._store_error = store_error
         self.analyzer = analyzer
         self.settings = settings
         recognizer = analyzer.models.recognizer
@@ -97,8 +114,15 @@ class GalleryService:
             else:
                 self.default_threshold = entry.verify_threshold
 
+    @property
+    def store(self) -> GalleryStore:
+        if self._store is None:
+            raise StorageUnavailable(f"gallery storage unavailable: {self._store_error}")
+        return self._store
+
     def close(self) -> None:
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     # --- helpers ---
 
