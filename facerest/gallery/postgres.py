@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from facerest.errors import BackendUnavailable, Conflict, ModelMismatch, NotFound
+from facerest.errors import BackendUnavailable, Conflict, ModelMismatch
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
@@ -19,6 +19,7 @@ from facerest.gallery.store import (
     SearchResult,
     StoredFace,
     SubjectMatch,
+    checked_rename,
     mismatch_message,
 )
 
@@ -185,14 +186,18 @@ class PostgresStore(GalleryStore):
                 "SELECT 1 FROM facerest_faces WHERE gallery = %s AND subject = %s LIMIT 1",
                 (gallery, new_name),
             ).fetchone()
-            if taken and new_name != subject:
-                raise Conflict(f"subject {new_name!r} already exists in gallery {gallery!r}")
-            moved = conn.execute(
-                "UPDATE facerest_faces SET subject = %s WHERE gallery = %s AND subject = %s",
-                (new_name, gallery, subject),
-            ).rowcount
-            if moved == 0:
-                raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
+            moved = checked_rename(
+                gallery,
+                subject,
+                new_name,
+                taken is not None,
+                lambda: (
+                    conn.execute(
+                        "UPDATE facerest_faces SET subject = %s WHERE gallery = %s AND subject = %s",
+                        (new_name, gallery, subject),
+                    ).rowcount
+                ),
+            )
         return moved
 
     def delete_subject(self, gallery: str, subject: str) -> int:

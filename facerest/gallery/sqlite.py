@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerest.errors import Conflict, ModelMismatch, NotFound
+from facerest.errors import ModelMismatch
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
@@ -25,6 +25,7 @@ from facerest.gallery.store import (
     NewFace,
     SearchResult,
     StoredFace,
+    checked_rename,
     mismatch_message,
     top_subjects,
 )
@@ -286,14 +287,18 @@ class SQLiteStore(GalleryStore):
                 taken = db.execute(
                     "SELECT 1 FROM faces WHERE gallery = ? AND subject = ? LIMIT 1", (gallery, new_name)
                 ).fetchone()
-                if taken and new_name != subject:
-                    raise Conflict(f"subject {new_name!r} already exists in gallery {gallery!r}")
-                moved = db.execute(
-                    "UPDATE faces SET subject = ? WHERE gallery = ? AND subject = ?",
-                    (new_name, gallery, subject),
-                ).rowcount
-                if moved == 0:
-                    raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
+                moved = checked_rename(
+                    gallery,
+                    subject,
+                    new_name,
+                    taken is not None,
+                    lambda: (
+                        db.execute(
+                            "UPDATE faces SET subject = ? WHERE gallery = ? AND subject = ?",
+                            (new_name, gallery, subject),
+                        ).rowcount
+                    ),
+                )
             if matrix := self._matrices.get(gallery):
                 matrix.rename(subject, new_name)
         return moved

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from facerest.errors import Conflict, NotFound
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,3 +129,13 @@ def mismatch_message(gallery: str, stored: ModelTag, current: ModelTag) -> str:
         f"request uses {current.name} (md5 {current.md5}, {current.dim} dims): embeddings of different "
         "models do not compare"
     )
+
+
+def checked_rename(gallery: str, subject: str, new_name: str, taken: bool, move: Callable[[], int]) -> int:
+    """The rules of a rename, for every backend (inside its transaction): `move` returns the faces moved."""
+    if taken and new_name != subject:
+        raise Conflict(f"subject {new_name!r} already exists in gallery {gallery!r}")
+    moved = move()
+    if moved == 0:
+        raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
+    return moved
