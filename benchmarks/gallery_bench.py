@@ -42,9 +42,7 @@ def bundled_postgres() -> str:
         import pgserver
     import psycopg
 
-    server = pgserver.get_server(
-        Path(tempfile.mkdtemp(prefix="facerest-bench-pg-")), cleanup_mode="delete"
-    )
+    server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="facerest-bench-pg-")), cleanup_mode="delete")
     name = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
