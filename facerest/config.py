@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty: none."
     )
 
+    # --- MXNet checkpoints (issue 10) ---
+    mxnet_env: Path = Field(
+        Path(".venv-mxnet"),
+        description="Virtualenv with MXNet 1.9.1 that converts MXNet checkpoints to ONNX (`make mxnet-env`).",
+    )
+
     # --- gallery (issue 6) ---
     data_dir: Path = Field(Path("data"), description="Folder for data the service keeps (SQLite gallery).")
     gallery_url: str = Field(
