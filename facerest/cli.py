@@ -9,6 +9,7 @@ import typer
 
 from facerest import cli_config, cli_extract, cli_models
 from facerest.cli_deploy import add_deploy_commands
+from facerest.cli_gallery import app as gallery_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -42,6 +43,7 @@ def setup_logging(settings: Settings) -> None:
 app.add_typer(cli_models.app, name="models")
 app.add_typer(cli_extract.app)
 app.add_typer(cli_config.app)
+app.add_typer(gallery_app, name="gallery")
 add_deploy_commands(app)  # `facerest triton ...`, `facerest ray ...`
 
 

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     )
     ray_replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per Ray replica.")
     ray_replica_gpus: float = Field(0.0, ge=0, description="GPUs reserved per Ray replica (fractions share).")
+    # --- gallery (issue 6) ---
+    data_dir: Path = Field(Path("data"), description="Folder for data the service keeps (SQLite gallery).")
+    gallery_url: str = Field(
+        "",
+        description="Gallery storage: sqlite:///PATH or postgresql://... (pgvector, for several replicas); "
+        "empty: sqlite in data_dir/gallery.db.",
+    )
 
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
     @classmethod
