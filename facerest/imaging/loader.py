@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from facerest.config import Settings
-from facerest.errors import FaceRestError, TooManyImages
+from facerest.errors import FaceRestError, ImageTooLarge, TooManyImages
 from facerest.imaging.decode import decode_image
 from facerest.imaging.sources import FetchPolicy, decode_base64, load_source
 
@@ -33,8 +33,6 @@ def check_count(count: int, settings: Settings) -> None:
 def _decode(data: bytes, settings: Settings) -> Loaded:
     try:
         if len(data) > settings.max_image_bytes:
-            from facerest.errors import ImageTooLarge
-
             raise ImageTooLarge(
                 f"image is {len(data)} bytes, more than the limit of {settings.max_image_bytes}"
             )
