@@ -102,6 +102,17 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty: none."
     )
 
+    # --- hardening (issue 4) ---
+    max_request_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Most decoded pixels in one request, all images together (bounds memory per request); "
+        "images past it fail alone.",
+    )
+    url_retries: int = Field(
+        1, ge=0, le=5, description="Extra tries of a URL download after a connection error or 502/503/504."
+    )
+
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -201,7 +201,7 @@ def test_oversized_image_stopped(origin):
 def test_slow_drip_stopped_by_the_total_deadline(origin):
     url, _ = origin
     started = time.monotonic()
-    with pytest.raises(UrlFetchFailed, match="within 1.0 s"):
+    with pytest.raises(UrlFetchFailed, match=r"within 1\.0 s"):
         fetch_url(f"{url}/drip", policy(timeout_s=1.0))
     elapsed = time.monotonic() - started
     assert 0.9 < elapsed < 2.0, elapsed
