@@ -90,7 +90,7 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
-def _serve(tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, dict[str, int]]]:
+def serve_loopback(tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, dict[str, int]]]:
     handler = type("Handler", (_Handler,), {"calls": {}})
     server = _Server(("127.0.0.1", 0), handler)
     if tls is not None:
@@ -105,7 +105,7 @@ def _serve(tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, dict[str, i
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[tuple[str, dict[str, int]]]:
-    yield from _serve()
+    yield from serve_loopback()
 
 
 def policy(**overrides: object) -> FetchPolicy:
@@ -276,7 +276,7 @@ def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     trusting = ssl.create_default_context(cafile=str(cert))
-    for url, _ in _serve(server_ctx):
+    for url, _ in serve_loopback(server_ctx):
         yield url, trusting
 
 
