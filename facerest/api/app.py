@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from facerest import __version__
-from facerest.api.errors import install_error_handlers
+from facerest.api.errors import document_errors, install_error_handlers
 from facerest.api.metrics import Metrics
 from facerest.api.metrics import router as metrics_router
 from facerest.api.middleware import HardeningMiddleware
@@ -99,6 +99,7 @@ def _document_bodies(app: FastAPI) -> None:
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DrawRequest"}}},
             }
+        document_errors(schema)
         app.openapi_schema = schema
         return schema
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facerest.api.responses import JSONResponse
@@ -70,3 +71,51 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(request, "internal error; see the server log", "internal_error", 500)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API."""
+
+    detail: str = Field(description="What went wrong, in one line (never a stack trace).")
+    code: str = Field(
+        description="Stable machine-readable kind: validation_error, bad_input, image_decode_error, "
+        "image_too_large, too_many_images, body_too_large, unauthorized, not_found, overloaded, "
+        "timeout, feature_unavailable, model_mismatch, ..."
+    )
+
+
+# the error answers any operation may give, whatever its route declares
+_DOCUMENTED_ERRORS = {
+    "400": "Bad input (malformed body, unavailable feature...)",
+    "401": "Missing or wrong API key (when FACEREST_API_KEYS is set)",
+    "413": "Body, image or image count over its limit",
+    "422": "The body or a parameter does not match the schema",
+    "503": "Overloaded: retry after the Retry-After header's seconds",
+    "504": "The request took longer than FACEREST_REQUEST_TIMEOUT_S",
+}
+
+
+def document_errors(schema: dict[str, Any]) -> None:
+    """Declare the one error shape for every operation of an OpenAPI schema (in place)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorBody"] = ErrorBody.model_json_schema()
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, description in _DOCUMENTED_ERRORS.items():
+                declared = responses.setdefault(status, {"description": description})
+                # FastAPI's own 422 describes its list-of-errors body, which we never send
+                if status == "422" or "content" not in declared:
+                    declared["content"] = error
+                declared.setdefault("description", description)
+            if status_headers := responses.get("503"):
+                status_headers.setdefault("headers", {})["Retry-After"] = {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer"},
+                }
+    # FastAPI's validation error models are unused once every 422 points at ErrorBody
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
