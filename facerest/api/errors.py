@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facerest.api.responses import JSONResponse
-from facerest.errors import FaceRestError, Overloaded
+from facerest.errors import FaceRestError, Overloaded, RequestTimeout
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FaceRestError)
     async def _facerest(request: Request, exc: FaceRestError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
-        if exc.status_code >= 500 and not isinstance(exc, Overloaded):
+        if isinstance(exc, RequestTimeout):
+            log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
+        elif exc.status_code >= 500 and not isinstance(exc, Overloaded):
             log.error("%s %s failed: %s", request.method, request.url.path, exc.detail)
         return error_response(request, exc.detail, exc.code, exc.status_code, headers)
 

@@ -174,7 +174,8 @@ class HardeningMiddleware:
             metrics = app_state.metrics
             metrics.requests.labels(scope["method"], path, str(status)).inc()
             metrics.latency.labels(path).observe(elapsed_s)
-            code = scope.get(ERROR_CODE_KEY)
+            # an unexpected exception is answered outside this middleware, after this runs
+            code = scope.get(ERROR_CODE_KEY) or ("internal_error" if status == 500 else None)
             if code is not None:
                 metrics.errors.labels(code).inc()
         log.info(
