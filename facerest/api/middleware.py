@@ -121,6 +121,18 @@ class HardeningMiddleware:
                     {"WWW-Authenticate": "ApiKey"},
                 )
                 return
+            if scope["method"] == "POST" and self._pipeline_full(scope):
+                # answered before the body is read: under overload, parsing megabytes of base64
+                # only to refuse them would take the CPU the admitted requests need
+                await self._reject(
+                    scope,
+                    send_with_id_raw,
+                    503,
+                    "the server is at its limit of requests in progress; retry shortly",
+                    "overloaded",
+                    {"Retry-After": "1"},
+                )
+                return
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
                 await self._reject(scope, send_with_id_raw, 413, self._too_large_detail(), "body_too_large")
@@ -137,6 +149,14 @@ class HardeningMiddleware:
         finally:
             self._record(scope, status, time.perf_counter() - started)
             request_id.reset(token)
+
+    @staticmethod
+    def _pipeline_full(scope: Scope) -> bool:
+        state = getattr(getattr(scope.get("app"), "state", None), "facerest", None)
+        if state is None:  # still starting
+            return False
+        admission = state.analyzer.admission
+        return admission.inside >= admission.limit
 
     def _too_large_detail(self) -> str:
         return f"request body is larger than the limit of {self.settings.max_body_bytes} bytes"
