@@ -160,6 +160,27 @@ def test_special_addresses_and_schemes_refused(url):
         resolve_url(url, policy(allowlist=()))
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1",
+        "http://127.0.0.1/\x00x",
+        "http://127.0.0.1:9/" + "a" * 70000,
+        "http://a\udc80/",
+        "https://127.0.0.1:9\\@10.0.0.1/",
+        "http://0x7f.1/",
+        "http://2130706433/",
+        "\x00",
+        "//127.0.0.1/x",
+    ],
+)
+def test_malformed_urls_fail_as_bad_input(url):
+    """Odd spellings and broken URLs end in a refusal or a fetch failure, never another exception
+    (which the service would answer with a 500), and never reach loopback without the allowlist."""
+    with pytest.raises((UrlRefused, UrlFetchFailed)):
+        load_source(url, policy(allowlist=(), timeout_s=1.0))
+
+
 def test_metadata_address_refused_even_when_private_ranges_allowed():
     with pytest.raises(UrlRefused, match="metadata"):
         resolve_url("http://169.254.169.254/", policy(allowlist=("169.254.0.0/16",)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import socket
 import ssl
@@ -82,7 +83,11 @@ def resolve_url(url: str, policy: FetchPolicy) -> list[IPAddress]:
     The fetch connects to one of these addresses, never resolving the name again, so a DNS answer
     that changes between the check and the connection (DNS rebinding) cannot reach a refused address.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        httpx.URL(url)  # the parser that will send the request must accept it too
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise UrlRefused(f"malformed URL: {exc}") from exc
     if parts.scheme not in ("http", "https"):
         raise UrlRefused(f"only http and https URLs are fetched, not {parts.scheme or 'a bare path'!r}")
     try:
@@ -137,16 +142,32 @@ def fetch_url(url: str, policy: FetchPolicy, headers: dict[str, str] | None = No
     deadline = _Deadline(policy.timeout_s)
     sent = {k: v for k, v in (headers or {}).items() if k.lower() not in _FORBIDDEN_HEADERS}
     origin = _origin(url)
-    with httpx.Client(follow_redirects=False, verify=policy.tls_verify, trust_env=False) as client:
-        for _ in range(policy.max_redirects + 1):
-            if _origin(url) != origin:  # credentials meant for one site never travel to another
-                sent = {k: v for k, v in sent.items() if k.lower() == "user-agent"}
-                origin = _origin(url)
+    for _ in range(policy.max_redirects + 1):
+        if _origin(url) != origin:  # credentials meant for one site never travel to another
+            sent = {k: v for k, v in sent.items() if k.lower() == "user-agent"}
+            origin = _origin(url)
+        # a client per hop: a pooled connection (and its TLS session, made for one name) is
+        # never reused for another name that happens to share the address
+        with httpx.Client(follow_redirects=False, verify=_tls_context(policy), trust_env=False) as client:
             outcome = _fetch_with_retries(client, url, policy, sent, deadline)
-            if isinstance(outcome, bytes):
-                return outcome
-            url = outcome
+        if isinstance(outcome, bytes):
+            return outcome
+        url = outcome
     raise UrlFetchFailed(f"{url} redirected more than {policy.max_redirects} times")
+
+
+@functools.cache
+def _system_tls_context() -> ssl.SSLContext:
+    """httpx's verifying context, built once (loading the CA bundle costs more than a request)."""
+    return httpx.create_ssl_context()
+
+
+def _tls_context(policy: FetchPolicy) -> ssl.SSLContext:
+    if isinstance(policy.tls_verify, ssl.SSLContext):
+        return policy.tls_verify
+    if policy.tls_verify is not True:
+        raise ValueError("TLS verification cannot be turned off for URL fetches")
+    return _system_tls_context()
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
@@ -255,7 +276,10 @@ def read_local(path_text: str, policy: FetchPolicy) -> bytes:
 
 def load_source(source: str, policy: FetchPolicy, headers: dict[str, str] | None = None) -> bytes:
     """Bytes of one entry of `images.urls`: an http(s) URL, or a local path when allowed."""
-    scheme = urlsplit(source).scheme
+    try:
+        scheme = urlsplit(source).scheme
+    except ValueError as exc:
+        raise UrlRefused(f"malformed URL: {exc}") from exc
     if scheme in ("http", "https"):
         return fetch_url(source, policy, headers)
     if scheme in ("", "file"):
