@@ -102,12 +102,15 @@ def document_errors(schema: dict[str, Any]) -> None:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["ErrorBody"] = ErrorBody.model_json_schema()
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-    for path_item in schema.get("paths", {}).values():
+    for path, path_item in schema.get("paths", {}).items():
+        errors = dict(_DOCUMENTED_ERRORS)
+        if "{" in path:  # a path naming a resource may name one that does not exist
+            errors["404"] = "No such resource"
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
-            for status, description in _DOCUMENTED_ERRORS.items():
+            for status, description in errors.items():
                 declared = responses.setdefault(status, {"description": description})
                 # FastAPI's own 422 describes its list-of-errors body, which we never send
                 if status == "422" or "content" not in declared:
