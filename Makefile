@@ -42,3 +42,10 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache models
+
+# --- hardening (issue 4): load test, not part of `make test` (see docs/reliability.md) ---
+.PHONY: load-test
+CLIENTS ?= 32
+DURATION ?= 120
+load-test: $(VENV)/.installed
+	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION)

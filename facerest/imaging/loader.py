@@ -7,6 +7,7 @@ each image must fit `max_image_pixels` and the request as a whole `max_request_p
 
 from __future__ import annotations
 
+import contextvars
 import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -120,7 +121,9 @@ def load_images(
             except FaceRestError as exc:
                 return exc
 
+        # each download runs in a copy of this thread's context, so its log lines keep the request id
+        contexts = [contextvars.copy_context() for _ in urls]
         with ThreadPoolExecutor(max_workers=min(8, len(urls))) as pool:
-            raw.extend(pool.map(fetch, urls))
+            raw.extend(pool.map(lambda context, url: context.run(fetch, url), contexts, urls))
     budget = _PixelBudget(settings)
     return [_decode(entry, settings, budget) for entry in raw]
