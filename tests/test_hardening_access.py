@@ -148,6 +148,11 @@ def test_allowlisted_loopback_urls_are_fetched(locked, image_origin):
         ("failed", "image_too_large"),
     ]
     assert len(data[0]["faces"]) == 1
+    # headers the client asks us to send are checked before any connection
+    body = {"images": {"urls": urls[:1]}, "img_req_headers": {"X-Note": "café"}}
+    with locked.client(headers=keyed()) as client:
+        [item] = client.post("/extract", json=body).json()["data"]
+    assert (item["status"], item["code"]) == ("failed", "bad_input")
 
 
 def test_local_files_confined_to_the_root(locked):

@@ -19,7 +19,7 @@ import pytest
 from conftest import package_photo
 from helpers import b64
 
-from facerest.errors import ImageTooLarge, UrlFetchFailed, UrlRefused
+from facerest.errors import BadInput, ImageTooLarge, UrlFetchFailed, UrlRefused
 from facerest.imaging.sources import FetchPolicy, fetch_url, load_source, read_local, resolve_url
 
 YAO = package_photo("yaoming.jpg").read_bytes()
@@ -276,6 +276,26 @@ def test_client_headers_do_not_follow_a_redirect_to_another_origin(origin):
     # another origin (a different host name): the credentials stay behind
     moved = fetch_url(f"{url}/redirect?to={other}/host", policy(allowlist=("127.0.0.0/8",)), headers)
     assert moved.decode() == other.split("//")[1] + "|"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-A": "é"},
+        {"X-A": "b\r\nX-Injected: y"},
+        {"a b": "c"},
+        {"": "x"},
+        {"X-A": "\x00"},
+        {"X": "y" * 9000},
+        {f"X-{n}": "v" for n in range(40)},
+    ],
+)
+def test_bad_client_headers_are_bad_input(origin, headers):
+    url, calls = origin
+    before = calls.get("/yao.jpg", 0)
+    with pytest.raises(BadInput, match="img_req_headers"):
+        fetch_url(f"{url}/yao.jpg", policy(), headers)
+    assert calls.get("/yao.jpg", 0) == before
 
 
 @pytest.fixture(scope="module")

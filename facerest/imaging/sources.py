@@ -6,6 +6,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -140,7 +141,7 @@ class _Deadline:
 def fetch_url(url: str, policy: FetchPolicy, headers: dict[str, str] | None = None) -> bytes:
     """GET an image within one total deadline and the size limit, re-checking every redirect."""
     deadline = _Deadline(policy.timeout_s)
-    sent = {k: v for k, v in (headers or {}).items() if k.lower() not in _FORBIDDEN_HEADERS}
+    sent = _client_headers(headers or {})
     origin = _origin(url)
     for _ in range(policy.max_redirects + 1):
         if _origin(url) != origin:  # credentials meant for one site never travel to another
@@ -168,6 +169,25 @@ def _tls_context(policy: FetchPolicy) -> ssl.SSLContext:
     if policy.tls_verify is not True:
         raise ValueError("TLS verification cannot be turned off for URL fetches")
     return _system_tls_context()
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_MAX_CLIENT_HEADERS = 32
+_MAX_CLIENT_HEADER_BYTES = 8192
+
+
+def _client_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The client's `img_req_headers`, checked (HTTP tokens, printable ASCII, bounded size), minus
+    those that belong to the connection we make."""
+    if len(headers) > _MAX_CLIENT_HEADERS:
+        raise BadInput(f"img_req_headers: at most {_MAX_CLIENT_HEADERS} headers")
+    if sum(len(k) + len(v) for k, v in headers.items()) > _MAX_CLIENT_HEADER_BYTES:
+        raise BadInput(f"img_req_headers: at most {_MAX_CLIENT_HEADER_BYTES} bytes in all")
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            raise BadInput(f"img_req_headers: {name[:40]!r} is not a valid header name and ASCII value")
+    return {k: v for k, v in headers.items() if k.lower() not in _FORBIDDEN_HEADERS}
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
