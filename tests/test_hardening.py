@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -287,6 +288,22 @@ def test_malformed_payloads(client):
     assert set(response.json()) == {"detail", "code"}
     response = client.post("/multipart/extract", data={"threshold": "0.5"})  # no files
     assert_error(response, 422, "validation_error")
+
+
+def test_broken_http_framing_leaves_no_trace(server, client):
+    """Bodies whose framing is broken, sent over a raw socket: uvicorn answers 400, the app sees
+    a disconnect, nothing is logged as a crash (the session's server fixture checks its log)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    for request in (
+        b"POST /extract HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /extract HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nContent-Length: 20\r\n\r\n0123456789",
+        b"POST /multipart/extract HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\n--b\r\n\r\nzz\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+    assert client.get("/health").status_code == 200
 
 
 def test_one_error_shape_everywhere(client):

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from facerest.api.responses import JSONResponse
 from facerest.errors import FaceRestError, Overloaded, RequestTimeout
@@ -68,6 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(request, str(exc.detail), code, exc.status_code, exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # the client left (or broke the body framing) mid-body: nobody reads this answer; no trace
+        log.info("%s %s: client disconnected before the body was read", request.method, request.url.path)
+        return error_response(request, "the client disconnected", "client_disconnected", 400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
