@@ -19,7 +19,9 @@ import pytest
 from conftest import package_photo
 from helpers import b64
 
+from facerest.config import Settings
 from facerest.errors import BadInput, ImageTooLarge, UrlFetchFailed, UrlRefused
+from facerest.imaging.loader import load_images
 from facerest.imaging.sources import FetchPolicy, fetch_url, load_source, read_local, resolve_url
 
 YAO = package_photo("yaoming.jpg").read_bytes()
@@ -334,6 +336,17 @@ def test_tls_verified_against_the_name_while_connecting_to_the_checked_address(t
     # and a certificate nobody vouches for is refused with the default (system) trust
     with pytest.raises(UrlFetchFailed):
         fetch_url(f"{named}/yao.jpg", policy(allowlist=("127.0.0.1",), retries=0))
+
+
+def test_all_downloads_of_a_request_share_its_time_limit(origin):
+    url, _ = origin
+    settings = Settings(request_timeout_s=1.5, url_timeout_s=10, url_allowlist=["127.0.0.1"])
+    started = time.monotonic()
+    loaded = load_images(None, [f"{url}/drip"] * 24 + [f"{url}/yao.jpg"], settings)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, elapsed  # not 3 rounds of 8 downloads x 10 s
+    assert all(isinstance(item, UrlFetchFailed) for item in loaded[:24])
+    assert isinstance(loaded[24], UrlFetchFailed)  # its turn came after the time was spent
 
 
 # --- local files ---

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextvars
 import io
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from facerest.config import Settings
-from facerest.errors import FaceRestError, ImageDecodeError, ImageTooLarge, TooManyImages
+from facerest.errors import FaceRestError, ImageDecodeError, ImageTooLarge, TooManyImages, UrlFetchFailed
 from facerest.imaging.decode import decode_image, image_size
 from facerest.imaging.sources import FetchPolicy, decode_base64, load_source
 
@@ -114,10 +116,18 @@ def load_images(
             raw.append(exc)
     if urls:
         policy = fetch_policy(settings)
+        # all downloads of a request share its time limit: 64 slow URLs fetched 8 at a time must
+        # not hold a place in the pipeline for 8 rounds of URL_TIMEOUT_S
+        phase_ends = time.monotonic() + settings.request_timeout_s
 
         def fetch(url: str) -> bytes | FaceRestError:
+            left = phase_ends - time.monotonic()
             try:
-                return load_source(url, policy, headers)
+                if left <= 0:
+                    raise UrlFetchFailed(
+                        f"{url} was not fetched: the request's {settings.request_timeout_s} s were spent"
+                    )
+                return load_source(url, replace(policy, timeout_s=min(policy.timeout_s, left)), headers)
             except FaceRestError as exc:
                 return exc
 
