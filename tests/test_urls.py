@@ -80,6 +80,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(b"\xff")
                     self.wfile.flush()
                     time.sleep(0.05)
+            elif path == "/pause":  # a byte, a pause just short of the limit, a byte, a long pause
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                for pause in (0.8, 30):
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(pause)
             elif path == "/stall":
                 time.sleep(30)
             else:
@@ -228,6 +236,22 @@ def test_slow_drip_stopped_by_the_total_deadline(origin):
         fetch_url(f"{url}/drip", policy(timeout_s=1.0))
     elapsed = time.monotonic() - started
     assert 0.9 < elapsed < 2.0, elapsed
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_pause_late_in_the_body_stopped_at_the_deadline(origin, tls_origin, tls):
+    """Without a deadline of its own, the read after the 0.8 s byte would wait a whole read
+    timeout more; the connection is cut when the 1 s are spent instead."""
+    if tls:
+        url, trusting = tls_origin
+        fetch = policy(timeout_s=1.0, tls_verify=trusting, allowlist=("127.0.0.1",), retries=0)
+        url = url.replace("127.0.0.1", "localhost")
+    else:
+        url, fetch = origin[0], policy(timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(UrlFetchFailed, match=r"within 1\.0 s"):
+        fetch_url(f"{url}/pause", fetch)
+    assert time.monotonic() - started < 1.5
 
 
 def test_stalled_server_stopped(origin):

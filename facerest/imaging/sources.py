@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +252,9 @@ def _fetch_from(
         raise _Retryable(f"{url} could not be fetched: {exc}") from exc
     except httpx.HTTPError as exc:
         raise UrlFetchFailed(f"{url} could not be fetched: {exc}") from exc
+    # The read timeout applies per read; this cuts the connection when the whole budget is spent,
+    # however the server paces its bytes (the blocked read then fails at once).
+    watchdog = _Watchdog(response, deadline)
     try:
         if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
             return urljoin(url, response.headers["location"])
@@ -272,9 +277,37 @@ def _fetch_from(
     except httpx.TimeoutException as exc:
         raise UrlFetchFailed(f"{url} was not downloaded within {policy.timeout_s} s") from exc
     except httpx.HTTPError as exc:
+        if watchdog.fired:
+            raise UrlFetchFailed(f"{url} was not downloaded within {policy.timeout_s} s") from exc
         raise UrlFetchFailed(f"{url} could not be fetched: {exc}") from exc
     finally:
+        watchdog.cancel()
         response.close()
+
+
+class _Watchdog:
+    """Shuts the response's socket down when the deadline passes."""
+
+    def __init__(self, response: httpx.Response, deadline: _Deadline) -> None:
+        self.fired = False
+        stream = response.extensions.get("network_stream")
+        self._socket = stream.get_extra_info("socket") if stream is not None else None
+        self._timer: threading.Timer | None = None
+        if isinstance(self._socket, socket.socket):
+            self._timer = threading.Timer(max(0.0, deadline.at - time.monotonic()), self._cut)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _cut(self) -> None:
+        self.fired = True
+        # the plain socket's shutdown, also under TLS: it wakes a blocked read in any thread,
+        # whereas SSLSocket.shutdown would also drop the TLS state that read is using
+        with contextlib.suppress(OSError):  # already closed
+            socket.socket.shutdown(self._socket, socket.SHUT_RDWR)  # type: ignore[arg-type]
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def read_local(path_text: str, policy: FetchPolicy) -> bytes:
