@@ -109,3 +109,10 @@ triton-clean:
 
 lint-docker: $(VENV)/.installed-dev
 	$(BIN)/hadolint deploy/Dockerfile.cpu deploy/Dockerfile.gpu
+
+# --- hardening (issue 4): load test, not part of `make test` (see docs/reliability.md) ---
+.PHONY: load-test
+CLIENTS ?= 32
+DURATION ?= 120
+load-test: $(VENV)/.installed
+	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION)

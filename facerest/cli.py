@@ -92,6 +92,7 @@ def serve(
         workers=settings.workers,
         log_level=settings.log_level,
         log_config=uvicorn_log_config(settings.log_level, settings.log_json),
+        access_log=False,  # facerest.access logs every request, with its latency and request id
         timeout_graceful_shutdown=int(settings.request_timeout_s),
         proxy_headers=True,
     )

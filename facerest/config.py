@@ -142,12 +142,24 @@ class Settings(BaseSettings):
     )
     ray_replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per Ray replica.")
     ray_replica_gpus: float = Field(0.0, ge=0, description="GPUs reserved per Ray replica (fractions share).")
+
     # --- gallery (issue 6) ---
     data_dir: Path = Field(Path("data"), description="Folder for data the service keeps (SQLite gallery).")
     gallery_url: str = Field(
         "",
         description="Gallery storage: sqlite:///PATH or postgresql://... (pgvector, for several replicas); "
         "empty: sqlite in data_dir/gallery.db.",
+    )
+
+    # --- hardening (issue 4) ---
+    max_request_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Most decoded pixels in one request, all images together (bounds memory per request); "
+        "images past it fail alone.",
+    )
+    url_retries: int = Field(
+        1, ge=0, le=5, description="Extra tries of a URL download after a connection error or 502/503/504."
     )
 
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")

@@ -14,9 +14,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from facerest import __version__
 from facerest.api.demo import router as demo_router
-from facerest.api.errors import install_error_handlers
+from facerest.api.errors import document_errors, install_error_handlers
 from facerest.api.gallery import router as gallery_router
 from facerest.api.metrics import Metrics
+from facerest.api.metrics import router as metrics_router
+from facerest.api.middleware import HardeningMiddleware
 from facerest.api.routes import router
 from facerest.api.schemas import DrawRequest, ExtractRequest
 from facerest.api.state import AppState
@@ -64,14 +66,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         root_path=settings.root_path,
     )
-    if settings.cors_origins:
+    app.add_middleware(HardeningMiddleware, settings=settings)
+    if settings.cors_origins:  # added last = outermost: preflights are answered before the key check
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
         )
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(demo_router)  # /demo (issue 7)
     app.include_router(gallery_router)
+    app.include_router(metrics_router)
     _document_bodies(app)
     return app
 
@@ -95,6 +103,7 @@ def _document_bodies(app: FastAPI) -> None:
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DrawRequest"}}},
             }
+        document_errors(schema)
         app.openapi_schema = schema
         return schema
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from fastapi import APIRouter, Request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.responses import PlainTextResponse, Response
 
 from facerest.faces import ImageResult
 
@@ -37,3 +46,21 @@ class Metrics:
         for result in results:
             self.images.labels("ok" if result.ok else "failed").inc()
             self.faces.inc(len(result.faces))
+
+
+router = APIRouter()
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: requests, latencies, faces, queue depth, errors by code",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    state = request.app.state.facerest
+    analyzer = state.analyzer
+    # sampled when scraped: the scheduler's queue and the admission counter are the truth
+    state.metrics.queue_depth.set(analyzer.scheduler.depth())
+    state.metrics.in_flight.set(analyzer.admission.inside)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -164,7 +164,11 @@ async def extract(request: Request) -> Response:
     return await run_extract(_state(request), req, req.msgpack or _wants_msgpack(request))
 
 
-@router.post("/multipart/extract", summary="Same as /extract, images uploaded as files")
+@router.post(
+    "/multipart/extract",
+    summary="Same as /extract, images uploaded as files",
+    responses={200: {"content": {"application/json": {}, "application/x-msgpack": {}}}},
+)
 async def extract_multipart(
     request: Request,
     files: list[UploadFile] = File(..., description="Images"),
@@ -235,7 +239,11 @@ async def _draw(
     return await state.run(work)
 
 
-@router.post("/draw_detections", summary="Draw the detected faces on each image")
+@router.post(
+    "/draw_detections",
+    summary="Draw the detected faces on each image",
+    responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}},
+)
 async def draw_detections(request: Request) -> Response:
     """One image: the JPEG itself. Several: JSON `{"data": [{"status", "image": base64 JPEG}]}`."""
     state = _state(request)
@@ -264,7 +272,11 @@ async def draw_detections(request: Request) -> Response:
     return JSONResponse({"data": data})
 
 
-@router.post("/multipart/draw_detections", summary="Draw the detected faces on an uploaded image")
+@router.post(
+    "/multipart/draw_detections",
+    summary="Draw the detected faces on an uploaded image",
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
 async def draw_detections_multipart(
     request: Request,
     file: UploadFile = File(...),
@@ -341,7 +353,7 @@ async def health(request: Request) -> JSONResponse:
     try:
         await state.run(lambda: state.analyzer.process([probe], ExtractOptions(extract_embedding=False)))
     except FaceRestError as exc:
-        return JSONResponse({"status": "unavailable", "detail": exc.detail}, 503)
+        return JSONResponse({"status": "unavailable", "detail": exc.detail, "code": exc.code}, 503)
     return JSONResponse({"status": "ok", "models": state.analyzer.models.backends})
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
+SizeEdge = Annotated[int, Field(ge=0, le=8192)]  # so the published schema states the bounds too
 
 
 class Images(BaseModel):
@@ -22,14 +23,15 @@ class Images(BaseModel):
 class ImageOptions(BaseModel):
     """What every endpoint that detects faces accepts."""
 
-    model_config = ConfigDict(extra="ignore")
+    # strict: the published schema says integer / number, so `true` or `"5"` is refused, not coerced
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     threshold: Threshold | None = Field(
         None, description="Detection score threshold (server default if absent)."
     )
     limit_faces: int = Field(0, ge=0, description="Keep the N largest faces; 0 = all.")
     min_face_size: float = Field(0, ge=0, description="Drop faces whose box is narrower than this (pixels).")
-    max_size: list[int] | int | None = Field(
+    max_size: Annotated[list[SizeEdge], Field(min_length=2, max_length=2)] | SizeEdge | None = Field(
         None, description="Largest detector input [w, h] (0 = do not resize); server setting if absent."
     )
     single_face: StrictBool = Field(

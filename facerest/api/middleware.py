@@ -1,0 +1,207 @@
+"""One ASGI middleware for what every request goes through before any route: a request id,
+API keys, the body-size limit, an access log line and the request metrics.
+
+It is plain ASGI (not Starlette's BaseHTTPMiddleware) so that bodies stream through untouched and
+an oversized body is cut off while it arrives, whatever route (JSON, msgpack, multipart) reads it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facerest.api.errors import ERROR_CODE_KEY, error_body
+from facerest.api.responses import JSONResponse
+from facerest.config import Settings
+from facerest.errors import BodyTooLarge
+from facerest.logs import request_id
+
+log = logging.getLogger("facerest.access")
+
+# Paths answered without an API key: readiness probes, and the API's own documentation (the
+# schema holds nothing secret and the docs page is where a user enters the key).
+OPEN_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def incoming_request_id(headers: Headers) -> str:
+    """The client's X-Request-ID when it is a sane token (it ends up in logs), else a new one."""
+    given = headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def key_is_valid(given: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key (no early exit on the first match)."""
+    given_bytes = given.encode("utf-8", "replace")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given_bytes, key.encode("utf-8"))
+    return matched
+
+
+def presented_key(headers: Headers) -> str:
+    """`X-API-Key: <key>`, or `Authorization: Bearer <key>` (what Prometheus scrapers can send)."""
+    key = headers.get("x-api-key")
+    if key is not None:
+        return key
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+class HardeningMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        rid = incoming_request_id(headers)
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500  # what the client saw if the app raised before answering
+        body_limit_hit = False
+        replaced = False  # our 413 went out instead of the app's answer
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, replaced
+            if replaced:
+                return
+            if message["type"] == "http.response.start":
+                if body_limit_hit and message["status"] != 413:
+                    # the route turned the cut-off body into some other error: answer the real cause
+                    replaced = True
+                    detail = self._too_large_detail()
+                    await self._reject(scope, send_with_id_raw, 413, detail, "body_too_large")
+                    return
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        async def send_with_id_raw(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_limit_hit
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.settings.max_body_bytes:
+                    body_limit_hit = True
+                    raise BodyTooLarge(self._too_large_detail())
+            return message
+
+        try:
+            if (
+                self.settings.api_keys
+                and self._path(scope) not in OPEN_PATHS
+                and not key_is_valid(presented_key(headers), self.settings.api_keys)
+            ):
+                await self._reject(
+                    scope,
+                    send_with_id_raw,
+                    401,
+                    "a valid API key is required in the X-API-Key header",
+                    "unauthorized",
+                    {"WWW-Authenticate": "ApiKey"},
+                )
+                return
+            if scope["method"] == "POST" and self._pipeline_full(scope):
+                # answered before the body is read: under overload, parsing megabytes of base64
+                # only to refuse them would take the CPU the admitted requests need
+                await self._reject(
+                    scope,
+                    send_with_id_raw,
+                    503,
+                    "the server is at its limit of requests in progress; retry shortly",
+                    "overloaded",
+                    {"Retry-After": "1"},
+                )
+                return
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+                await self._reject(scope, send_with_id_raw, 413, self._too_large_detail(), "body_too_large")
+                return
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except BodyTooLarge:
+                if status == 500 and not replaced:  # nothing was sent yet
+                    await self._reject(
+                        scope, send_with_id_raw, 413, self._too_large_detail(), "body_too_large"
+                    )
+                else:
+                    raise
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+            request_id.reset(token)
+
+    @staticmethod
+    def _pipeline_full(scope: Scope) -> bool:
+        state = getattr(getattr(scope.get("app"), "state", None), "facerest", None)
+        if state is None:  # still starting
+            return False
+        admission = state.analyzer.admission
+        return admission.inside >= admission.limit
+
+    def _too_large_detail(self) -> str:
+        return f"request body is larger than the limit of {self.settings.max_body_bytes} bytes"
+
+    @staticmethod
+    def _path(scope: Scope) -> str:
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        return path[len(root) :] or "/" if root and path.startswith(root) else path
+
+    @staticmethod
+    async def _reject(
+        scope: Scope,
+        send: Send,
+        status: int,
+        detail: str,
+        code: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        scope[ERROR_CODE_KEY] = code
+        response = JSONResponse(error_body(detail, code), status, headers=headers)
+
+        async def no_body() -> Message:
+            return {"type": "http.disconnect"}
+
+        await response(scope, no_body, send)
+
+    def _record(self, scope: Scope, status: int, elapsed_s: float) -> None:
+        route = scope.get("route")
+        # the route template, never the raw path: ids in paths would make endless label values
+        path = getattr(route, "path", None) or "unmatched"
+        state = getattr(scope.get("app"), "state", None)
+        app_state = getattr(state, "facerest", None) if state is not None else None
+        if app_state is not None:
+            metrics = app_state.metrics
+            metrics.requests.labels(scope["method"], path, str(status)).inc()
+            metrics.latency.labels(path).observe(elapsed_s)
+            # an unexpected exception is answered outside this middleware, after this runs
+            code = scope.get(ERROR_CODE_KEY) or ("internal_error" if status == 500 else None)
+            if code is not None:
+                metrics.errors.labels(code).inc()
+        log.info(
+            "%s %s %d %.1f ms",
+            scope["method"],
+            scope["path"],
+            status,
+            elapsed_s * 1000,
+        )
