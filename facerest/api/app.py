@@ -19,8 +19,7 @@ from facerest.api.gallery import router as gallery_router
 from facerest.api.metrics import Metrics
 from facerest.api.metrics import router as metrics_router
 from facerest.api.middleware import HardeningMiddleware
-from facerest.api.routes import router
-from facerest.api.schemas import DrawRequest, ExtractRequest
+from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
 from facerest.config import Settings
 from facerest.imaging.decode import decode_image
@@ -93,16 +92,10 @@ def _document_bodies(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ExtractRequest, DrawRequest):
+        for model in PARSED_BODIES:
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body
-        draw = schema["paths"].get("/draw_detections", {}).get("post")
-        if draw is not None:
-            draw["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DrawRequest"}}},
-            }
         document_errors(schema)
         app.openapi_schema = schema
         return schema

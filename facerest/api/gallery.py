@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from facerest.api.responses import JSONResponse
-from facerest.api.routes import _parse, _state
+from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.schemas import Images
 from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable
@@ -92,7 +92,7 @@ router = APIRouter(tags=["gallery"], lifespan=lifespan)
 
 
 def _service(request: Request) -> tuple[AppState, GalleryService]:
-    state = _state(request)
+    state = app_state(request)
     if state.gallery is None:
         raise StorageUnavailable("the gallery service is not running")
     return state, state.gallery
@@ -137,7 +137,11 @@ async def delete_gallery(request: Request, gallery: str) -> JSONResponse:
     return JSONResponse({"gallery": gallery, "deleted": True})
 
 
-@router.post("/gallery/{gallery}/subjects/{subject}/faces", summary="Enrol faces into a subject")
+@router.post(
+    "/gallery/{gallery}/subjects/{subject}/faces",
+    openapi_extra=parsed_body(EnrolRequest),
+    summary="Enrol faces into a subject",
+)
 async def enrol(request: Request, gallery: str, subject: str) -> JSONResponse:
     """From images (the largest face of each, or all with `all_faces`) and/or posted embeddings.
 
@@ -145,7 +149,7 @@ async def enrol(request: Request, gallery: str, subject: str) -> JSONResponse:
     listed in `failed`.
     """
     state, service = _service(request)
-    req: EnrolRequest = await _parse(request, EnrolRequest)
+    req: EnrolRequest = await parse_body(request, EnrolRequest)
 
     def work():  # type: ignore[no-untyped-def]
         images = _images(state, req.images, req.img_req_headers)
@@ -207,10 +211,14 @@ async def get_subject(
     return JSONResponse({"gallery": gallery, "subject": subject, "faces": out})
 
 
-@router.patch("/gallery/{gallery}/subjects/{subject}", summary="Rename a subject")
+@router.patch(
+    "/gallery/{gallery}/subjects/{subject}",
+    openapi_extra=parsed_body(RenameRequest),
+    summary="Rename a subject",
+)
 async def rename_subject(request: Request, gallery: str, subject: str) -> JSONResponse:
     state, service = _service(request)
-    req: RenameRequest = await _parse(request, RenameRequest)
+    req: RenameRequest = await parse_body(request, RenameRequest)
     check_name("subject", req.new_name)
     moved = await state.run(lambda: service.store.rename_subject(gallery, subject, req.new_name))
     return JSONResponse({"gallery": gallery, "subject": req.new_name, "faces": moved})
@@ -225,22 +233,32 @@ async def delete_subject(request: Request, gallery: str, subject: str) -> JSONRe
     return JSONResponse({"gallery": gallery, "subject": subject, "deleted_faces": deleted})
 
 
+#: face ids are 64-bit integers in both stores; a larger number can name no face
+FACE_ID_MAX = 2**63 - 1
+
+
 @router.delete("/gallery/{gallery}/faces/{face_id}", summary="Delete one face")
-async def delete_face(request: Request, gallery: str, face_id: int) -> JSONResponse:
+async def delete_face(
+    request: Request, gallery: str, face_id: Annotated[int, Path(ge=1, le=FACE_ID_MAX)]
+) -> JSONResponse:
     state, service = _service(request)
     if not await state.run(lambda: service.store.delete_face(gallery, face_id)):
         raise NotFound(f"no face {face_id} in gallery {gallery!r}")
     return JSONResponse({"gallery": gallery, "face_id": face_id, "deleted": True})
 
 
-@router.post("/gallery/{gallery}/search", summary="Identify every face in the images (1:N)")
+@router.post(
+    "/gallery/{gallery}/search",
+    openapi_extra=parsed_body(SearchRequest),
+    summary="Identify every face in the images (1:N)",
+)
 async def search(request: Request, gallery: str) -> JSONResponse:
     """For every face, the `top_k` closest subjects; `subject` is null below the threshold.
 
     `data` holds one entry per image (request order), then one per posted embedding.
     """
     state, service = _service(request)
-    req: SearchRequest = await _parse(request, SearchRequest)
+    req: SearchRequest = await parse_body(request, SearchRequest)
 
     def work():  # type: ignore[no-untyped-def]
         images = _images(state, req.images, req.img_req_headers)
@@ -265,12 +283,16 @@ async def search(request: Request, gallery: str) -> JSONResponse:
     return JSONResponse({"gallery": gallery, "threshold": service.threshold(req.threshold), "data": data})
 
 
-@router.post("/verify", summary="Same person? Two images, an image and a subject, or two embeddings")
+@router.post(
+    "/verify",
+    openapi_extra=parsed_body(VerifyRequest),
+    summary="Same person? Two images, an image and a subject, or two embeddings",
+)
 async def verify(request: Request) -> JSONResponse:
     """Compares the largest face of each image (or the posted embeddings); against a subject, its
     closest face counts. `same` is `similarity >= threshold`."""
     state, service = _service(request)
-    req: VerifyRequest = await _parse(request, VerifyRequest)
+    req: VerifyRequest = await parse_body(request, VerifyRequest)
     image_count = len(req.images.data or []) + len(req.images.urls or []) if req.images else 0
     inputs = image_count + len(req.embeddings or [])
     with_subject = req.gallery is not None or req.subject is not None

@@ -28,7 +28,7 @@ from facerest.pipeline import ExtractOptions, Timings
 router = APIRouter()
 
 
-def _state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
     return request.app.state.facerest
 
 
@@ -50,9 +50,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
+async def parse_body(request: Request, model: type[BaseModel]) -> Any:
     """JSON or msgpack body -> a validated request model."""
-    settings = _state(request).settings
+    settings = app_state(request).settings
     raw = await _read_body(request, settings.max_body_bytes)
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:
@@ -138,20 +138,21 @@ async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Res
     return body_response(body, binary=binary)
 
 
-EXTRACT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ExtractRequest"}},
-            "application/msgpack": {"schema": {"$ref": "#/components/schemas/ExtractRequest"}},
-        },
-    }
-}
+#: request models that routes read from JSON or msgpack bodies themselves (app.py publishes them)
+PARSED_BODIES: list[type[BaseModel]] = []
+
+
+def parsed_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a route that parses `model` with `parse_body`, so the schema shows it."""
+    PARSED_BODIES.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    content = {"application/json": {"schema": ref}, "application/msgpack": {"schema": ref}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 @router.post(
     "/extract",
-    openapi_extra=EXTRACT_BODY,
+    openapi_extra=parsed_body(ExtractRequest),
     summary="Detect faces and extract embeddings, gender/age, masks",
     responses={200: {"content": {"application/json": {}, "application/x-msgpack": {}}}},
 )
@@ -160,8 +161,8 @@ async def extract(request: Request) -> Response:
 
     Answer in msgpack when `msgpack: true` or `Accept: application/x-msgpack`.
     """
-    req: ExtractRequest = await _parse(request, ExtractRequest)
-    return await run_extract(_state(request), req, req.msgpack or _wants_msgpack(request))
+    req: ExtractRequest = await parse_body(request, ExtractRequest)
+    return await run_extract(app_state(request), req, req.msgpack or _wants_msgpack(request))
 
 
 @router.post(
@@ -186,7 +187,7 @@ async def extract_multipart(
     msgpack: bool = Form(False),
     api_ver: str = Form("2", pattern="^[12]$"),
 ) -> Response:
-    state = _state(request)
+    state = app_state(request)
     data = [await _read_upload(f, state) for f in files]
     req = ExtractRequest(
         images={"data": data},
@@ -241,13 +242,14 @@ async def _draw(
 
 @router.post(
     "/draw_detections",
+    openapi_extra=parsed_body(DrawRequest),
     summary="Draw the detected faces on each image",
     responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}},
 )
 async def draw_detections(request: Request) -> Response:
     """One image: the JPEG itself. Several: JSON `{"data": [{"status", "image": base64 JPEG}]}`."""
-    state = _state(request)
-    req: DrawRequest = await _parse(request, DrawRequest)
+    state = app_state(request)
+    req: DrawRequest = await parse_body(request, DrawRequest)
     options = _options(req, state, extract_embedding=False, detect_masks=req.detect_masks)
     drawn = await _draw(
         state,
@@ -288,7 +290,7 @@ async def draw_detections_multipart(
     min_face_size: float = Form(0, ge=0),
     use_rotation: bool = Form(False, description="Accepted for compatibility; has no effect."),
 ) -> Response:
-    state = _state(request)
+    state = app_state(request)
     data = await _read_upload(file, state)
     req = ImageOptions(threshold=threshold, limit_faces=limit_faces, min_face_size=min_face_size)
     options = _options(req, state, extract_embedding=False)
@@ -302,7 +304,7 @@ async def draw_detections_multipart(
 
 @router.get("/info", summary="Version, models and settings in force")
 async def info(request: Request) -> JSONResponse:
-    state = _state(request)
+    state = app_state(request)
     s = state.settings
     import onnxruntime
 
@@ -348,7 +350,7 @@ async def info(request: Request) -> JSONResponse:
 
 @router.get("/health", summary="Ready when the models are loaded and answer")
 async def health(request: Request) -> JSONResponse:
-    state = _state(request)
+    state = app_state(request)
     probe = np.zeros((64, 64, 3), np.uint8)
     try:
         await state.run(lambda: state.analyzer.process([probe], ExtractOptions(extract_embedding=False)))
