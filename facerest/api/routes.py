@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import time
 from typing import Any
 
@@ -302,6 +303,13 @@ async def draw_detections_multipart(
     return Response(drawn[0], media_type="image/jpeg")
 
 
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 @router.get("/info", summary="Version, models and settings in force")
 async def info(request: Request) -> JSONResponse:
     state = app_state(request)
@@ -312,7 +320,7 @@ async def info(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "version": __version__,
-            "tensorrt_version": None,
+            "tensorrt_version": _installed_version("tensorrt"),
             "onnxruntime_version": onnxruntime.__version__,
             "log_level": s.log_level,
             "models": {
