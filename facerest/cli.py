@@ -77,6 +77,11 @@ def serve(
     )
 
 
+from facerest.cli_bench import app as bench_app  # noqa: E402
+
+app.add_typer(bench_app, name="bench")
+
+
 def main() -> None:
     try:
         app()

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty: none."
     )
 
+    # --- large faces (issue 9) ---
+    closeup_pass: bool = Field(
+        True,
+        description="When the first detector pass finds nothing or a big face cut by the edge, "
+        "look again with the image small and centred in a padded canvas (close-ups, tight crops).",
+    )
+
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
