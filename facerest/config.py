@@ -102,6 +102,15 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty: none."
     )
 
+    # --- throughput (issue 3) ---
+    max_upscale: float = Field(
+        0.0,
+        ge=0.0,
+        description="Largest enlargement of small images for the detector; 0: fit max_size as the "
+        "reference pipeline does. 1: detect small images at their own size (fewer FLOPs; embeddings "
+        "then differ slightly from the reference pipeline's).",
+    )
+
     # --- large faces (issue 9) ---
     closeup_pass: bool = Field(
         True,

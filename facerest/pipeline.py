@@ -246,7 +246,14 @@ class FaceAnalyzer:
         detector = self.models.detector
         h, w = image.shape[:2]
         max_size = options.max_size or tuple(self.settings.max_size)
-        return plan_input(w, h, max_size, fixed=detector.fixed_input, stride=detector.stride)
+        return plan_input(
+            w,
+            h,
+            max_size,
+            fixed=detector.fixed_input,
+            stride=detector.stride,
+            max_upscale=self.settings.max_upscale,
+        )
 
     def _select(self, dets: Detections, options: ExtractOptions) -> list[Face]:
         widths = dets.boxes[:, 2] - dets.boxes[:, 0]
