@@ -132,9 +132,11 @@ def test_every_crop_gives_one_face_matching_the_full_photo(crop_study):
     below = total = 0
     for v in variants:
         cos = np.array(v.cosines)
+        ones = int(np.sum(np.array(v.counts) == 1))
+        spread = f"{np.nanmin(cos):.3f}  {np.nanpercentile(cos, 5):.3f}  {np.nanmedian(cos):.3f}"
         print(
-            f"{v.margin:5.2f} {v.size:4d} {v.colour:6s} | {np.sum(np.array(v.counts) == 1):3d}/{len(cos):3d} | "
-            f"{np.nanmin(cos):.3f}  {np.nanpercentile(cos, 5):.3f}  {np.nanmedian(cos):.3f} | {np.sum(cos < 0.9)}"
+            f"{v.margin:5.2f} {v.size:4d} {v.colour:6s} | {ones:3d}/{len(cos):3d} | {spread} "
+            f"| {np.sum(cos < 0.9)}"
         )
         below += int(np.sum(cos < 0.9))
         total += len(cos)
