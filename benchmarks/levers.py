@@ -134,6 +134,19 @@ def main() -> None:
             ),
         )
 
+    if wanted("chunk") and models.recognizer is not None:
+        # a crowd photo's faces (lumia.jpg: 84) run in chunks of FACEREST_REC_BATCH_SIZE
+        recognizer = models.recognizer
+        crowd_faces = np.repeat(face, 84, axis=0)
+
+        def chunks(n: int) -> Callable[[], object]:
+            return lambda: [recognizer.infer(crowd_faces[i : i + n]) for i in range(0, 84, n)]
+
+        report(
+            "recognizer 84 faces",
+            alternate({f"chunks of {n}": chunks(n) for n in (64, 32, 16, 8)}, args.rounds, 1),
+        )
+
     if wanted("runtime"):
         try:
             from facerest.runtime.onnx import OnnxSession

@@ -164,7 +164,8 @@ class FaceAnalyzer:
     def _submit(self, image: np.ndarray, plan: DetectorInput) -> tuple[DetectorInput, Future]:
         detector = self.models.detector
         tensor = detector.prepare(letterbox(image, plan))
-        return plan, self.scheduler.submit(detector.name, detector.infer, tensor[None], detector.max_batch)
+        max_batch = min(detector.max_batch, self.settings.det_batch_size)
+        return plan, self.scheduler.submit(detector.name, detector.infer, tensor[None], max_batch)
 
     def _decode(self, outputs: dict[str, np.ndarray], plan: DetectorInput, threshold: float) -> Detections:
         """One image's raw detector outputs -> Detections in original image coordinates."""
@@ -324,7 +325,10 @@ class FaceAnalyzer:
                     face.crop = crop
             run = model is not self.models.recognizer or options.extract_embedding or options.embed_only
             if run:
-                future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), model.max_batch)
+                max_batch = model.max_batch
+                if model is self.models.recognizer:
+                    max_batch = min(max_batch, self.settings.rec_batch_size)
+                future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), max_batch)
                 submitted.append((model, future, True))
         for model, future, _ in submitted:
             rows = self._wait(future, deadline)
