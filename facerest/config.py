@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         description="Largest detector input, width,height; images are scaled to fit, keeping aspect.",
     )
     det_batch_size: int = Field(4, ge=1, description="Most images in one detector call.")
-    rec_batch_size: int = Field(32, ge=1, description="Most faces in one recognizer call.")
+    rec_batch_size: int = Field(
+        8, ge=1, description="Most faces in one recognizer call (8: fastest per face on CPU, issue 3)."
+    )
     batch_wait_ms: float = Field(
         2.0, ge=0.0, description="How long a batch may wait for more work from other requests."
     )
