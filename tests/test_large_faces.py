@@ -196,3 +196,19 @@ def test_single_face_hint(analyzer):
     assert whole.bbox.tolist() == [0, 0, 100, 120]
     assert whole.embedding is not None and whole.embedding.shape == (512,)
     assert analyzer.process([blank], ExtractOptions())[0].faces == []
+
+
+def test_closeup_pass_runs_only_when_in_doubt(analyzer):
+    """A photo whose faces the first pass finds costs one detector run; a tight crop costs two."""
+    yao = read_bgr(package_photo("yaoming.jpg"))
+    [face] = analyzer.process([yao], ExtractOptions())[0].faces
+    crop = square_crop(yao, face.bbox, 0.0, 150)
+    runs = analyzer.scheduler.stats.by_model.setdefault(analyzer.models.detector.name, [0, 0])
+
+    def detector_items(image: np.ndarray) -> tuple[int, int]:
+        before = runs[1]
+        [result] = analyzer.process([image], ExtractOptions(extract_embedding=False))
+        return runs[1] - before, len(result.faces)
+
+    assert detector_items(yao) == (1, 1)
+    assert detector_items(crop) == (2, 1)
