@@ -119,6 +119,16 @@ def main() -> None:
                 ),
             )
 
+    if wanted("detbatch"):
+        # concurrent same-shape images could run as one detector batch: FACEREST_DET_BATCH_SIZE
+        one = rng.standard_normal((1, 3, 640, 608), dtype=np.float32)
+        result = alternate(
+            {f"batch {n}": lambda n=n: detector.infer(np.repeat(one, n, axis=0)) for n in (1, 2, 4)},
+            args.rounds,
+            2,
+        )
+        report("detector 608x640, per image", {k: v / int(k.split()[1]) for k, v in result.items()})
+
     if wanted("batch") and models.recognizer is not None:
         recognizer = models.recognizer
         eight = np.repeat(face, 8, axis=0)

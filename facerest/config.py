@@ -63,7 +63,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [640, 640],
         description="Largest detector input, width,height; images are scaled to fit, keeping aspect.",
     )
-    det_batch_size: int = Field(4, ge=1, description="Most images in one detector call.")
+    det_batch_size: int = Field(
+        1,
+        ge=1,
+        description="Most images in one detector call (1: batches are slower per image on CPU, issue 3).",
+    )
     rec_batch_size: int = Field(
         8, ge=1, description="Most faces in one recognizer call (8: fastest per face on CPU, issue 3)."
     )
