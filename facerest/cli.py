@@ -7,6 +7,10 @@ import sys
 
 import typer
 
+from facerest import cli_config, cli_extract, cli_models
+from facerest.cli_bench import app as bench_app
+from facerest.cli_deploy import add_deploy_commands
+from facerest.cli_gallery import app as gallery_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -37,6 +41,14 @@ def setup_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, json_lines=settings.log_json)
 
 
+app.add_typer(cli_models.app, name="models")
+app.add_typer(cli_extract.app)
+app.add_typer(cli_config.app)
+app.add_typer(gallery_app, name="gallery")
+app.add_typer(bench_app, name="bench")
+add_deploy_commands(app)  # `facerest triton ...`, `facerest ray ...`
+
+
 @app.command(epilog=_settings_epilog())
 def serve(
     host: str | None = typer.Option(None, help="Bind address [env FACEREST_HOST, default 0.0.0.0]."),
@@ -60,6 +72,16 @@ def serve(
         prepare_models(settings)
     except FaceRestError as exc:
         fail(exc.detail)
+    if settings.gpus:  # one process group per GPU (facerest/serve_gpus.py), engines built in each
+        from facerest.serve_gpus import serve_on_gpus
+
+        raise typer.Exit(serve_on_gpus(settings))
+    from facerest.runtime.base import prepare_runtime
+
+    try:
+        prepare_runtime(settings)  # e.g. TensorRT engines, built once before the workers start
+    except FaceRestError as exc:
+        fail(exc.detail)
     import uvicorn
 
     from facerest.logs import uvicorn_log_config
@@ -75,11 +97,6 @@ def serve(
         timeout_graceful_shutdown=int(settings.request_timeout_s),
         proxy_headers=True,
     )
-
-
-from facerest.cli_bench import app as bench_app  # noqa: E402
-
-app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

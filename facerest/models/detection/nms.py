@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, by_min: bool = False) -> np.ndarray:
     """Indices of the boxes kept, best score first.
 
     Areas use the +1 pixel convention of the reference SCRFD/RetinaFace code, so the same boxes
-    survive as in InsightFace.
+    survive as in InsightFace. `by_min`: overlap over the smaller box instead of the union
+    (MTCNN's last stage).
     """
     if len(boxes) == 0:
         return np.empty(0, dtype=np.int64)
@@ -26,6 +27,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         xx2 = np.minimum(x2[i], x2[rest])
         yy2 = np.minimum(y2[i], y2[rest])
         inter = np.maximum(0.0, xx2 - xx1 + 1) * np.maximum(0.0, yy2 - yy1 + 1)
-        iou = inter / (areas[i] + areas[rest] - inter)
+        union = np.minimum(areas[i], areas[rest]) if by_min else areas[i] + areas[rest] - inter
+        iou = inter / union
         order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)

@@ -1,0 +1,187 @@
+"""`facerest gallery import | export | list`: galleries from folders of photos, to and from JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from facerest.config import Settings
+from facerest.errors import FaceRestError, ModelMismatch
+
+app = typer.Typer(help="Face galleries: import folders of photos, export and list.", no_args_is_help=True)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+#: images enrolled per call (one transaction each), enough to fill the recognizer's batches
+CHUNK = 16
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    )
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from facerest.gallery import gallery_url, open_store
+
+    return open_store(gallery_url(settings))
+
+
+def _service(settings: Settings):  # type: ignore[no-untyped-def]
+    from facerest.gallery.service import GalleryService
+    from facerest.models import load_models
+    from facerest.pipeline import FaceAnalyzer
+
+    analyzer = FaceAnalyzer(load_models(settings), settings)
+    return GalleryService(_store(settings), analyzer, settings)
+
+
+@app.command("import")
+def import_(
+    source: Path = typer.Argument(
+        ..., help="A folder with one subfolder of photos per subject, or an export file."
+    ),
+    gallery: str = typer.Option(..., "--gallery", "-g", help="Gallery to enrol into (created if new)."),
+    all_faces: bool = typer.Option(False, help="Enrol every face of each photo, not only the largest."),
+) -> None:
+    """Enrol every subject folder of SOURCE (or every face of a `gallery export` file)."""
+    from facerest.imaging.decode import decode_image
+
+    settings = Settings()
+    if not source.exists():
+        _fail(f"{source} does not exist")
+    try:
+        service = _service(settings)
+    except FaceRestError as exc:
+        _fail(exc.detail)
+    added = failed = 0
+    try:
+        if source.is_file():
+            added = _import_export_file(service, source, gallery)
+        else:
+            work = [
+                (folder.name, sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+                for folder in sorted(source.iterdir())
+                if folder.is_dir()
+            ]
+            total = sum(len(files) for _, files in work)
+            if total == 0:
+                _fail(f"no photos in subfolders of {source} (one subfolder per subject)")
+            with _progress() as progress:
+                task = progress.add_task(f"enrolling into {gallery}", total=total)
+                for subject, files in work:
+                    for start in range(0, len(files), CHUNK):
+                        chunk = files[start : start + CHUNK]
+                        images = []
+                        for path in chunk:
+                            try:
+                                images.append(
+                                    decode_image(path.read_bytes(), max_pixels=settings.max_image_pixels)
+                                )
+                            except FaceRestError as exc:
+                                images.append(exc)
+                        done = service.enrol(gallery, subject, images, all_faces=all_faces)
+                        added += len(done.added)
+                        for index, detail in done.failed:
+                            failed += 1
+                            progress.console.print(
+                                f"skipped {chunk[index].relative_to(source)}: {detail}",
+                                soft_wrap=True,
+                                markup=False,
+                                style="yellow",
+                            )
+                        progress.advance(task, len(chunk))
+    except FaceRestError as exc:
+        _fail(exc.detail)
+    finally:
+        service.close()
+        service.analyzer.close()
+    typer.echo(f"{added} faces enrolled into {gallery!r}; {failed} photos skipped")
+
+
+def _import_export_file(service, path: Path, gallery: str) -> int:  # type: ignore[no-untyped-def]
+    data = json.loads(path.read_text("utf-8"))
+    model = service.model
+    if model is not None and (data.get("model"), data.get("model_md5")) != (model.name, model.md5):
+        raise ModelMismatch(
+            f"{path} holds embeddings of {data.get('model')} (md5 {data.get('model_md5')}); "
+            f"this server runs {model.name} (md5 {model.md5})"
+        )
+    added = 0
+    with _progress() as progress:
+        task = progress.add_task(f"importing into {gallery}", total=len(data["subjects"]))
+        for subject in data["subjects"]:
+            vectors = [face["embedding"] for face in subject["faces"]]
+            added += len(service.enrol(gallery, subject["subject"], embeddings=vectors).added)
+            progress.advance(task)
+    return added
+
+
+@app.command()
+def export(
+    gallery: str = typer.Argument(..., help="Gallery to export."),
+    output: Path = typer.Option(..., "--output", "-o", help="JSON file to write."),
+) -> None:
+    """Write every subject and face of GALLERY, with embeddings, to a JSON file."""
+    settings = Settings()
+    store = _store(settings)
+    try:
+        info = store.gallery(gallery)
+        if info is None:
+            _fail(f"no gallery {gallery!r}")
+            return
+        subjects = []
+        with _progress() as progress:
+            names = store.subjects(gallery)
+            task = progress.add_task(f"exporting {gallery}", total=len(names))
+            for subject, _ in names:
+                faces = store.faces(gallery, subject, with_embeddings=True)
+                subjects.append(
+                    {
+                        "subject": subject,
+                        "faces": [
+                            {
+                                "face_id": f.face_id,
+                                "bbox": f.bbox,
+                                "prob": f.prob,
+                                "image_hash": f.image_hash,
+                                "added_at": f.added_at,
+                                "embedding": [round(float(v), 7) for v in f.embedding],  # type: ignore[union-attr]
+                            }
+                            for f in faces
+                        ],
+                    }
+                )
+                progress.advance(task)
+    finally:
+        store.close()
+    body = {
+        "gallery": gallery,
+        "model": info.model.name,
+        "model_md5": info.model.md5,
+        "dim": info.model.dim,
+        "subjects": subjects,
+    }
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text(json.dumps(body), "utf-8")
+    tmp.replace(output)
+    typer.echo(f"{info.faces} faces of {info.subjects} subjects written to {output}")
+
+
+@app.command("list")
+def list_() -> None:
+    """Every gallery: model, subjects, faces."""
+    store = _store(Settings())
+    try:
+        for g in store.galleries():
+            typer.echo(f"{g.name}\t{g.model.name}\t{g.subjects} subjects\t{g.faces} faces")
+    finally:
+        store.close()

@@ -1,0 +1,29 @@
+"""Face galleries: subjects with enrolled faces, 1:N identification and 1:1 verification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facerest.config import Settings
+from facerest.errors import BackendUnavailable
+from facerest.gallery.store import GalleryStore
+
+
+def gallery_url(settings: Settings) -> str:
+    """The storage URL in force: FACEREST_GALLERY_URL, or SQLite in the data folder."""
+    return settings.gallery_url or f"sqlite:///{(settings.data_dir / 'gallery.db').resolve()}"
+
+
+def open_store(url: str) -> GalleryStore:
+    """sqlite:///PATH (a relative PATH after three slashes, an absolute one after four) or postgresql://..."""
+    if url.startswith("sqlite:///"):
+        from facerest.gallery.sqlite import SQLiteStore
+
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        from facerest.gallery.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise BackendUnavailable(
+        f"FACEREST_GALLERY_URL must start with sqlite:/// or postgresql://, not {url.split(':')[0]!r}"
+    )

@@ -1,0 +1,344 @@
+"""The embedded backend: SQLite in WAL mode on disk, every gallery also held as a matrix in memory.
+
+Search is an exact matrix product over the in-memory copy; SQLite is the durable record. Other
+processes writing the same file (several workers) are noticed through `PRAGMA data_version`, and
+the in-memory copy is then read again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from facerest.errors import ModelMismatch
+from facerest.gallery.store import (
+    GalleryInfo,
+    GalleryStore,
+    ModelTag,
+    NewFace,
+    SearchResult,
+    StoredFace,
+    checked_rename,
+    mismatch_message,
+    top_subjects,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS galleries (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    model_md5 TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gallery TEXT NOT NULL REFERENCES galleries(name) ON DELETE CASCADE,
+    subject TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    image_hash TEXT,
+    bbox TEXT,
+    prob REAL,
+    model TEXT NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
+"""
+
+
+class _Matrix:
+    """One gallery's embeddings in memory: rows grow in steps, deletes swap in the last row."""
+
+    def __init__(self, dim: int, capacity: int = 16) -> None:
+        capacity = max(capacity, 16)
+        self.vectors = np.zeros((capacity, dim), np.float32)
+        self.ids = np.zeros(capacity, np.int64)
+        self.codes = np.zeros(capacity, np.int32)
+        self.count = 0
+        self.names: list[str] = []  # subject code -> name
+        self.code_of: dict[str, int] = {}
+        self.row_of: dict[int, int] = {}
+
+    def add(self, subject: str, ids: list[int], vectors: np.ndarray) -> None:
+        code = self.code_of.get(subject)
+        if code is None:
+            code = self.code_of[subject] = len(self.names)
+            self.names.append(subject)
+        need = self.count + len(ids)
+        if need > len(self.ids):
+            # grow by a quarter: at most 25% spare rows (a 100k gallery is 200 MB of float32)
+            capacity = max(need, len(self.ids) + max(len(self.ids) // 4, 1024))
+            self.vectors = np.resize(self.vectors, (capacity, self.vectors.shape[1]))
+            self.ids = np.resize(self.ids, capacity)
+            self.codes = np.resize(self.codes, capacity)
+        rows = slice(self.count, need)
+        self.vectors[rows] = vectors
+        self.ids[rows] = ids
+        self.codes[rows] = code
+        for offset, face_id in enumerate(ids):
+            self.row_of[face_id] = self.count + offset
+        self.count = need
+
+    def delete(self, face_id: int) -> None:
+        row = self.row_of.pop(face_id, None)
+        if row is None:
+            return
+        last = self.count - 1
+        if row != last:
+            self.vectors[row] = self.vectors[last]
+            self.ids[row] = self.ids[last]
+            self.codes[row] = self.codes[last]
+            self.row_of[int(self.ids[row])] = row
+        self.count = last
+
+    def delete_subject(self, subject: str) -> None:
+        code = self.code_of.get(subject)
+        if code is None:
+            return
+        for face_id in self.ids[: self.count][self.codes[: self.count] == code].tolist():
+            self.delete(face_id)
+
+    def rename(self, subject: str, new_name: str) -> None:
+        code = self.code_of.pop(subject, None)
+        if code is not None:
+            self.names[code] = new_name
+            self.code_of[new_name] = code
+
+    def search(self, queries: np.ndarray, top_k: int) -> list[SearchResult]:
+        if self.count == 0:
+            return [SearchResult() for _ in queries]
+        similarities = queries @ self.vectors[: self.count].T
+        codes = self.codes[: self.count]
+        return [top_subjects(row, codes, self.names, top_k) for row in similarities]
+
+
+def _bbox_text(bbox: list[float] | None) -> str | None:
+    return None if bbox is None else json.dumps([round(float(v), 2) for v in bbox])
+
+
+class SQLiteStore(GalleryStore):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # one connection shared by the worker threads under one lock: SQLite writes are serial
+        # anyway, and searches read the in-memory matrices
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the client hears "added", not only in the OS cache
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._matrices: dict[str, _Matrix] = {}
+        self._data_version = -1
+        with self._lock:
+            self._refresh()
+
+    # --- plumbing ---
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; the caller holds the lock and updates the matrices after it commits.
+
+        (Our own commits leave `data_version` unchanged, so the matrices are not read again.)
+        """
+        self._refresh()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _refresh(self) -> None:
+        """Reload the matrices when another process committed since we last looked."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        # sized to fit: no doubling, no spare rows after a (re)load
+        matrices = {
+            name: _Matrix(dim, count)
+            for name, dim, count in self._db.execute(
+                "SELECT name, dim, (SELECT COUNT(*) FROM faces WHERE gallery = name) FROM galleries"
+            )
+        }
+        rows = self._db.execute(
+            "SELECT gallery, subject, id, embedding FROM faces ORDER BY gallery, subject, id"
+        )
+        batch: list[tuple[str, str, int, bytes]] = []
+        for row in rows:
+            if batch and (row[0], row[1]) != batch[0][:2]:
+                self._load(matrices, batch)
+                batch = []
+            batch.append(row)
+        if batch:
+            self._load(matrices, batch)
+        self._matrices = matrices
+        self._data_version = version
+
+    @staticmethod
+    def _load(matrices: dict[str, _Matrix], batch: list[tuple[str, str, int, bytes]]) -> None:
+        gallery, subject = batch[0][:2]
+        vectors = np.frombuffer(b"".join(r[3] for r in batch), np.float32).reshape(len(batch), -1)
+        matrices[gallery].add(subject, [r[2] for r in batch], vectors)
+
+    def _info(self, name: str) -> GalleryInfo | None:
+        row = self._db.execute(
+            "SELECT g.model, g.model_md5, g.dim, COUNT(DISTINCT f.subject), COUNT(f.id) "
+            "FROM galleries g LEFT JOIN faces f ON f.gallery = g.name WHERE g.name = ? GROUP BY g.name",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        return GalleryInfo(name, ModelTag(row[0], row[1], row[2]), row[3], row[4])
+
+    # --- the interface ---
+
+    def galleries(self) -> list[GalleryInfo]:
+        with self._lock:
+            names = [r[0] for r in self._db.execute("SELECT name FROM galleries ORDER BY name")]
+            return [info for name in names if (info := self._info(name)) is not None]
+
+    def gallery(self, name: str) -> GalleryInfo | None:
+        with self._lock:
+            return self._info(name)
+
+    def add_faces(self, gallery: str, subject: str, model: ModelTag, faces: list[NewFace]) -> list[int]:
+        now = time.time()
+        vectors = np.stack([np.asarray(f.embedding, np.float32) for f in faces]) if faces else None
+        ids: list[int] = []
+        with self._lock:
+            with self._write() as db:
+                row = db.execute(
+                    "SELECT model, model_md5, dim FROM galleries WHERE name = ?", (gallery,)
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO galleries (name, model, model_md5, dim, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (gallery, model.name, model.md5, model.dim, now),
+                    )
+                elif ModelTag(*row) != model:
+                    raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), model))
+                for face, vector in zip(faces, vectors if vectors is not None else [], strict=True):
+                    cursor = db.execute(
+                        "INSERT INTO faces (gallery, subject, embedding, image_hash, bbox, prob, model, "
+                        "added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            gallery,
+                            subject,
+                            vector.tobytes(),
+                            face.image_hash,
+                            _bbox_text(face.bbox),
+                            face.prob,
+                            model.name,
+                            now,
+                        ),
+                    )
+                    ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
+            # committed: the matrix follows, before any other writer gets the lock
+            matrix = self._matrices.setdefault(gallery, _Matrix(model.dim))
+            if vectors is not None:
+                matrix.add(subject, ids, vectors)
+        return ids
+
+    def subjects(self, gallery: str) -> list[tuple[str, int]]:
+        with self._lock:
+            return [
+                (r[0], r[1])
+                for r in self._db.execute(
+                    "SELECT subject, COUNT(*) FROM faces WHERE gallery = ? GROUP BY subject ORDER BY subject",
+                    (gallery,),
+                )
+            ]
+
+    def faces(self, gallery: str, subject: str, with_embeddings: bool = False) -> list[StoredFace]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, subject, image_hash, bbox, prob, model, added_at, embedding FROM faces "
+                "WHERE gallery = ? AND subject = ? ORDER BY id",
+                (gallery, subject),
+            ).fetchall()
+        return [
+            StoredFace(
+                face_id=r[0],
+                subject=r[1],
+                image_hash=r[2],
+                bbox=None if r[3] is None else json.loads(r[3]),
+                prob=r[4],
+                model=r[5],
+                added_at=r[6],
+                embedding=np.frombuffer(r[7], np.float32) if with_embeddings else None,
+            )
+            for r in rows
+        ]
+
+    def rename_subject(self, gallery: str, subject: str, new_name: str) -> int:
+        with self._lock:
+            with self._write() as db:
+                taken = db.execute(
+                    "SELECT 1 FROM faces WHERE gallery = ? AND subject = ? LIMIT 1", (gallery, new_name)
+                ).fetchone()
+                moved = checked_rename(
+                    gallery,
+                    subject,
+                    new_name,
+                    taken is not None,
+                    lambda: (
+                        db.execute(
+                            "UPDATE faces SET subject = ? WHERE gallery = ? AND subject = ?",
+                            (new_name, gallery, subject),
+                        ).rowcount
+                    ),
+                )
+            if matrix := self._matrices.get(gallery):
+                matrix.rename(subject, new_name)
+        return moved
+
+    def delete_subject(self, gallery: str, subject: str) -> int:
+        with self._lock:
+            with self._write() as db:
+                deleted = db.execute(
+                    "DELETE FROM faces WHERE gallery = ? AND subject = ?", (gallery, subject)
+                ).rowcount
+            if matrix := self._matrices.get(gallery):
+                matrix.delete_subject(subject)
+        return deleted
+
+    def delete_face(self, gallery: str, face_id: int) -> bool:
+        with self._lock:
+            with self._write() as db:
+                deleted = db.execute(
+                    "DELETE FROM faces WHERE gallery = ? AND id = ?", (gallery, face_id)
+                ).rowcount
+            if matrix := self._matrices.get(gallery):
+                matrix.delete(face_id)
+        return bool(deleted)
+
+    def delete_gallery(self, gallery: str) -> bool:
+        with self._lock:
+            with self._write() as db:
+                db.execute("DELETE FROM faces WHERE gallery = ?", (gallery,))
+                deleted = db.execute("DELETE FROM galleries WHERE name = ?", (gallery,)).rowcount
+            self._matrices.pop(gallery, None)
+        return bool(deleted)
+
+    def search(self, gallery: str, queries: np.ndarray, top_k: int) -> list[SearchResult]:
+        with self._lock:
+            self._refresh()
+            matrix = self._matrices.get(gallery)
+            if matrix is None:
+                return [SearchResult() for _ in queries]
+            return matrix.search(np.asarray(queries, np.float32), top_k)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,116 @@
+"""GPU paths: ONNX Runtime's CUDA provider, native TensorRT engine build and inference.
+
+They run where an NVIDIA GPU with the GPU packages is present (the GPU image, or facerest[gpu]
+with TensorRT and onnxruntime-gpu) and skip with the reason everywhere else. docs/performance.md
+(## GPU) says how to produce the figures with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import package_photo, read_bgr
+
+from facerest.config import Settings
+from facerest.models.store import ModelStore
+
+pytestmark = pytest.mark.gpu
+
+
+def _need_tensorrt_gpu() -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"TensorRT is not installed here ({exc}); runs in the GPU image")
+    try:
+        from facerest.runtime.tensorrt import cuda_call, cudart
+
+        count = cuda_call(cudart().cudaGetDeviceCount())
+    except Exception as exc:
+        pytest.skip(f"no usable CUDA device here ({exc})")
+    if count < 1:
+        pytest.skip("no CUDA device here")
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def crops(analyzer) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The recognizer's input for the real faces of players.jpg, prepared by the CPU pipeline."""
+    image = read_bgr(package_photo("players.jpg"))
+    from facerest.pipeline import ExtractOptions
+
+    faces = analyzer.process([image], ExtractOptions(extract_embedding=False))[0].faces
+    model = analyzer.models.recognizer
+    return model.prepare(np.stack([model.crop(image, face) for face in faces]))
+
+
+def test_cuda_provider_matches_cpu(models_dir: Path, crops: np.ndarray) -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(
+            f"this onnxruntime has no CUDA provider ({ort.get_available_providers()}); needs onnxruntime-gpu"
+        )
+    from facerest.runtime.onnx import OnnxSession
+
+    path = ModelStore(models_dir).ensure("w600k_mbf")[0]
+    gpu = OnnxSession(path, providers=["CUDAExecutionProvider"], model_name="w600k_mbf")
+    cpu = OnnxSession(path, providers=["CPUExecutionProvider"])
+    if gpu.providers[0] != "CUDAExecutionProvider":
+        pytest.skip(f"the CUDA provider did not start (no GPU or driver): {gpu.providers}")
+    name = gpu.inputs[0].name
+    cos = _cosine(next(iter(gpu.run({name: crops}).values())), next(iter(cpu.run({name: crops}).values())))
+    assert cos.min() >= 0.999
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_tensorrt_engine_builds_caches_and_matches_cpu(
+    fp16: bool, models_dir: Path, tmp_path: Path, crops: np.ndarray, capsys, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    _need_tensorrt_gpu()
+    from facerest.runtime.onnx import OnnxSession
+    from facerest.runtime.tensorrt import TensorRTSession
+    from facerest.tools.tensorrt_build import build_engine
+
+    store = ModelStore(models_dir)
+    path = store.ensure("w600k_mbf")[0]
+    settings = Settings(models_dir=models_dir, trt_engines_dir=tmp_path, rec_batch_size=64, force_fp16=fp16)
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="facerest.tools.tensorrt_build"):
+        engine = build_engine(path, settings, store.entry("w600k_mbf"))
+    build_s = time.perf_counter() - started
+    assert ("built in FP16" in caplog.text) is fp16  # never silently
+    mtime = engine.stat().st_mtime_ns
+    assert build_engine(path, settings, store.entry("w600k_mbf")) == engine  # cached
+    assert engine.stat().st_mtime_ns == mtime
+    session = TensorRTSession(engine, model_name="w600k_mbf")
+    cpu = OnnxSession(path, providers=["CPUExecutionProvider"])
+    name = session.inputs[0].name
+    got = session.run({name: crops})[session.outputs[0].name]
+    want = next(iter(cpu.run({name: crops}).values()))
+    cos = _cosine(got, want)
+    assert cos.min() >= (0.99 if fp16 else 0.999)
+    # more rows than the profile allows are run in slices
+    many = np.concatenate([crops] * (64 // len(crops) + 2))
+    assert session.run({name: many})[session.outputs[0].name].shape == (len(many), 512)
+    for batch in (1, 64):
+        feed = {name: np.repeat(crops[:1], batch, axis=0)}
+        session.run(feed)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            session.run(feed)
+        rate = 20 * batch / (time.perf_counter() - t0)
+        with capsys.disabled():
+            print(
+                f"\nw600k_mbf TensorRT {'fp16' if fp16 else 'fp32'}: build {build_s:.1f} s, "
+                f"batch {batch}: {rate:.0f} faces/s, min cosine vs CPU {cos.min():.5f}"
+            )
+    session.close()
