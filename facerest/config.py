@@ -63,8 +63,14 @@ class Settings(BaseSettings):
         default_factory=lambda: [640, 640],
         description="Largest detector input, width,height; images are scaled to fit, keeping aspect.",
     )
-    det_batch_size: int = Field(4, ge=1, description="Most images in one detector call.")
-    rec_batch_size: int = Field(32, ge=1, description="Most faces in one recognizer call.")
+    det_batch_size: int = Field(
+        1,
+        ge=1,
+        description="Most images in one detector call (1: batches are slower per image on CPU, issue 3).",
+    )
+    rec_batch_size: int = Field(
+        8, ge=1, description="Most faces in one recognizer call (8: fastest per face on CPU, issue 3)."
+    )
     batch_wait_ms: float = Field(
         2.0, ge=0.0, description="How long a batch may wait for more work from other requests."
     )
@@ -160,6 +166,22 @@ class Settings(BaseSettings):
     )
     url_retries: int = Field(
         1, ge=0, le=5, description="Extra tries of a URL download after a connection error or 502/503/504."
+    )
+
+    # --- throughput (issue 3) ---
+    max_upscale: float = Field(
+        0.0,
+        ge=0.0,
+        description="Largest enlargement of small images for the detector; 0: fit max_size as the "
+        "reference pipeline does. 1: detect small images at their own size (fewer FLOPs; embeddings "
+        "then differ slightly from the reference pipeline's).",
+    )
+
+    # --- large faces (issue 9) ---
+    closeup_pass: bool = Field(
+        True,
+        description="When the first detector pass finds nothing or a big face cut by the edge, "
+        "look again with the image small and centred in a padded canvas (close-ups, tight crops).",
     )
 
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")

@@ -16,13 +16,17 @@ import numpy as np
 from facerest.config import Settings
 from facerest.errors import FaceRestError, FeatureUnavailable, Overloaded, RequestTimeout
 from facerest.faces import Face, ImageResult
-from facerest.imaging.resize import DetectorInput, letterbox, plan_input
+from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup, plan_input
 from facerest.models import LoadedModels
 from facerest.models.base import FaceModel
 from facerest.models.detection.base import Detections
+from facerest.models.detection.nms import nms
 from facerest.scheduler import InferenceScheduler
 
 log = logging.getLogger(__name__)
+
+#: with the `single_face` hint, a face this sure is still taken when none clears the threshold
+SINGLE_FACE_THRESHOLD = 0.3
 
 
 @dataclass(slots=True)
@@ -127,22 +131,85 @@ class FaceAnalyzer:
     def detect(
         self, pixels: dict[int, np.ndarray], options: ExtractOptions, deadline: float
     ) -> dict[int, list[Face]]:
+        """Faces per image: one detector pass at the reference scale, and for images where that
+        pass has reason to doubt (nothing found, or a large face cut by the image's edge) a
+        second pass on a small, centred, padded canvas where faces that fill the frame fall in
+        the detector's trained range; the passes are merged with NMS."""
         detector = self.models.detector
-        pending: dict[int, tuple[DetectorInput, Future]] = {}
-        for i, image in pixels.items():
-            plan = self._plan(image, options)
-            tensor = detector.prepare(letterbox(image, plan))
-            future = self.scheduler.submit(detector.name, detector.infer, tensor[None], detector.max_batch)
-            pending[i] = (plan, future)
-        found: dict[int, list[Face]] = {}
-        for i, (plan, future) in pending.items():
+        first = {i: self._submit(image, self._plan(image, options)) for i, image in pixels.items()}
+        passes: dict[int, list[tuple[DetectorInput, dict[str, np.ndarray]]]] = {}
+        found: dict[int, Detections] = {}
+        closeups: dict[int, tuple[DetectorInput, Future]] = {}
+        for i, (plan, future) in first.items():
             outputs = self._wait(future, deadline)
-            one = {k: v[0] for k, v in outputs.items()}
-            dets = detector.decode(one, (plan.canvas[1], plan.canvas[0]), options.threshold).scaled(
-                plan.scale
-            )
-            found[i] = self._select(dets, options)
-        return found
+            passes[i] = [(plan, outputs)]
+            found[i] = self._decode(outputs, plan, options.threshold)
+            if self.settings.closeup_pass and self._doubtful(found[i], pixels[i]):
+                h, w = pixels[i].shape[:2]
+                closeup = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
+                closeups[i] = self._submit(pixels[i], closeup)
+        for i, (plan, future) in closeups.items():
+            outputs = self._wait(future, deadline)
+            passes[i].append((plan, outputs))
+            found[i] = self._merge(found[i], self._decode(outputs, plan, options.threshold))
+        if options.single_face and options.threshold > SINGLE_FACE_THRESHOLD:
+            # the client says there is a face: take the best candidate the passes saw, if any
+            for i, dets in found.items():
+                if len(dets) == 0:
+                    for plan, outputs in passes[i]:
+                        dets = self._merge(dets, self._decode(outputs, plan, SINGLE_FACE_THRESHOLD))
+                    found[i] = dets
+        return {i: self._select(dets, options) for i, dets in found.items()}
+
+    def _submit(self, image: np.ndarray, plan: DetectorInput) -> tuple[DetectorInput, Future]:
+        detector = self.models.detector
+        tensor = detector.prepare(letterbox(image, plan))
+        max_batch = min(detector.max_batch, self.settings.det_batch_size)
+        return plan, self.scheduler.submit(detector.name, detector.infer, tensor[None], max_batch)
+
+    def _decode(self, outputs: dict[str, np.ndarray], plan: DetectorInput, threshold: float) -> Detections:
+        """One image's raw detector outputs -> Detections in original image coordinates."""
+        one = {k: v[0] for k, v in outputs.items()}
+        dets = self.models.detector.decode(one, (plan.canvas[1], plan.canvas[0]), threshold)
+        return Detections(
+            plan.to_image(dets.boxes.reshape(-1, 2, 2)).reshape(-1, 4),
+            dets.scores,
+            None if dets.landmarks is None else plan.to_image(dets.landmarks),
+            dets.extra,
+        )
+
+    @staticmethod
+    def _doubtful(dets: Detections, image: np.ndarray) -> bool:
+        """Nothing found, or a face as big as half the image reaching past its edge."""
+        if len(dets) == 0:
+            return True
+        h, w = image.shape[:2]
+        boxes = dets.boxes
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        large = np.maximum(bw / w, bh / h) >= 0.5
+        cut = (
+            (boxes[:, 0] < -0.05 * bw)
+            | (boxes[:, 1] < -0.05 * bh)
+            | (boxes[:, 2] > w + 0.05 * bw)
+            | (boxes[:, 3] > h + 0.05 * bh)
+        )
+        return bool((large & cut).any())
+
+    def _merge(self, a: Detections, b: Detections) -> Detections:
+        if len(a) == 0:
+            return b
+        if len(b) == 0:
+            return a
+        landmarks = (
+            None if a.landmarks is None or b.landmarks is None else np.concatenate([a.landmarks, b.landmarks])
+        )
+        both = Detections(
+            np.concatenate([a.boxes, b.boxes]),
+            np.concatenate([a.scores, b.scores]),
+            landmarks,
+            {k: np.concatenate([a.extra[k], b.extra[k]]) for k in a.extra.keys() & b.extra.keys()},
+        )
+        return both.take(nms(both.boxes, both.scores, self.models.detector.nms_threshold))
 
     def warmup(self, image: np.ndarray) -> list[ImageResult]:
         options = ExtractOptions(
@@ -180,7 +247,14 @@ class FaceAnalyzer:
         detector = self.models.detector
         h, w = image.shape[:2]
         max_size = options.max_size or tuple(self.settings.max_size)
-        return plan_input(w, h, max_size, fixed=detector.fixed_input, stride=detector.stride)
+        return plan_input(
+            w,
+            h,
+            max_size,
+            fixed=detector.fixed_input,
+            stride=detector.stride,
+            max_upscale=self.settings.max_upscale,
+        )
 
     def _select(self, dets: Detections, options: ExtractOptions) -> list[Face]:
         widths = dets.boxes[:, 2] - dets.boxes[:, 0]
@@ -251,7 +325,10 @@ class FaceAnalyzer:
                     face.crop = crop
             run = model is not self.models.recognizer or options.extract_embedding or options.embed_only
             if run:
-                future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), model.max_batch)
+                max_batch = model.max_batch
+                if model is self.models.recognizer:
+                    max_batch = min(max_batch, self.settings.rec_batch_size)
+                future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), max_batch)
                 submitted.append((model, future, True))
         for model, future, _ in submitted:
             rows = self._wait(future, deadline)

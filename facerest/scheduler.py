@@ -143,14 +143,16 @@ class InferenceScheduler:
                 continue
             finally:
                 elapsed = time.perf_counter() - started
+            count = sum(len(job.items) for job in jobs)
+            # counted before anyone hears back, so a caller reading the stats sees its own batch
+            stats = self.stats
+            stats.batches += 1
+            stats.items += count
+            stats.busy_s += elapsed
+            per = stats.by_model.setdefault(str(key[0]), [0, 0])
+            per[0] += 1
+            per[1] += count
             offset = 0
             for job in jobs:
                 job.future.set_result(_slice(out, offset, offset + len(job.items)))
                 offset += len(job.items)
-            stats = self.stats
-            stats.batches += 1
-            stats.items += offset
-            stats.busy_s += elapsed
-            per = stats.by_model.setdefault(str(key[0]), [0, 0])
-            per[0] += 1
-            per[1] += offset

@@ -14,6 +14,11 @@ class DetectorInput:
     scale: float  # canvas pixels per original pixel
     resized: tuple[int, int]  # (w, h) of the image inside the canvas
     canvas: tuple[int, int]  # (w, h) fed to the detector
+    offset: tuple[int, int] = (0, 0)  # (x, y) of the image's top-left corner in the canvas
+
+    def to_image(self, points: np.ndarray) -> np.ndarray:
+        """Canvas (x, y) coordinates, last axis of pairs, -> original image coordinates."""
+        return (points - np.asarray(self.offset, np.float32)) / self.scale
 
 
 #: zero border (canvas pixels) kept right and below the image. SCRFD's deep features see far;
@@ -30,6 +35,7 @@ def plan_input(
     *,
     fixed: tuple[int, int] | None = None,
     stride: int = 32,
+    max_upscale: float = 0.0,
 ) -> DetectorInput:
     """Choose the detector canvas for an image of `width` x `height`.
 
@@ -38,6 +44,8 @@ def plan_input(
     landmarks found are the reference's. Dynamic-shape detectors then get a canvas that follows
     the image (sides rounded up to `stride`, plus EDGE_MARGIN, never beyond `max_size`) instead of
     a padded square: a wide image costs fewer FLOPs. Fixed-shape detectors get their own size.
+    `max_upscale` > 0 caps the enlargement of small images (fewer FLOPs, but landmarks, hence
+    embeddings, then differ from the reference's: cosine 0.96-0.99; off by default).
     """
     box_w, box_h = fixed if fixed is not None else max_size
     if box_w <= 0 or box_h <= 0:  # "do not resize": the canvas grows around the image
@@ -48,6 +56,8 @@ def plan_input(
         resized = (max(1, int(box_h * width / height)), box_h)
     else:
         resized = (box_w, max(1, int(box_w * height / width)))
+    if 0 < max_upscale < resized[1] / height:  # opt-in: small images are not blown up that far
+        resized = (max(1, round(width * max_upscale)), max(1, round(height * max_upscale)))
     if fixed is not None:
         canvas = fixed
     else:
@@ -59,13 +69,39 @@ def plan_input(
     return DetectorInput(resized[1] / height, resized, canvas)
 
 
+#: second pass for close-ups: the image's longer side in canvas pixels. SCRFD's anchors are
+#: trained on faces up to about half its 640 input; a face filling this frame falls inside.
+CLOSEUP_SIDE = 256
+
+
+def plan_closeup(
+    width: int,
+    height: int,
+    *,
+    side: int = CLOSEUP_SIDE,
+    fixed: tuple[int, int] | None = None,
+    stride: int = 32,
+) -> DetectorInput:
+    """A canvas for images whose faces may fill the frame: the image shrunk (or enlarged) so its
+    longer side is `side`, centred in a black border half as wide as the image on each side, so
+    a face cut by the image's edge still has context around it, as in the detector's training."""
+    if fixed is not None:
+        side = min(side, fixed[0] // 2, fixed[1] // 2)
+    scale = side / max(width, height)
+    resized = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = fixed or tuple(math.ceil(2 * r / stride) * stride for r in resized)
+    offset = ((canvas[0] - resized[0]) // 2, (canvas[1] - resized[1]) // 2)
+    return DetectorInput(resized[1] / height, resized, (canvas[0], canvas[1]), offset)
+
+
 def letterbox(image: np.ndarray, plan: DetectorInput) -> np.ndarray:
-    """The image resized per `plan`, in the top-left corner of a black canvas."""
-    interpolation = cv2.INTER_LINEAR
+    """The image resized per `plan`, at its offset (top-left by default) in a black canvas."""
     if (image.shape[1], image.shape[0]) != plan.resized:
-        image = cv2.resize(image, plan.resized, interpolation=interpolation)
+        # INTER_LINEAR both ways, as the reference pipeline resizes
+        image = cv2.resize(image, plan.resized, interpolation=cv2.INTER_LINEAR)
     if plan.resized == plan.canvas:
         return image
     canvas = np.zeros((plan.canvas[1], plan.canvas[0], 3), dtype=np.uint8)
-    canvas[: plan.resized[1], : plan.resized[0]] = image
+    x, y = plan.offset
+    canvas[y : y + plan.resized[1], x : x + plan.resized[0]] = image
     return canvas

@@ -1,0 +1,78 @@
+"""The inference scheduler batches jobs across callers, keeps rows in order, and reports failures to all."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from facerest.scheduler import InferenceScheduler
+
+
+class GatedRunner:
+    """Doubles its input; the first call waits for a gate so that later jobs queue up behind it."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.started.set()
+        if not self.batch_sizes:
+            self.gate.wait(10)
+        self.batch_sizes.append(len(batch))
+        return batch * 2
+
+
+def test_jobs_queued_together_run_as_one_batch_in_order():
+    scheduler = InferenceScheduler()
+    runner = GatedRunner()
+    try:
+        first = scheduler.submit("m", runner, np.zeros((1, 3), np.float32), max_batch=8)
+        assert runner.started.wait(10)
+        jobs = [np.full((n, 3), n, np.float32) for n in (1, 2, 3)]
+        futures = [scheduler.submit("m", runner, job, max_batch=8) for job in jobs]
+        runner.gate.set()
+        assert first.result(10).shape == (1, 3)
+        for job, future in zip(jobs, futures, strict=True):
+            np.testing.assert_array_equal(future.result(10), job * 2)
+        assert runner.batch_sizes == [1, 6]  # the three queued jobs ran as one call
+        assert scheduler.stats.by_model["m"] == [2, 7]
+    finally:
+        scheduler.close()
+
+
+def test_max_batch_splits_large_jobs_and_keeps_shapes_apart():
+    scheduler = InferenceScheduler()
+    runner = GatedRunner()
+    runner.gate.set()
+    try:
+        big = scheduler.submit("m", runner, np.ones((10, 3), np.float32), max_batch=4)
+        other_shape = scheduler.submit("m", runner, np.ones((2, 5), np.float32), max_batch=4)
+        assert big.result(10).shape == (10, 3)
+        assert other_shape.result(10).shape == (2, 5)
+        assert max(runner.batch_sizes) <= 4
+    finally:
+        scheduler.close()
+
+
+def test_a_failing_batch_fails_every_job_in_it():
+    scheduler = InferenceScheduler()
+    gate = threading.Event()
+
+    def broken(batch: np.ndarray) -> np.ndarray:
+        gate.wait(10)
+        raise ValueError("model exploded")
+
+    try:
+        futures = [scheduler.submit("m", broken, np.ones((1, 2), np.float32), 8) for _ in range(3)]
+        gate.set()
+        for future in futures:
+            with pytest.raises(ValueError, match="exploded"):
+                future.result(10)
+        # the thread survives: the next job runs
+        assert scheduler.submit("n", lambda b: b + 1, np.zeros((1, 2), np.float32), 8).result(10)[0, 0] == 1
+    finally:
+        scheduler.close()
