@@ -14,7 +14,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import httpx
 import numpy as np
 import orjson
 import typer
+
+from facerest.local_server import start_local_server, stop_local_server
 
 app = typer.Typer(help="Throughput benchmark: load client, scenarios, model-only FLOP/s.")
 
@@ -143,49 +144,11 @@ def default_images() -> dict[str, Path]:
 # --- the server under test ---
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_own_server(env: dict[str, str], timeout_s: float = 180.0) -> tuple[str, subprocess.Popen, Path]:
-    """`facerest serve` on a free loopback port, returned once /health answers."""
-    port = _free_port()
-    full_env = dict(os.environ)
-    full_env.update(env)
-    full_env.update(
-        {"FACEREST_HOST": "127.0.0.1", "FACEREST_PORT": str(port), "FACEREST_LOG_LEVEL": "warning"}
-    )
+def start_own_server(env: dict[str, str]) -> tuple[str, subprocess.Popen, Path]:
+    """Our server on a free loopback port, quiet, returned once /health answers."""
     log_path = Path(tempfile.mkstemp(prefix="facerest-bench-", suffix=".log")[1])
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "facerest.cli", "serve"],
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5, trust_env=False).status_code == 200:
-                return url, process, log_path
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"the server did not become healthy in {timeout_s} s:\n{log_path.read_text()}")
-
-
-def stop_own_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    url, process = start_local_server({**os.environ, **env, "FACEREST_LOG_LEVEL": "warning"}, log_path)
+    return url, process, log_path
 
 
 # --- scenarios ---
@@ -347,7 +310,7 @@ def bench(
             rows += run_scenarios(servers, images, list(clients), requests, seconds, warmup)
     finally:
         if own is not None:
-            stop_own_server(own[1])
+            stop_local_server(own[1])
     typer.echo(f"\nthroughput ({len(rows)} scenarios, {threads} threads, {os.cpu_count()} cpus)\n")
     typer.echo(format_table(rows))
     if models:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +15,9 @@ import numpy as np
 import pytest
 
 from facerest.config import Settings
+from facerest.local_server import free_port, start_local_server, stop_local_server
+
+__all__ = ["free_port"]  # tests take it from here with the other fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "testdata"
@@ -39,12 +39,6 @@ def read_bgr(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert image is not None, path
     return image
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -83,39 +77,14 @@ class Server:
 
 def start_server(env_overrides: dict[str, str], log_path: Path, timeout: float = 120) -> Server:
     """`facerest serve` in a subprocess on a free loopback port; returns once /health answers."""
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
-    env.update({"FACEREST_HOST": "127.0.0.1", "FACEREST_PORT": str(port), "FACEREST_THREADS": "2"})
-    env.update(env_overrides)
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "facerest.cli", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=log_path.parent,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return Server(url, process, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"server did not become healthy in {timeout} s:\n{log_path.read_text()}")
+    env.update({"FACEREST_THREADS": "2", **env_overrides})
+    url, process = start_local_server(env, log_path, timeout_s=timeout, cwd=log_path.parent)
+    return Server(url, process, log_path)
 
 
 def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    stop_local_server(server.process)
 
 
 @pytest.fixture(scope="session")
