@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facerest.align import similarity_transform
+from facerest.align import norm_crop, similarity_transform
 from facerest.faces import Face
-from facerest.models.base import FaceModel, blob
+from facerest.models.base import FaceModel, SessionFaceModel, blob, box_crop
 from facerest.models.catalog import CatalogEntry
 from facerest.runtime.base import InferenceSession
 
@@ -119,13 +119,8 @@ class DlibAgeGender(FaceModel):
         """The two chips side by side: (64, 64 + 32, 3), the gender chip in the top right."""
         both = np.zeros((self.age_size, self.age_size + self.gender_size, 3), np.uint8)
         if face.landmarks is None:
-            x1, y1, x2, y2 = np.round(face.bbox).astype(int)
-            region = image[max(y1, 0) : max(y2, 1), max(x1, 0) : max(x2, 1)]
-            region = region if region.size else image
-            both[:, : self.age_size] = cv2.resize(
-                region, (self.age_size, self.age_size), interpolation=cv2.INTER_AREA
-            )
-            small = cv2.resize(region, (self.gender_size, self.gender_size), interpolation=cv2.INTER_AREA)
+            both[:, : self.age_size] = box_crop(image, face.bbox, self.age_size)
+            small = box_crop(image, face.bbox, self.gender_size)
         else:
             points = np.asarray(face.landmarks, np.float64)
             both[:, : self.age_size] = dlib_chip(
@@ -151,29 +146,13 @@ class DlibAgeGender(FaceModel):
         face.age = int(np.floor(float(row[2:] @ self.age_weights) + 0.5))
 
 
-class InsightFaceGenderAge(FaceModel):
+class InsightFaceGenderAge(SessionFaceModel):
     """genderage_v1 (InsightFace, 96x96 or 112x112 input): 2 gender logits, then 100 age bin pairs."""
 
-    def __init__(self, entry: CatalogEntry, session: InferenceSession) -> None:
-        super().__init__(entry)
-        self.session = session
-        self.input_name = session.inputs[0].name
-        shape = session.inputs[0].shape
-        self.size = shape[2] if isinstance(shape[2], int) else 112
-
     def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
-        from facerest.align import norm_crop
-
         if face.landmarks is None:
             return cv2.resize(image, (self.size, self.size))
         return norm_crop(image, face.landmarks, self.size)
-
-    def prepare(self, crops: np.ndarray) -> np.ndarray:
-        pre = self.entry.preprocess
-        return blob(crops, pre.mean, pre.std, pre.color == "RGB")
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return next(iter(self.session.run({self.input_name: batch}).values())).reshape(len(batch), -1)
 
     def apply(self, face: Face, row: np.ndarray) -> None:
         face.gender = "male" if int(np.argmax(row[:2])) == 1 else "female"
@@ -181,32 +160,13 @@ class InsightFaceGenderAge(FaceModel):
         face.age = int(np.argmax(bins, axis=1).sum())
 
 
-class MaskClassifier(FaceModel):
+class MaskClassifier(SessionFaceModel):
     """mask_detector (224x224) / mask_detector112: two-way softmax, mask vs no mask."""
 
     threshold = 0.89
 
-    def __init__(self, entry: CatalogEntry, session: InferenceSession) -> None:
-        super().__init__(entry)
-        self.session = session
-        self.input_name = session.inputs[0].name
-        shape = session.inputs[0].shape
-        self.nhwc = shape[-1] == 3
-        side = shape[1] if self.nhwc else shape[2]
-        self.size = side if isinstance(side, int) else 112
-
     def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
-        x1, y1, x2, y2 = np.round(face.bbox).astype(int)
-        region = image[max(y1, 0) : max(y2, 1), max(x1, 0) : max(x2, 1)]
-        return cv2.resize(region if region.size else image, (self.size, self.size))
-
-    def prepare(self, crops: np.ndarray) -> np.ndarray:
-        pre = self.entry.preprocess
-        x = blob(crops, pre.mean, pre.std, pre.color == "RGB")
-        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if self.nhwc else x
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return next(iter(self.session.run({self.input_name: batch}).values())).reshape(len(batch), -1)
+        return box_crop(image, face.bbox, self.size)
 
     def apply(self, face: Face, row: np.ndarray) -> None:
         mask, no_mask = float(row[0]), float(row[1])

@@ -6,21 +6,13 @@ import cv2
 import numpy as np
 
 from facerest.faces import Face
-from facerest.models.base import FaceModel, blob
-from facerest.models.catalog import CatalogEntry
-from facerest.runtime.base import InferenceSession
+from facerest.models.base import SessionFaceModel
 
 
-class Landmark2d106(FaceModel):
+class Landmark2d106(SessionFaceModel):
     """Crops a square of 1.5x the box's longer side, centred on the box, and maps points back."""
 
-    def __init__(self, entry: CatalogEntry, session: InferenceSession) -> None:
-        super().__init__(entry)
-        self.session = session
-        self.input_name = session.inputs[0].name
-        shape = session.inputs[0].shape
-        self.size = shape[2] if isinstance(shape[2], int) else 192
-        self._matrices: dict[int, np.ndarray] = {}
+    default_size = 192
 
     def _matrix(self, face: Face) -> np.ndarray:
         x1, y1, x2, y2 = face.bbox.astype(np.float64)
@@ -30,13 +22,6 @@ class Landmark2d106(FaceModel):
 
     def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
         return cv2.warpAffine(image, self._matrix(face), (self.size, self.size), borderValue=0.0)
-
-    def prepare(self, crops: np.ndarray) -> np.ndarray:
-        pre = self.entry.preprocess
-        return blob(crops, pre.mean, pre.std, pre.color == "RGB")
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return next(iter(self.session.run({self.input_name: batch}).values())).reshape(len(batch), -1)
 
     def apply(self, face: Face, row: np.ndarray) -> None:
         points = row.reshape(-1, 2).astype(np.float64)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 
 from facerest.align import norm_crop
 from facerest.faces import Face
-from facerest.models.base import FaceModel, blob
-from facerest.models.catalog import CatalogEntry, Preprocess
+from facerest.models.base import SessionFaceModel, box_crop
+from facerest.models.catalog import CatalogEntry
 from facerest.runtime.base import InferenceSession
 
 
@@ -28,40 +27,21 @@ def normalisation_from_graph(path: Path) -> tuple[float, float] | None:
     return (0.0, 1.0) if has_sub and has_mul else None
 
 
-class ArcFaceRecognizer(FaceModel):
+class ArcFaceRecognizer(SessionFaceModel):
     def __init__(
         self, entry: CatalogEntry, session: InferenceSession, model_path: Path | None = None
     ) -> None:
-        super().__init__(entry)
-        self.session = session
-        self.input_name = session.inputs[0].name
-        shape = session.inputs[0].shape
-        self.size = shape[2] if isinstance(shape[2], int) else 112
-        batch = shape[0]
-        self.max_batch = 1 if (isinstance(batch, int) and batch == 1) or not entry.allow_batching else 64
-        pre: Preprocess = entry.preprocess
-        self._mean, self._std = list(pre.mean), list(pre.std)
+        super().__init__(entry, session)
         if model_path is not None and not entry.preprocess.model_fields_set & {"mean", "std"}:
             found = normalisation_from_graph(model_path)
             if found is not None:
                 self._mean, self._std = [found[0]] * 3, [found[1]] * 3
-        self._swap_rb = pre.color == "RGB"
         self.dim = session.outputs[0].shape[-1]
 
     def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
         if face.landmarks is None:  # no landmarks (whole-image fallback, embed_only): plain resize
-            x1, y1, x2, y2 = np.round(face.bbox).astype(int)
-            region = image[max(y1, 0) : max(y2, 1), max(x1, 0) : max(x2, 1)]
-            if region.size == 0:
-                region = image
-            return cv2.resize(region, (self.size, self.size), interpolation=cv2.INTER_AREA)
+            return box_crop(image, face.bbox, self.size)
         return norm_crop(image, face.landmarks, self.size)
-
-    def prepare(self, crops: np.ndarray) -> np.ndarray:
-        return blob(crops, self._mean, self._std, self._swap_rb)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return next(iter(self.session.run({self.input_name: batch}).values()))
 
     def apply(self, face: Face, row: np.ndarray) -> None:
         vector = row.astype(np.float32).reshape(-1)
