@@ -55,6 +55,23 @@ class Timings:
 ImageInput = np.ndarray | FaceRestError
 
 
+class Deadline:
+    """When a request must be done, and the inference it queued: on timeout all of it is
+    withdrawn, so a request that already answered 504 costs the others nothing more."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.pending: list[Future] = []
+
+    def track(self, future: Future) -> Future:
+        self.pending.append(future)
+        return future
+
+    def expire(self) -> None:
+        for future in self.pending:
+            future.cancel()  # a job already running finishes; queued ones are skipped
+
+
 class Admission:
     """Bounds the requests inside the pipeline; the next one is told to come back later."""
 
@@ -93,12 +110,19 @@ class FaceAnalyzer:
     # --- public entry points (blocking; call from a worker thread, never the event loop) ---
 
     def process(
-        self, images: list[ImageInput], options: ExtractOptions, timings: Timings | None = None
+        self,
+        images: list[ImageInput],
+        options: ExtractOptions,
+        timings: Timings | None = None,
+        deadline: float | None = None,
     ) -> list[ImageResult]:
-        """One ImageResult per input, in order; an input that is an error fails alone."""
+        """One ImageResult per input, in order; an input that is an error fails alone.
+
+        `deadline` (time.monotonic()) is when the request must be done, counted by the caller from
+        the request's arrival; default: FACEREST_REQUEST_TIMEOUT_S from now."""
         timings = timings or Timings()
         self._check_features(options)
-        deadline = time.monotonic() + self.timeout_s
+        limit = Deadline(deadline if deadline is not None else time.monotonic() + self.timeout_s)
         started = time.perf_counter()
         results = [ImageResult() for _ in images]
         for result, image in zip(results, images, strict=True):
@@ -114,14 +138,14 @@ class FaceAnalyzer:
                 results[i].faces = [Face(np.array([0, 0, w, h], np.float32), 1.0, None, 0)]
         else:
             t0 = time.perf_counter()
-            found = self.detect(pixels, options, deadline)
+            found = self.detect(pixels, options, limit)
             timings.detect_ms += (time.perf_counter() - t0) * 1000
             for i, faces in found.items():
                 if options.single_face:
                     faces = faces[:1] if faces else [self._whole_image_face(pixels[i])]
                 results[i].faces = faces
         t0 = time.perf_counter()
-        self._run_face_models(pixels, results, options, deadline)
+        self._run_face_models(pixels, results, options, limit)
         timings.faces_ms += (time.perf_counter() - t0) * 1000
         total = (time.perf_counter() - started) * 1000
         for result in results:
@@ -129,14 +153,14 @@ class FaceAnalyzer:
         return results
 
     def detect(
-        self, pixels: dict[int, np.ndarray], options: ExtractOptions, deadline: float
+        self, pixels: dict[int, np.ndarray], options: ExtractOptions, deadline: Deadline
     ) -> dict[int, list[Face]]:
         """Faces per image: one detector pass at the reference scale, and for images where that
         pass has reason to doubt (nothing found, or a large face cut by the image's edge) a
         second pass on a small, centred, padded canvas where faces that fill the frame fall in
         the detector's trained range; the passes are merged with NMS."""
         detector = self.models.detector
-        first = {i: self._submit(image, self._plan(image, options)) for i, image in pixels.items()}
+        first = {i: self._submit(image, self._plan(image, options), deadline) for i, image in pixels.items()}
         passes: dict[int, list[tuple[DetectorInput, dict[str, np.ndarray]]]] = {}
         found: dict[int, Detections] = {}
         closeups: dict[int, tuple[DetectorInput, Future]] = {}
@@ -147,7 +171,7 @@ class FaceAnalyzer:
             if self.settings.closeup_pass and self._doubtful(found[i], pixels[i]):
                 h, w = pixels[i].shape[:2]
                 closeup = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
-                closeups[i] = self._submit(pixels[i], closeup)
+                closeups[i] = self._submit(pixels[i], closeup, deadline)
         for i, (plan, future) in closeups.items():
             outputs = self._wait(future, deadline)
             passes[i].append((plan, outputs))
@@ -161,11 +185,14 @@ class FaceAnalyzer:
                     found[i] = dets
         return {i: self._select(dets, options) for i, dets in found.items()}
 
-    def _submit(self, image: np.ndarray, plan: DetectorInput) -> tuple[DetectorInput, Future]:
+    def _submit(
+        self, image: np.ndarray, plan: DetectorInput, deadline: Deadline
+    ) -> tuple[DetectorInput, Future]:
         detector = self.models.detector
         tensor = detector.prepare(letterbox(image, plan))
         max_batch = min(detector.max_batch, self.settings.det_batch_size)
-        return plan, self.scheduler.submit(detector.name, detector.infer, tensor[None], max_batch)
+        future = self.scheduler.submit(detector.name, detector.infer, tensor[None], max_batch)
+        return plan, deadline.track(future)
 
     def _decode(self, outputs: dict[str, np.ndarray], plan: DetectorInput, threshold: float) -> Detections:
         """One image's raw detector outputs -> Detections in original image coordinates."""
@@ -312,7 +339,7 @@ class FaceAnalyzer:
         pixels: dict[int, np.ndarray],
         results: list[ImageResult],
         options: ExtractOptions,
-        deadline: float,
+        deadline: Deadline,
     ) -> None:
         owners = [(i, face) for i, r in enumerate(results) if r.ok for face in r.faces]
         if not owners:
@@ -329,15 +356,15 @@ class FaceAnalyzer:
                 if model is self.models.recognizer:
                     max_batch = min(max_batch, self.settings.rec_batch_size)
                 future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), max_batch)
-                submitted.append((model, future, True))
+                submitted.append((model, deadline.track(future), True))
         for model, future, _ in submitted:
             rows = self._wait(future, deadline)
             for (_, face), row in zip(owners, rows, strict=True):
                 model.apply(face, row)
 
-    def _wait(self, future: Future, deadline: float):  # type: ignore[no-untyped-def]
+    def _wait(self, future: Future, deadline: Deadline):  # type: ignore[no-untyped-def]
         try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+            return future.result(timeout=max(0.0, deadline.at - time.monotonic()))
         except FutureTimeout as exc:
-            future.cancel()
+            deadline.expire()
             raise RequestTimeout(f"the request took longer than {self.timeout_s} s") from exc

@@ -113,12 +113,14 @@ async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Res
     options = _extract_options(req, state)
     timings = Timings()
     started = time.perf_counter()
+    # the time limit counts from here, not from when a worker thread picks the request up
+    deadline = time.monotonic() + state.settings.request_timeout_s
 
     def work():  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         images = load_images(req.images.data, req.images.urls, state.settings, req.img_req_headers)
         timings.extra["read_imgs_ms"] = (time.perf_counter() - t0) * 1000
-        return state.analyzer.process(images, options, timings)
+        return state.analyzer.process(images, options, timings, deadline)
 
     results = await state.run(work)
     took = {"total_ms": (time.perf_counter() - started) * 1000}
