@@ -30,12 +30,12 @@ run: $(VENV)/.installed
 	FACEREST_PORT=$${FACEREST_PORT:-$(PORT)} $(BIN)/facerest serve
 
 test: $(VENV)/.installed-dev
-	$(BIN)/ruff check facerest tests
+	$(BIN)/ruff check facerest tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check facerest tests
-	$(BIN)/ruff format --check facerest tests
+	$(BIN)/ruff check facerest tests benchmarks
+	$(BIN)/ruff format --check facerest tests benchmarks
 
 bench: $(VENV)/.installed
 	$(BIN)/facerest bench

@@ -16,8 +16,6 @@ import asyncio
 import base64
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
+
+from facerest.local_server import start_local_server, stop_local_server
 
 MAX_CLIENTS = 256
 MAX_DURATION_S = 600
@@ -116,36 +116,11 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(models_dir: Path, extra_env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
-    env.update(
-        {"FACEREST_HOST": "127.0.0.1", "FACEREST_PORT": str(port), "FACEREST_MODELS_DIR": str(models_dir)}
-    )
-    env.update(extra_env)
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "facerest.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"server not healthy after 180 s; see {log_path}")
+    env.update({"FACEREST_MODELS_DIR": str(models_dir), **extra_env})
+    url, process = start_local_server(env, log_path)
+    return process, url
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -229,11 +204,7 @@ def main() -> int:
         return report(tally, duration, clients, memory)
     finally:
         if process is not None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_local_server(process, timeout_s=60)
 
 
 if __name__ == "__main__":
