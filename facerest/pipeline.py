@@ -344,7 +344,7 @@ class FaceAnalyzer:
         owners = [(i, face) for i, r in enumerate(results) if r.ok for face in r.faces]
         if not owners:
             return
-        submitted: list[tuple[FaceModel, Future, bool]] = []
+        submitted: list[tuple[FaceModel, Future]] = []
         for model in self._face_models(options):
             crops = np.stack([model.crop(pixels[i], face) for i, face in owners])
             if model is self.models.recognizer and options.return_face_data:
@@ -356,8 +356,8 @@ class FaceAnalyzer:
                 if model is self.models.recognizer:
                     max_batch = min(max_batch, self.settings.rec_batch_size)
                 future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), max_batch)
-                submitted.append((model, deadline.track(future), True))
-        for model, future, _ in submitted:
+                submitted.append((model, deadline.track(future)))
+        for model, future in submitted:
             rows = self._wait(future, deadline)
             for (_, face), row in zip(owners, rows, strict=True):
                 model.apply(face, row)

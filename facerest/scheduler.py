@@ -42,7 +42,6 @@ class _Queue:
 class SchedulerStats:
     batches: int = 0
     items: int = 0
-    busy_s: float = 0.0
     by_model: dict[str, list[int]] = field(default_factory=dict)  # model -> [batches, items]
 
 
@@ -128,7 +127,6 @@ class InferenceScheduler:
             jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue
-            started = time.perf_counter()
             try:
                 batch = jobs[0].items if len(jobs) == 1 else np.concatenate([j.items for j in jobs])
                 outs = [
@@ -141,14 +139,11 @@ class InferenceScheduler:
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
-            finally:
-                elapsed = time.perf_counter() - started
             count = sum(len(job.items) for job in jobs)
             # counted before anyone hears back, so a caller reading the stats sees its own batch
             stats = self.stats
             stats.batches += 1
             stats.items += count
-            stats.busy_s += elapsed
             per = stats.by_model.setdefault(str(key[0]), [0, 0])
             per[0] += 1
             per[1] += count

@@ -21,7 +21,7 @@ from facerest.api.responses import JSONResponse, body_response
 from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions
 from facerest.api.serialize import MSGPACK_TYPES, encode_jpeg, v1_body, v2_body
 from facerest.api.state import AppState
-from facerest.errors import BadInput, BodyTooLarge, FaceRestError
+from facerest.errors import BadInput, FaceRestError, ImageTooLarge
 from facerest.imaging.draw import draw_faces
 from facerest.imaging.loader import load_images
 from facerest.pipeline import ExtractOptions, Timings
@@ -38,23 +38,10 @@ def _wants_msgpack(request: Request) -> bool:
     return any(t in accept for t in MSGPACK_TYPES)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def parse_body(request: Request, model: type[BaseModel]) -> Any:
     """JSON or msgpack body -> a validated request model."""
-    settings = app_state(request).settings
-    raw = await _read_body(request, settings.max_body_bytes)
+    # FACEREST_MAX_BODY_BYTES is enforced for every body by HardeningMiddleware while it streams in
+    raw = await request.body()
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:
         if media in MSGPACK_TYPES:
@@ -215,8 +202,6 @@ async def _read_upload(upload: UploadFile, state: AppState) -> bytes:
     limit = state.settings.max_image_bytes
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        from facerest.errors import ImageTooLarge
-
         raise ImageTooLarge(f"{upload.filename or 'upload'} is larger than the limit of {limit} bytes")
     return data
 

@@ -69,7 +69,6 @@ class PostgresStore(GalleryStore):
                 "FACEREST_GALLERY_URL names PostgreSQL but psycopg / pgvector are not installed: "
                 "pip install 'facerest[postgres]'"
             ) from exc
-        self._errors = psycopg.errors
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))

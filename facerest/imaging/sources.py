@@ -123,11 +123,6 @@ def resolve_url(url: str, policy: FetchPolicy) -> list[IPAddress]:
     return addresses
 
 
-def check_url(url: str, policy: FetchPolicy) -> None:
-    """Refuse URLs the operator did not allow: other schemes, private or special addresses."""
-    resolve_url(url, policy)
-
-
 class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

@@ -86,7 +86,6 @@ class TensorRTSession:
         if int(trt.__version__.split(".")[0]) < 10:
             raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: facerest needs 10 or newer")
         rt = cudart()
-        self._trt = trt
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self._engine is None:
