@@ -183,6 +183,12 @@ class Settings(BaseSettings):
         description="When the first detector pass finds nothing or a big face cut by the edge, "
         "look again with the image small and centred in a padded canvas (close-ups, tight crops).",
     )
+    align_antialias: bool = Field(
+        False,
+        description="Average pixels when shrinking a big face to the recognizer's 112x112 crop, so a "
+        "face embeds the same in a 4000 px photo and in a small crop of it. Off: the reference "
+        "pipeline's plain warp (embeddings equal to InsightFace's; large faces alias).",
+    )
 
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
     @classmethod

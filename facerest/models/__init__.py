@@ -65,7 +65,7 @@ def load_face_model(entry: CatalogEntry, paths: list[Path], settings: Settings) 
         return create_session(paths[i], settings, model_name=entry.name if i == 0 else f"{entry.name}_{i}")
 
     if entry.task == "recognition":
-        return ArcFaceRecognizer(entry, session(), paths[0])
+        return ArcFaceRecognizer(entry, session(), paths[0], antialias=settings.align_antialias)
     if entry.family == "dlib_age_gender":
         return attributes.DlibAgeGender(entry, session(0), session(1))
     if entry.task == "genderage":

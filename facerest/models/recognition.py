@@ -29,9 +29,15 @@ def normalisation_from_graph(path: Path) -> tuple[float, float] | None:
 
 class ArcFaceRecognizer(SessionFaceModel):
     def __init__(
-        self, entry: CatalogEntry, session: InferenceSession, model_path: Path | None = None
+        self,
+        entry: CatalogEntry,
+        session: InferenceSession,
+        model_path: Path | None = None,
+        *,
+        antialias: bool = False,
     ) -> None:
         super().__init__(entry, session)
+        self.antialias = antialias
         if model_path is not None and not entry.preprocess.model_fields_set & {"mean", "std"}:
             found = normalisation_from_graph(model_path)
             if found is not None:
@@ -41,7 +47,7 @@ class ArcFaceRecognizer(SessionFaceModel):
     def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
         if face.landmarks is None:  # no landmarks (whole-image fallback, embed_only): plain resize
             return box_crop(image, face.bbox, self.size)
-        return norm_crop(image, face.landmarks, self.size)
+        return norm_crop(image, face.landmarks, self.size, antialias=self.antialias)
 
     def apply(self, face: Face, row: np.ndarray) -> None:
         vector = row.astype(np.float32).reshape(-1)
