@@ -223,3 +223,25 @@ def test_auto_download_at_start(file_server: FileServer, tmp_path: Path) -> None
         assert ranges == [None, f"bytes={len(model) // 2}-"], ranges  # cut once, resumed once
     finally:
         stop_server(server)
+
+
+def test_servers_starting_side_by_side_install_each_model_once(tmp_path: Path):
+    """Several processes installing the embedded models into one empty folder at the same moment
+    (GPU process groups, containers on a shared volume): all succeed, every file is intact."""
+    script = (
+        "import sys\n"
+        "from facerest.models.store import ModelStore\n"
+        "store = ModelStore(__import__('pathlib').Path(sys.argv[1]))\n"
+        "for name in ('scrfd_500m_bnkps', 'w600k_mbf', 'age_gender_dlib'):\n"
+        "    store.ensure(name)\n"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 6, errors
+    store = ModelStore(tmp_path)
+    for name in ("scrfd_500m_bnkps", "w600k_mbf", "age_gender_dlib"):
+        assert all(s.present and s.md5_ok is not False for s in store.status(store.entry(name)))
+    assert not list(tmp_path.rglob("*.tmp"))

