@@ -30,7 +30,7 @@ def test_info_lists_models_and_defaults(client):
     assert info["version"]
     assert info["models"]["det_name"] == "scrfd_500m_bnkps"
     assert info["models"]["rec_name"] == "w600k_mbf"
-    assert info["models"]["providers"]["w600k_mbf"].startswith("onnxruntime:")
+    assert info["models"]["providers"]["w600k_mbf"].startswith(("onnxruntime:CPU", "openvino:CPU"))
     assert info["defaults"]["threshold"] == 0.6
 
 

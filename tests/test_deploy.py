@@ -230,7 +230,9 @@ def test_cpu_image_builds_and_serves(analyzer) -> None:  # type: ignore[no-untyp
         want = np.stack([f.embedding for f in expected])
         assert (got * want).sum(axis=1).min() >= 0.999
         info = httpx.get(f"{url}/info", timeout=10).json()
-        assert set(info["models"]["providers"].values()) == {"onnxruntime:CPUExecutionProvider"}
+        # FACEREST_RUNTIME=auto: per model, whichever CPU runtime measured faster on this machine
+        cpu_runtimes = {"onnxruntime:CPUExecutionProvider", "openvino:CPU"}
+        assert set(info["models"]["providers"].values()) <= cpu_runtimes
     finally:
         subprocess.run(["docker", "stop", "-t", "20", name], capture_output=True, timeout=60)
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)

@@ -69,15 +69,17 @@ def test_burst_beyond_the_queue_gets_503_with_retry_after(small_server):
 
 
 def test_request_over_its_time_limit_gets_504(small_server):
-    # group photos blown up to 2048 px, detection only; as many as it takes (timed here, as the
-    # machine's speed varies) to need three times the limit, so the 504 does not hang on timing
+    # group photos blown up to 4096 px, detection only; as many as it takes (timed here, as the
+    # machine's speed varies) to need three times the limit, so the 504 does not hang on timing.
+    # Timed warm and two at a time: a request's images overlap decoding with inference.
     def body(count: int) -> dict:
-        return {"images": {"data": [PLAYERS] * count}, "max_size": [2048, 2048], "extract_embedding": False}
+        return {"images": {"data": [PLAYERS] * count}, "max_size": [4096, 4096], "extract_embedding": False}
 
     with small_server.client() as client:
+        client.post("/extract", json=body(1))  # the first run at a new canvas size costs more
         started = time.monotonic()
-        one = client.post("/extract", json=body(1))
-        per_image_s = time.monotonic() - started
+        one = client.post("/extract", json=body(2))
+        per_image_s = (time.monotonic() - started) / 2
         if one.status_code == 200:
             count = min(64, math.ceil(3 * TIMEOUT_S / per_image_s) + 1)
             started = time.monotonic()
@@ -99,9 +101,9 @@ def test_request_over_its_time_limit_gets_504(small_server):
 def test_sigterm_lets_the_request_in_flight_finish(small_server):
     result: dict[str, httpx.Response] = {}
 
-    def in_flight() -> None:
+    def in_flight() -> None:  # a dozen photos: still running well after the signal, on any CPU
         with small_server.client() as client:
-            result["answer"] = client.post("/extract", json={"images": {"data": [PLAYERS]}})
+            result["answer"] = client.post("/extract", json={"images": {"data": [PLAYERS] * 12}})
 
     thread = threading.Thread(target=in_flight)
     thread.start()
@@ -117,7 +119,7 @@ def test_sigterm_lets_the_request_in_flight_finish(small_server):
     thread.join(60)
     answer = result["answer"]
     assert answer.status_code == 200, answer.text[:300]
-    assert len(answer.json()["data"][0]["faces"]) >= 10
+    assert [len(image["faces"]) >= 10 for image in answer.json()["data"]] == [True] * 12
     # uvicorn re-raises the SIGTERM it caught once it is done, hence the signal as exit status
     assert small_server.process.wait(30) in (0, -signal.SIGTERM)
     log = small_server.log()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from facerest.errors import ChecksumMismatch, ModelError, ModelMissing
 from facerest.models.catalog import Catalog, CatalogEntry, ModelFile
@@ -30,17 +29,11 @@ def md5_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def installing(path: Path) -> Iterator[None]:
-    """Held while one process installs `path`: servers started side by side on one models folder
+def installing(path: Path) -> FileLock:
+    """Held while one process writes `path`: servers started side by side on one models folder
     (GPU process groups, containers sharing a volume) take turns instead of writing the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return FileLock(path.with_name(path.name + ".lock"))
 
 
 def copy_atomically(source: Path, path: Path) -> None:
