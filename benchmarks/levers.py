@@ -160,7 +160,7 @@ def main() -> None:
     if wanted("runtime"):
         try:
             from facerest.runtime.onnx import OnnxSession
-            from facerest.runtime.openvino import OpenVinoSession
+            from facerest.runtime.openvino import OpenVinoSession, cpu_has_bf16
         except ImportError as exc:
             print(f"runtime: skipped ({exc})")
         else:
@@ -170,16 +170,16 @@ def main() -> None:
                 a = OnnxSession(path, threads=args.threads)
                 b = OpenVinoSession(path, threads=args.threads)
                 feeds = {a.inputs[0].name: tensor}
+                variants = {
+                    "onnxruntime": lambda a=a, f=feeds: a.run(f),
+                    "openvino": lambda b=b, f=feeds: b.run(f),
+                }
+                if path == rec_path and cpu_has_bf16():  # FACEREST_REC_PRECISION=bf16
+                    c = OpenVinoSession(path, threads=args.threads, precision="bf16")
+                    variants["openvino bf16"] = lambda c=c, f=feeds: c.run(f)
                 report(
                     f"runtime {path.stem} {'x'.join(map(str, tensor.shape))}",
-                    alternate(
-                        {
-                            "onnxruntime": lambda a=a, f=feeds: a.run(f),
-                            "openvino": lambda b=b, f=feeds: b.run(f),
-                        },
-                        args.rounds,
-                        5,
-                    ),
+                    alternate(variants, args.rounds, 5),
                 )
 
     if wanted("decode"):
