@@ -120,7 +120,12 @@ class FaceAnalyzer:
 
         `deadline` (time.monotonic()) is when the request must be done, counted by the caller from
         the request's arrival; default: FACEREST_REQUEST_TIMEOUT_S from now."""
-        timings = timings or Timings()
+        with self.scheduler.request():
+            return self._process(images, options, timings or Timings(), deadline)
+
+    def _process(
+        self, images: list[ImageInput], options: ExtractOptions, timings: Timings, deadline: float | None
+    ) -> list[ImageResult]:
         self._check_features(options)
         limit = Deadline(deadline if deadline is not None else time.monotonic() + self.timeout_s)
         started = time.perf_counter()

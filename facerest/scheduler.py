@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class InferenceScheduler:
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._queues: dict[Hashable, _Queue] = {}
+        self._requests = 0  # requests inside the pipeline, see `request`
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="facerest-inference", daemon=True)
         self._thread.start()
@@ -85,6 +87,28 @@ class InferenceScheduler:
             queue.jobs.append(_Job(items, future))
             self._cond.notify()
         return future
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Held by a request while it is in the pipeline: tells the batcher whether waiting for
+        more work can pay (see `_worth_waiting`)."""
+        with self._cond:
+            self._requests += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._requests -= 1
+
+    def _worth_waiting(self, queue: _Queue) -> bool:
+        """Whether another request may add to `queue` within the batch wait. Only one between two
+        steps can (cropping faces before the recognizer, say): a request with a job queued waits
+        for it, and one in detection waits for this very thread. With every request accounted for
+        by a queued job, e.g. a single client, the wait would only add latency."""
+        if self.batch_wait_s <= 0 or sum(len(j.items) for j in queue.jobs) >= queue.max_batch:
+            return False
+        queued = sum(len(q.jobs) for q in self._queues.values())
+        return self._requests > queued
 
     def depth(self) -> int:
         with self._cond:
@@ -108,7 +132,7 @@ class InferenceScheduler:
                 self._cond.wait()
             key = min(waiting, key=lambda pair: pair[0])[1]
             queue = self._queues[key]
-            if self.batch_wait_s > 0 and sum(len(j.items) for j in queue.jobs) < queue.max_batch:
+            if self._worth_waiting(queue):
                 self._cond.wait(self.batch_wait_s)
             jobs: list[_Job] = []
             count = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -74,5 +75,29 @@ def test_a_failing_batch_fails_every_job_in_it():
                 future.result(10)
         # the thread survives: the next job runs
         assert scheduler.submit("n", lambda b: b + 1, np.zeros((1, 2), np.float32), 8).result(10)[0, 0] == 1
+    finally:
+        scheduler.close()
+
+
+def test_batch_wait_only_when_another_request_can_join():
+    """A lone request's job runs at once, not after the batch wait; with a second request in the
+    pipeline that has nothing queued yet, the job waits for it and both run as one batch."""
+    scheduler = InferenceScheduler(batch_wait_s=5.0)  # long: either outcome is unmistakable
+    runner = GatedRunner()
+    runner.gate.set()
+    try:
+        with scheduler.request():
+            started = time.monotonic()
+            scheduler.submit("m", runner, np.ones((1, 3), np.float32), max_batch=8).result(10)
+            assert time.monotonic() - started < 2.5
+        assert runner.batch_sizes == [1]
+
+        with scheduler.request(), scheduler.request():
+            first = scheduler.submit("m", runner, np.ones((1, 3), np.float32), max_batch=8)
+            time.sleep(0.2)  # the first job is now waiting for the second request's
+            assert not first.done()
+            second = scheduler.submit("m", runner, np.ones((1, 3), np.float32), max_batch=8)
+            first.result(10), second.result(10)
+        assert runner.batch_sizes == [1, 2]
     finally:
         scheduler.close()
