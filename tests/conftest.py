@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -73,6 +74,16 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_once_it_has(self, *needles: str, timeout: float = 10) -> str:
+        """The log once every needle is in it: a request's access line is written after its
+        response went out, so a client can read the log a moment before its own line lands."""
+        deadline = time.monotonic() + timeout
+        text = self.log()
+        while not all(n in text for n in needles) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            text = self.log()
+        return text
 
 
 def start_server(env_overrides: dict[str, str], log_path: Path, timeout: float = 120) -> Server:

@@ -121,7 +121,8 @@ def test_log_lines_are_json_with_the_request_id(locked):
     with locked.client() as client:
         client.get("/info", headers={"X-Request-ID": "json-log-probe-1", **keyed()})
         client.get("/info", headers={"X-Request-ID": "json-log-probe-2"})  # refused: logged as well
-    lines = [line for line in locked.log().splitlines() if line.strip()]
+    log = locked.log_once_it_has("json-log-probe-1", "json-log-probe-2")
+    lines = [line for line in log.splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(entries) >= len(lines) - 2, lines[:20]  # every line is JSON (tolerating a stray print)
     by_id = {e["request_id"]: e for e in entries}
