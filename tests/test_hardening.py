@@ -366,6 +366,11 @@ def test_metrics_count_requests_faces_and_errors(client):
     assert metric(after, "facerest_request_seconds_bucket", path="/extract", le="+Inf") >= 2
     assert "facerest_queue_depth" in after and "facerest_requests_in_flight" in after
     assert metric(after, "facerest_queue_depth") == 0  # nothing waits once the answers are in
+    # the one decodable photo ran the detector once (its face is found by the first pass) and,
+    # without embeddings, never the recognizer
+    assert delta("facerest_inference_inputs_total", model="scrfd_500m_bnkps") == 1
+    assert delta("facerest_inference_batches_total", model="scrfd_500m_bnkps") == 1
+    assert delta("facerest_inference_inputs_total", model="w600k_mbf") == 0
     # unknown paths are counted under one label, not one per path
     client.get("/random/path/123")
     assert metric(client.get("/metrics").text, "facerest_requests_total", path="unmatched", status="404") >= 1

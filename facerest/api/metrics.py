@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi import APIRouter, Request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -11,9 +13,35 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse, Response
 
 from facerest.faces import ImageResult
+from facerest.scheduler import SchedulerStats
+
+
+class InferenceCollector(Collector):
+    """Model runs and the inputs they carried, per model, read from the scheduler when scraped:
+    inputs / batches is the batch size dynamic batching achieves, and a detector that ran more
+    inputs than images arrived shows the close-up pass at work."""
+
+    def __init__(self) -> None:
+        self.stats: SchedulerStats | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        batches = CounterMetricFamily(
+            "facerest_inference_batches", "Model runs (one batch each)", labels=["model"]
+        )
+        inputs = CounterMetricFamily(
+            "facerest_inference_inputs", "Inputs run through the model (images or faces)", labels=["model"]
+        )
+        # dict() copies in one step under the GIL while the inference thread adds to it
+        for model, (runs, items) in sorted(dict(self.stats.by_model if self.stats else {}).items()):
+            batches.add_metric([model], runs)
+            inputs.add_metric([model], items)
+        yield batches
+        yield inputs
 
 
 class Metrics:
@@ -41,6 +69,8 @@ class Metrics:
         self.in_flight = Gauge(
             "facerest_requests_in_flight", "Requests inside the pipeline", registry=self.registry
         )
+        self.inference = InferenceCollector()
+        self.registry.register(self.inference)
 
     def record_results(self, results: list[ImageResult]) -> None:
         for result in results:
@@ -63,4 +93,5 @@ async def metrics(request: Request) -> Response:
     # sampled when scraped: the scheduler's queue and the admission counter are the truth
     state.metrics.queue_depth.set(analyzer.scheduler.depth())
     state.metrics.in_flight.set(analyzer.admission.inside)
+    state.metrics.inference.stats = analyzer.scheduler.stats
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
