@@ -26,8 +26,8 @@ class InferenceCollector(Collector):
     inputs / batches is the batch size dynamic batching achieves, and a detector that ran more
     inputs than images arrived shows the close-up pass at work."""
 
-    def __init__(self) -> None:
-        self.stats: SchedulerStats | None = None
+    def __init__(self, stats: SchedulerStats) -> None:
+        self.stats = stats
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         batches = CounterMetricFamily(
@@ -37,7 +37,7 @@ class InferenceCollector(Collector):
             "facerest_inference_inputs", "Inputs run through the model (images or faces)", labels=["model"]
         )
         # dict() copies in one step under the GIL while the inference thread adds to it
-        for model, (runs, items) in sorted(dict(self.stats.by_model if self.stats else {}).items()):
+        for model, (runs, items) in sorted(dict(self.stats.by_model).items()):
             batches.add_metric([model], runs)
             inputs.add_metric([model], items)
         yield batches
@@ -45,7 +45,7 @@ class InferenceCollector(Collector):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, inference: SchedulerStats) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "facerest_requests",
@@ -69,8 +69,7 @@ class Metrics:
         self.in_flight = Gauge(
             "facerest_requests_in_flight", "Requests inside the pipeline", registry=self.registry
         )
-        self.inference = InferenceCollector()
-        self.registry.register(self.inference)
+        self.registry.register(InferenceCollector(inference))
 
     def record_results(self, results: list[ImageResult]) -> None:
         for result in results:
@@ -93,5 +92,4 @@ async def metrics(request: Request) -> Response:
     # sampled when scraped: the scheduler's queue and the admission counter are the truth
     state.metrics.queue_depth.set(analyzer.scheduler.depth())
     state.metrics.in_flight.set(analyzer.admission.inside)
-    state.metrics.inference.stats = analyzer.scheduler.stats
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
