@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -22,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from facerest.config import Settings
 from facerest.imaging.resize import letterbox, plan_input
 from facerest.models import DETECTOR_FAMILIES, load_detector
+from facerest.models.base import blob
 from facerest.models.catalog import Catalog, CatalogEntry
 from facerest.models.detection.base import Detector
 from facerest.models.store import ModelStore
@@ -405,3 +407,25 @@ def test_scrfd_real_weights_batch_equals_single(real_scrfd: Detector) -> None:
 def test_every_catalogued_detector_family_is_registered() -> None:
     families = {e.family for e in Catalog.load() if e.task == "detection"}
     assert families - {"mtcnn"} <= set(DETECTOR_FAMILIES), families - set(DETECTOR_FAMILIES)
+
+
+PREPROCESSING = sorted(
+    {(tuple(e.preprocess.mean), tuple(e.preprocess.std), e.preprocess.color) for e in Catalog.load()}
+)
+
+
+@pytest.mark.parametrize(("mean", "std", "color"), PREPROCESSING)
+def test_model_inputs_equal_opencv_blobs(mean: tuple, std: tuple, color: str) -> None:
+    """Every catalogued normalisation gives what cv2.dnn.blobFromImages gives (the reference
+    pipeline's), for a detector canvas and a batch of face crops."""
+    rng = np.random.default_rng(7)
+    canvas = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    swap = color == "RGB"
+    for images in (canvas[None], crops):
+        ours = blob(images, list(mean), list(std), swap)
+        # OpenCV's blob takes one scale factor: divide per channel after subtracting the mean
+        theirs = cv2.dnn.blobFromImages(list(images), 1.0, images.shape[2:0:-1], mean, swapRB=swap)
+        theirs /= np.asarray(std, np.float32)[None, :, None, None]
+        assert ours.shape == theirs.shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
