@@ -1,8 +1,9 @@
 """`FACEREST_RUNTIME=auto`: per model, the CPU runtime that runs it faster on this machine.
 
 Which one wins depends on the CPU: on 2-core Zen 3 (AVX2) machines ONNX Runtime ran the pipeline
-1.2x faster than OpenVINO; on 2-core Zen 5 (AVX-512) machines OpenVINO ran the recognizer 1.4x
-faster and the detector 1.1x (docs/performance.md). Both give the same outputs to about 1e-5, so
+1.2x faster than OpenVINO; on 2-core Zen 5 (AVX-512) machines OpenVINO ran the recognizer 1.3x
+faster and the detector 1.1x; on a 2-core Intel Xeon (AVX-512) OpenVINO the recognizer 1.4x and
+the detector at par (docs/performance.md). Both give the same outputs to about 1e-5, so
 the choice is about speed only. It is measured once per model file, machine, thread count and
 runtime versions, and remembered in the models folder, so later starts and workers just load.
 """
