@@ -84,6 +84,7 @@ def serve(
         fail(exc.detail)
     import uvicorn
 
+    from facerest.api.http_protocol import uvicorn_options
     from facerest.logs import uvicorn_log_config
 
     uvicorn.run(
@@ -97,6 +98,7 @@ def serve(
         access_log=False,  # facerest.access logs every request, with its latency and request id
         timeout_graceful_shutdown=int(settings.request_timeout_s),
         proxy_headers=True,
+        **uvicorn_options(settings),  # head size, read timeouts, connection cap (issue 14)
     )
 
 

@@ -177,6 +177,35 @@ class Settings(BaseSettings):
         1, ge=0, le=5, description="Extra tries of a URL download after a connection error or 502/503/504."
     )
 
+    # --- HTTP limits (issue 14), enforced per connection by facerest/api/http_protocol.py ---
+    max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1_048_576,
+        description="Largest request head (request line and headers), in bytes; larger: 431, "
+        "connection closed, before the API key is checked.",
+    )
+    max_request_line_bytes: int = Field(
+        8_192, ge=256, le=1_048_576, description="Longest request target (path and query), in bytes; longer: 414."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a whole request head, from connecting (or from its "
+        "first byte after a keep-alive pause); then 408 and the connection closes.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest pause of a client within a request body; then the connection closes."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="How long an idle keep-alive connection stays open after a response."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections per server process; a new one past it is answered 503 and closed.",
+    )
+
     # --- throughput (issue 3) ---
     max_upscale: float = Field(
         0.0,

@@ -26,9 +26,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# C0 and C1 control characters and the Unicode line breaks: a client's text (a path with an
+# encoded newline) must not end one log line and forge the next
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_control(text: str) -> str:
+    return text.translate(_CONTROL)
+
+
 class RequestIdFilter(logging.Filter):
+    """Adds the request id, and escapes control characters in the message (every handler of the
+    service has this filter, so no line can be split by what a client sent)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        try:
+            message = record.getMessage()
+        except Exception:  # bad arguments: the formatter reports them as logging always does
+            return True
+        escaped = escape_control(message)
+        if escaped != message:
+            record.msg, record.args = escaped, None
         return True
 
 

@@ -87,6 +87,7 @@ def serve_group(fd: int, gpu: int) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from facerest.api.http_protocol import uvicorn_options
     from facerest.config import Settings
     from facerest.logs import configure_logging, uvicorn_log_config
     from facerest.runtime.base import prepare_runtime
@@ -103,6 +104,7 @@ def serve_group(fd: int, gpu: int) -> None:
         log_config=uvicorn_log_config(settings.log_level, settings.log_json),
         timeout_graceful_shutdown=int(settings.request_timeout_s),
         proxy_headers=True,
+        **uvicorn_options(settings),
     )
     log.info("GPU %d group serving with %d worker(s)", gpu, settings.workers)
     if settings.workers > 1:

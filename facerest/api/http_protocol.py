@@ -1,0 +1,260 @@
+"""The HTTP/1.1 connection protocol uvicorn runs for us, with the limits uvicorn leaves open.
+
+What uvicorn 0.54 enforces by itself (read in its source): `timeout_keep_alive` (idle time after a
+response) and, with the h11 parser, `h11_max_incomplete_event_size` (h11 refuses a request head
+that outgrows it). What it does not: with httptools (its default when installed) head and URL
+size are unbounded (a 64 MiB header was read for 9 s and answered 200); a connection that never
+sends a byte, or sends half a head, stays open forever (the keep-alive timer only starts after a
+response); `limit_concurrency` answers 503 only once a whole request head has been read, so idle
+connections are never refused; and h11's oversize error goes out as a plain 400.
+
+So the service runs uvicorn's own h11 protocol (h11 bounds the head while it is buffered, before a
+byte reaches the app or the API key check) with what is missing added at the connection level:
+
+- a head larger than `max_header_bytes` -> 431, a request line with no end within
+  `max_request_line_bytes` (or a longer target) -> 414; both close the connection;
+- the whole head must arrive within `header_timeout_s` of the connection (or of its first byte
+  after a keep-alive pause): else 408 and close, or just close when nothing came;
+- a body that pauses longer than `body_timeout_s` (while the server is reading it) is cut off;
+- past `max_connections` open connections a new one is answered 503 and closed at once.
+
+Pipelined requests are answered in order by uvicorn's h11 protocol (tests/test_http_limits.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from facerest.config import Settings
+
+
+# how long a refused connection is kept half-open so that the client reads our answer
+LINGER_S = 2.0
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int
+    max_request_line_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+    keep_alive_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            max_request_line_bytes=settings.max_request_line_bytes,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            keep_alive_timeout_s=settings.keep_alive_timeout_s,
+            max_connections=settings.max_connections,
+        )
+
+
+def _error_json(detail: str, code: str) -> bytes:
+    return json.dumps({"detail": detail, "code": code}).encode()
+
+
+def _canned(status: int, reason: str, detail: str, code: str) -> bytes:
+    """A complete response written straight to the socket (no request cycle exists yet)."""
+    body = _error_json(detail, code)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
+    )
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's H11Protocol plus head/URL size answers, read timeouts and a connection cap."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: HttpLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self.app = _HeadLimit(self.app, limits)
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer, then close gently: closing a socket with unread input makes the kernel send a
+        reset, which can destroy the answer before the client reads it. So the write side is
+        shut, what still arrives is dropped, and the socket closes when the client closes or
+        after LINGER_S at most."""
+        self._refused = True
+        self._disarm()
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._read_timer = self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            self.transport.close()
+        return None
+
+    # --- connection cap and read timers ---
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.connections.discard(self)
+            self.logger.warning("refused a connection: %d open", len(self.connections))
+            self._refuse(_canned(503, "Service Unavailable", "too many open connections", "overloaded"))
+            return
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # what the client still sends after our refusal is dropped, not parsed
+        if self.conn.their_state is h11.IDLE and self._read_timer is None:
+            # the first byte of a head after a keep-alive pause: the head's own clock starts
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+        super().data_received(data)
+        self._follow_state()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # uvicorn's keep-alive timer now watches the idle connection (a pipelined request that
+        # was already buffered may have started: _follow_state sees to its body)
+        self._follow_state()
+
+    def _follow_state(self) -> None:
+        if self._refused:
+            return  # the linger timer stays
+        state = self.conn.their_state
+        if self.transport.is_closing():
+            self._disarm()
+        elif state is h11.SEND_BODY:
+            self._arm(self.limits.body_timeout_s, self._body_timed_out)  # re-armed per chunk
+        elif state is not h11.IDLE or self.timeout_keep_alive_task is not None:
+            self._disarm()
+
+    def _arm(self, delay_s: float, callback: Any) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(delay_s, callback)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        received = bool(self.conn.trailing_data[0])
+        if received and self.conn.our_state is h11.IDLE:
+            detail = f"the request head did not arrive within {self.limits.header_timeout_s:g} s"
+            self._refuse(_canned(408, "Request Timeout", detail, "request_timeout"))
+        else:
+            self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # we stopped reading (the app is busy): not the client's pause
+            self._arm(self.limits.body_timeout_s, self._body_timed_out)
+            return
+        self.logger.warning(
+            "closed a connection whose request body paused over %g s", self.limits.body_timeout_s
+        )
+        self.transport.close()
+
+    # --- head size: h11 stops buffering past max_incomplete_event_size and raises ---
+
+    def send_400_response(self, msg: str) -> None:
+        buffered, _ = self.conn.trailing_data
+        if len(buffered) <= self.limits.max_header_bytes:
+            super().send_400_response(msg)
+            return
+        line_end = buffered.find(b"\n", 0, self.limits.max_request_line_bytes + 2)
+        if line_end < 0:
+            answer = _canned(
+                414,
+                "URI Too Long",
+                f"the request line is longer than {self.limits.max_request_line_bytes} bytes",
+                "uri_too_long",
+            )
+        else:
+            answer = _canned(
+                431,
+                "Request Header Fields Too Large",
+                f"the request head is larger than {self.limits.max_header_bytes} bytes",
+                "headers_too_large",
+            )
+        self.logger.warning("refused a request head over %d bytes", self.limits.max_header_bytes)
+        self._refuse(answer)
+
+
+class _HeadLimit:
+    """The same limits for a head that came complete in one read: h11 bounds only a head still
+    incomplete, so a 20 KiB head sent at once gets this far (before the app and its key check)."""
+
+    def __init__(self, app: Any, limits: HttpLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            target = len(scope["raw_path"]) + len(scope["query_string"]) + 1
+            head = target + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if target > self.limits.max_request_line_bytes:
+                limit = self.limits.max_request_line_bytes
+                await _answer(send, 414, f"the request line is longer than {limit} bytes", "uri_too_long")
+                return
+            if head > self.limits.max_header_bytes:
+                limit = self.limits.max_header_bytes
+                detail = f"the request head is larger than {limit} bytes"
+                await _answer(send, 431, detail, "headers_too_large")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Any, status: int, detail: str, code: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": _error_json(detail, code)})
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What `uvicorn.run` / `uvicorn.Config` get for the limits (the protocol travels to workers
+    by pickling, so it is a partial of a module-level class, not a class made here)."""
+    import functools
+
+    limits = HttpLimits.from_settings(settings)
+    return {
+        "http": functools.partial(LimitedH11Protocol, limits=limits),
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
+        "timeout_keep_alive": limits.keep_alive_timeout_s,
+    }
