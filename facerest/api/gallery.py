@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
-from facerest.api.schemas import Images
+from facerest.api.schemas import Images, Name
 from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable
 from facerest.gallery import gallery_url, open_store
-from facerest.gallery.service import FoundFace, GalleryService, check_name
+from facerest.gallery.service import FoundFace, GalleryService
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,14 @@ class VerifyRequest(BaseModel):
 
     images: Images | None = None
     embeddings: Embeddings | None = None
-    gallery: str | None = None
-    subject: str | None = None
+    gallery: Name | None = None
+    subject: Name | None = None
     threshold: Similarity | None = None
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
 class RenameRequest(BaseModel):
-    new_name: str
+    new_name: Name
 
 
 @asynccontextmanager
@@ -130,7 +130,7 @@ async def list_galleries(request: Request) -> JSONResponse:
 
 
 @router.delete("/gallery/{gallery}", summary="Delete a gallery and every face in it")
-async def delete_gallery(request: Request, gallery: str) -> JSONResponse:
+async def delete_gallery(request: Request, gallery: Name) -> JSONResponse:
     state, service = _service(request)
     if not await state.run(lambda: service.store.delete_gallery(gallery)):
         raise NotFound(f"no gallery {gallery!r}")
@@ -142,7 +142,7 @@ async def delete_gallery(request: Request, gallery: str) -> JSONResponse:
     openapi_extra=parsed_body(EnrolRequest),
     summary="Enrol faces into a subject",
 )
-async def enrol(request: Request, gallery: str, subject: str) -> JSONResponse:
+async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
     """From images (the largest face of each, or all with `all_faces`) and/or posted embeddings.
 
     The gallery is created on first use and records the recognizer; images without a face are
@@ -167,7 +167,7 @@ async def enrol(request: Request, gallery: str, subject: str) -> JSONResponse:
 
 
 @router.get("/gallery/{gallery}/subjects", summary="The subjects of a gallery and their face counts")
-async def list_subjects(request: Request, gallery: str) -> JSONResponse:
+async def list_subjects(request: Request, gallery: Name) -> JSONResponse:
     state, service = _service(request)
 
     def work() -> list[tuple[str, int]]:
@@ -181,8 +181,8 @@ async def list_subjects(request: Request, gallery: str) -> JSONResponse:
 @router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject")
 async def get_subject(
     request: Request,
-    gallery: str,
-    subject: str,
+    gallery: Name,
+    subject: Name,
     embeddings: bool = Query(False, description="Add each face's embedding (for export)."),
 ) -> JSONResponse:
     state, service = _service(request)
@@ -216,16 +216,15 @@ async def get_subject(
     openapi_extra=parsed_body(RenameRequest),
     summary="Rename a subject",
 )
-async def rename_subject(request: Request, gallery: str, subject: str) -> JSONResponse:
+async def rename_subject(request: Request, gallery: Name, subject: Name) -> JSONResponse:
     state, service = _service(request)
     req: RenameRequest = await parse_body(request, RenameRequest)
-    check_name("subject", req.new_name)
     moved = await state.run(lambda: service.store.rename_subject(gallery, subject, req.new_name))
     return JSONResponse({"gallery": gallery, "subject": req.new_name, "faces": moved})
 
 
 @router.delete("/gallery/{gallery}/subjects/{subject}", summary="Delete a subject and its faces")
-async def delete_subject(request: Request, gallery: str, subject: str) -> JSONResponse:
+async def delete_subject(request: Request, gallery: Name, subject: Name) -> JSONResponse:
     state, service = _service(request)
     deleted = await state.run(lambda: service.store.delete_subject(gallery, subject))
     if not deleted:
@@ -239,7 +238,7 @@ FACE_ID_MAX = 2**63 - 1
 
 @router.delete("/gallery/{gallery}/faces/{face_id}", summary="Delete one face")
 async def delete_face(
-    request: Request, gallery: str, face_id: Annotated[int, Path(ge=1, le=FACE_ID_MAX)]
+    request: Request, gallery: Name, face_id: Annotated[int, Path(ge=1, le=FACE_ID_MAX)]
 ) -> JSONResponse:
     state, service = _service(request)
     if not await state.run(lambda: service.store.delete_face(gallery, face_id)):
@@ -252,7 +251,7 @@ async def delete_face(
     openapi_extra=parsed_body(SearchRequest),
     summary="Identify every face in the images (1:N)",
 )
-async def search(request: Request, gallery: str) -> JSONResponse:
+async def search(request: Request, gallery: Name) -> JSONResponse:
     """For every face, the `top_k` closest subjects; `subject` is null below the threshold.
 
     `data` holds one entry per image (request order), then one per posted embedding.

@@ -38,6 +38,13 @@ def _wants_msgpack(request: Request) -> bool:
     return any(t in accept for t in MSGPACK_TYPES)
 
 
+def _string_keyed(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    for key, _ in pairs:
+        if not isinstance(key, str):
+            raise ValueError(f"map keys must be strings, not {type(key).__name__}")
+    return dict(pairs)
+
+
 async def parse_body(request: Request, model: type[BaseModel]) -> Any:
     """JSON or msgpack body -> a validated request model."""
     # FACEREST_MAX_BODY_BYTES is enforced for every body by HardeningMiddleware while it streams in
@@ -45,7 +52,9 @@ async def parse_body(request: Request, model: type[BaseModel]) -> Any:
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:
         if media in MSGPACK_TYPES:
-            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            # keys must be strings: an array or map as a key is unhashable (was a 500), and no
+            # field of ours has any other key type
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, object_pairs_hook=_string_keyed)
         elif media.startswith("multipart/"):
             raise BadInput("multipart bodies go to the /multipart/... endpoints")
         else:  # JSON, also when curl -d labels it form-urlencoded

@@ -4,10 +4,37 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from facerest.gallery.service import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE, name_problem
 
 Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
 SizeEdge = Annotated[int, Field(ge=0, le=8192)]  # so the published schema states the bounds too
+
+
+def _valid_name(value: str) -> str:
+    problem = name_problem(value)  # what a pattern cannot say: printable, not "." or ".."
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+#: a gallery or subject name, in a path or a body: one rule (gallery/service.py), in the schema
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN),
+    AfterValidator(_valid_name),
+    Field(description=f"A gallery or subject name: {NAME_RULE}."),
+]
 
 
 class Images(BaseModel):

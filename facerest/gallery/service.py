@@ -38,12 +38,36 @@ log = logging.getLogger(__name__)
 
 #: for recognizers the catalogue gives no calibrated threshold: a cautious cosine for ArcFace models
 FALLBACK_THRESHOLD = 0.35
+
+# One rule for gallery and subject names, wherever a name comes in (path, body, CLI): a name
+# must survive a round trip through a URL path segment, or it would be stored but unreachable
+# (a "/" splits the segment; "." and ".." are removed by clients that normalise paths; "\\"
+# is a separator to some proxies). The API schema declares the same rule (api/schemas.py).
 MAX_NAME_LENGTH = 200
+NAME_PATTERN = r"^[^/\\\x00-\x1f\x7f]+$"
+NAME_RULE = (
+    f"1 to {MAX_NAME_LENGTH} printable characters, without '/' or '\\', and not '.' or '..'"
+)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a gallery or subject, or None."""
+    if (
+        not name
+        or len(name) > MAX_NAME_LENGTH
+        or not name.isprintable()
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+    ):
+        return f"must be {NAME_RULE}"
+    return None
 
 
 def check_name(kind: str, name: str) -> str:
-    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
-        raise BadInput(f"{kind} name must be 1 to {MAX_NAME_LENGTH} printable characters")
+    problem = name_problem(name)
+    if problem is not None:
+        raise BadInput(f"{kind} name {problem}")
     return name
 
 
