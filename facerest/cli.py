@@ -14,6 +14,9 @@ from facerest.cli_gallery import app as gallery_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
+#: the exit status of a server whose workers could not start (uvicorn's own)
+STARTUP_FAILED = 3
+
 app = typer.Typer(help="facerest: face detection and recognition REST service.", no_args_is_help=True)
 
 
@@ -68,8 +71,11 @@ def serve(
     setup_logging(settings)
     from facerest.models import prepare_models
 
+    from facerest.runtime.base import check_runtime
+
     try:
         prepare_models(settings)
+        check_runtime(settings)
     except FaceRestError as exc:
         fail(exc.detail)
     if settings.gpus:  # one process group per GPU (facerest/serve_gpus.py), engines built in each
@@ -83,11 +89,12 @@ def serve(
     except FaceRestError as exc:
         fail(exc.detail)
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from facerest.api.http_protocol import uvicorn_options
     from facerest.logs import uvicorn_log_config
 
-    uvicorn.run(
+    config = uvicorn.Config(
         "facerest.api.app:factory",
         factory=True,
         host=settings.host,
@@ -100,6 +107,15 @@ def serve(
         proxy_headers=True,
         **uvicorn_options(settings),  # head size, read timeouts, connection cap (issue 14)
     )
+    if settings.workers == 1:
+        server = uvicorn.Server(config)
+        server.run()  # a failed start exits 3 (the lifespan logged its one `error:` line)
+        raise typer.Exit(0 if server.started else STARTUP_FAILED)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    # uvicorn's supervisor stops when a worker fails to start, but exits 0: say it did not serve
+    if any(process.exitcode == STARTUP_FAILED for process in supervisor.processes):
+        raise typer.Exit(STARTUP_FAILED)
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STARTUP_FAILED = 3  # uvicorn's exit status for a worker that could not start
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -92,9 +94,15 @@ def serve_group(fd: int, gpu: int) -> None:
     from facerest.logs import configure_logging, uvicorn_log_config
     from facerest.runtime.base import prepare_runtime
 
+    from facerest.errors import FaceRestError
+
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    prepare_runtime(settings)
+    try:
+        prepare_runtime(settings)
+    except FaceRestError as exc:  # one line, as `facerest serve` says it (no traceback)
+        print(f"error: GPU {gpu}: {exc.detail}", file=sys.stderr)
+        sys.exit(1)
     sock = socket.socket(fileno=fd)  # family and type come from the descriptor
     config = uvicorn.Config(
         "facerest.api.app:factory",
@@ -108,7 +116,10 @@ def serve_group(fd: int, gpu: int) -> None:
     )
     log.info("GPU %d group serving with %d worker(s)", gpu, settings.workers)
     if settings.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+        if any(process.exitcode == STARTUP_FAILED for process in supervisor.processes):
+            sys.exit(STARTUP_FAILED)  # uvicorn's supervisor would exit 0
     else:
         uvicorn.Server(config).run(sockets=[sock])
 

@@ -22,6 +22,7 @@ from facerest.api.middleware import HardeningMiddleware
 from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
 from facerest.config import Settings
+from facerest.errors import FaceRestError
 from facerest.imaging.decode import decode_image
 from facerest.models import load_models
 from facerest.pipeline import FaceAnalyzer
@@ -45,7 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        analyzer = await anyio.to_thread.run_sync(_startup, settings)
+        try:
+            analyzer = await anyio.to_thread.run_sync(_startup, settings)
+        except Exception as exc:
+            # said in one line by HardeningMiddleware (the server's log would hold a traceback)
+            app.state.startup_error = (
+                exc.detail if isinstance(exc, FaceRestError) else f"{type(exc).__name__}: {exc}"
+            )
+            log.debug("start-up failed", exc_info=True)
+            raise
         app.state.facerest = AppState(
             settings=settings,
             analyzer=analyzer,

@@ -61,6 +61,9 @@ class HardeningMiddleware:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._startup_failure_in_one_line(scope, send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -149,6 +152,20 @@ class HardeningMiddleware:
         finally:
             self._record(scope, status, time.perf_counter() - started)
             request_id.reset(token)
+
+    @staticmethod
+    def _startup_failure_in_one_line(scope: Scope, send: Send) -> Send:
+        """Starlette reports a failed start with the traceback, which the server logs; the app's
+        lifespan left the cause in app.state.startup_error: the log gets `error: <cause>`."""
+
+        async def send_startup(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                cause = getattr(getattr(scope.get("app"), "state", None), "startup_error", None)
+                if cause:
+                    message = {**message, "message": f"error: {cause}"}
+            await send(message)
+
+        return send_startup
 
     @staticmethod
     def _pipeline_full(scope: Scope) -> bool:

@@ -100,6 +100,18 @@ def _auto_session(model_path: Path, settings: Settings, model_name: str) -> Infe
     )
 
 
+def check_runtime(settings: Settings) -> None:
+    """What can be known wrong before loading a model: ONNX Runtime providers asked for by name
+    and absent (e.g. FACEREST_PROVIDERS=CUDAExecutionProvider on a CPU build) stop `facerest
+    serve` with one line, before any worker or GPU group starts."""
+    if settings.runtime == "onnx" or (
+        settings.runtime == "auto" and settings.providers != ["CPUExecutionProvider"]
+    ):
+        from facerest.runtime.onnx import available_providers, provider_plan
+
+        available_providers(provider_plan(settings)[0])
+
+
 def prepare_runtime(settings: Settings) -> None:
     """Work the runtime needs once per machine (or GPU) before any worker starts.
 
@@ -108,6 +120,7 @@ def prepare_runtime(settings: Settings) -> None:
     by `facerest serve` after the model files are prepared, in each GPU's process group (it sees
     only its GPU).
     """
+    check_runtime(settings)
     if settings.runtime == "auto":
         if settings.workers == 1:  # the one worker measures as it loads
             return

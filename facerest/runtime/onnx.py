@@ -57,6 +57,18 @@ def provider_plan(settings: Settings) -> tuple[list[str], dict[str, dict[str, An
     return wanted, options
 
 
+def available_providers(wanted: list[str]) -> list[str]:
+    """Those of `wanted` this onnxruntime has; none of them: BackendUnavailable (checked by
+    `facerest serve` before any worker starts, and by every session)."""
+    available = ort.get_available_providers()
+    chosen = [p for p in wanted if p in available]
+    if not chosen:
+        raise BackendUnavailable(
+            f"none of the execution providers {wanted} is available; this onnxruntime has {available}"
+        )
+    return chosen
+
+
 class OnnxSession:
     """One ONNX model on ONNX Runtime.
 
@@ -88,11 +100,7 @@ class OnnxSession:
         if automatic:
             wanted = list(PREFERENCE)
         available = ort.get_available_providers()
-        chosen = [p for p in wanted if p in available]
-        if not chosen:
-            raise BackendUnavailable(
-                f"none of the execution providers {wanted} is available; this onnxruntime has {available}"
-            )
+        chosen = available_providers(wanted)
         skipped = [p for p in wanted if p not in available]
         if skipped:
             # asked for by name: the operator expects it, so say loudly that it is not there
