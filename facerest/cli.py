@@ -70,7 +70,6 @@ def serve(
         return
     setup_logging(settings)
     from facerest.models import prepare_models
-
     from facerest.runtime.base import check_runtime
 
     try:

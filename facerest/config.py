@@ -186,7 +186,10 @@ class Settings(BaseSettings):
         "connection closed, before the API key is checked.",
     )
     max_request_line_bytes: int = Field(
-        8_192, ge=256, le=1_048_576, description="Longest request target (path and query), in bytes; longer: 414."
+        8_192,
+        ge=256,
+        le=1_048_576,
+        description="Longest request target (path and query), in bytes; longer: 414.",
     )
     header_timeout_s: float = Field(
         10.0,

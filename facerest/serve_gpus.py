@@ -91,10 +91,9 @@ def serve_group(fd: int, gpu: int) -> None:
 
     from facerest.api.http_protocol import uvicorn_options
     from facerest.config import Settings
+    from facerest.errors import FaceRestError
     from facerest.logs import configure_logging, uvicorn_log_config
     from facerest.runtime.base import prepare_runtime
-
-    from facerest.errors import FaceRestError
 
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)

@@ -45,9 +45,7 @@ FALLBACK_THRESHOLD = 0.35
 # is a separator to some proxies). The API schema declares the same rule (api/schemas.py).
 MAX_NAME_LENGTH = 200
 NAME_PATTERN = r"^[^/\\\x00-\x1f\x7f]+$"
-NAME_RULE = (
-    f"1 to {MAX_NAME_LENGTH} printable characters, without '/' or '\\', and not '.' or '..'"
-)
+NAME_RULE = f"1 to {MAX_NAME_LENGTH} printable characters, without '/' or '\\', and not '.' or '..'"
 
 
 def name_problem(name: str) -> str | None:
