@@ -18,7 +18,8 @@ byte reaches the app or the API key check) with what is missing added at the con
 - a body that pauses longer than `body_timeout_s` (while the server is reading it) is cut off;
 - past `max_connections` open connections a new one is answered 503 and closed at once.
 
-Pipelined requests are answered in order by uvicorn's h11 protocol (tests/test_http_limits.py).
+Pipelined requests are answered in order by uvicorn's h11 protocol, also when the client shuts
+its side of the connection after sending them (uvicorn closed then, answering none).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class LimitedH11Protocol(H11Protocol):
         self.app = _HeadLimit(self.app, limits)
         self._read_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._client_done = False  # the client half-closed: close once its requests are answered
 
     def _refuse(self, answer: bytes) -> None:
         """Answer, then close gently: closing a socket with unread input makes the kernel send a
@@ -109,9 +111,24 @@ class LimitedH11Protocol(H11Protocol):
             self.transport.close()
 
     def eof_received(self) -> bool | None:
+        """The client shut its sending side (as a script does after writing its requests).
+
+        uvicorn lets asyncio close the connection then, so requests already received went
+        unanswered (issue 14: two pipelined requests, then a half-close: none answered). Here
+        the connection stays open until every complete request is answered; a request whose
+        head or body can no longer complete is dropped with the connection."""
         if self._refused:
             self.transport.close()
-        return None
+            return None
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if answering and self.conn.their_state is not h11.SEND_BODY:
+            self._client_done = True
+            return True  # keep the transport open for our answer
+        return None  # asyncio closes it
+
+    def _close_if_client_done(self) -> None:
+        if self._client_done and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
 
     # --- connection cap and read timers ---
 
@@ -139,6 +156,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._close_if_client_done()  # after a pipelined request that was buffered has started
         # uvicorn's keep-alive timer now watches the idle connection (a pipelined request that
         # was already buffered may have started: _follow_state sees to its body)
         self._follow_state()
