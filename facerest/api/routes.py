@@ -347,6 +347,15 @@ async def info(request: Request) -> JSONResponse:
                 "max_faces_per_image": s.max_faces_per_image,
                 "queue_size": s.queue_size,
             },
+            # enforced per connection, before a route or the API key check (api/http_protocol.py)
+            "http_limits": {
+                "max_header_bytes": s.max_header_bytes,
+                "max_request_line_bytes": s.max_request_line_bytes,
+                "header_timeout_s": s.header_timeout_s,
+                "body_timeout_s": s.body_timeout_s,
+                "keep_alive_timeout_s": s.keep_alive_timeout_s,
+                "max_connections": s.max_connections,
+            },
             "threads": s.threads,
         }
     )
