@@ -108,6 +108,13 @@ clean: triton-clean
 triton-clean:
 	rm -rf $(TRITON_VENV)
 
+# a Docker engine for the CPU image test: Debian's docker.io, started here where it can run;
+# where not, scripts/ensure-docker.sh writes why and the test skips with that reason
+.PHONY: docker-engine
+test: docker-engine
+docker-engine:
+	@bash scripts/ensure-docker.sh
+
 lint-docker: $(VENV)/.installed-dev
 	$(BIN)/hadolint deploy/Dockerfile.cpu deploy/Dockerfile.gpu
 

@@ -141,10 +141,17 @@ def test_one_process_group_per_gpu_on_one_port(models_dir: Path, tmp_path: Path,
 # --- the CPU image, built and serving (needs a Docker engine) ---
 
 
+#: where scripts/ensure-docker.sh (run by `make test`) says why it could not get an engine running
+ENGINE_REASON = Path(os.environ.get("REASON_FILE", "/tmp/facerest-docker-unavailable"))
+
+
 def _docker_ready() -> str | None:
     """None when a Docker engine answers, else why not."""
+    why = ENGINE_REASON.read_text().strip() if ENGINE_REASON.exists() else ""
+    if why:
+        return f"scripts/ensure-docker.sh: {why}"
     if shutil.which("docker") is None:
-        return "the docker CLI is not installed"
+        return "the docker CLI is not installed (`make test` installs Debian's docker.io where it can)"
     try:
         probe = subprocess.run(
             ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20
