@@ -146,20 +146,20 @@ ENGINE_REASON = Path(os.environ.get("REASON_FILE", "/tmp/facerest-docker-unavail
 
 
 def _docker_ready() -> str | None:
-    """None when a Docker engine answers, else why not."""
+    """None when a Docker engine answers, else why not (in the words of ensure-docker.sh when it
+    ran and could not start one)."""
     why = ENGINE_REASON.read_text().strip() if ENGINE_REASON.exists() else ""
-    if why:
-        return f"scripts/ensure-docker.sh: {why}"
+    because = f" (scripts/ensure-docker.sh: {why})" if why else ""
     if shutil.which("docker") is None:
-        return "the docker CLI is not installed (`make test` installs Debian's docker.io where it can)"
+        return f"the docker CLI is not installed{because or '; `make test` installs docker.io where it can'}"
     try:
         probe = subprocess.run(
             ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20
         )
     except subprocess.TimeoutExpired:
-        return "`docker info` did not answer in 20 s"
+        return f"`docker info` did not answer in 20 s{because}"
     if probe.returncode != 0:
-        return f"no Docker engine answers: {probe.stderr.strip()[:200]}"
+        return f"no Docker engine answers: {probe.stderr.strip()[:200]}{because}"
     return None
 
 

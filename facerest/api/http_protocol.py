@@ -208,7 +208,9 @@ class LimitedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         buffered, _ = self.conn.trailing_data
-        if len(buffered) <= self.limits.max_header_bytes:
+        # our side still IDLE: the error is in a head (in a body, uvicorn's answer stands)
+        in_head = self.conn.our_state is h11.IDLE
+        if not in_head or len(buffered) <= self.limits.max_header_bytes:
             super().send_400_response(msg)
             return
         line_end = buffered.find(b"\n", 0, self.limits.max_request_line_bytes + 2)
