@@ -315,3 +315,16 @@ def test_names_follow_one_rule_everywhere(guarded):
         schema = client.get("/openapi.json").json()
         rename = schema["components"]["schemas"]["RenameRequest"]["properties"]["new_name"]
         assert rename["maxLength"] == 200 and "/" in rename["pattern"]
+
+
+def test_info_reports_the_http_limits(guarded):
+    with guarded.client(headers={"X-API-Key": KEY}) as client:
+        limits = client.get("/info").json()["http_limits"]
+    assert limits == {
+        "max_header_bytes": HEAD_LIMIT,
+        "max_request_line_bytes": LINE_LIMIT,
+        "header_timeout_s": HEADER_TIMEOUT_S,
+        "body_timeout_s": BODY_TIMEOUT_S,
+        "keep_alive_timeout_s": KEEP_ALIVE_S,
+        "max_connections": MAX_CONNECTIONS,
+    }
