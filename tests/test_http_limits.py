@@ -152,6 +152,24 @@ def test_heads_within_the_limits_are_served(guarded):
     assert statuses(exchange(guarded, head)) == [200]
 
 
+def test_a_body_left_unread_by_an_early_answer_ends_the_connection(guarded):
+    # no key, and a body declared at 10 GB: 401 at once; the server does not read the rest
+    head = request("POST", "/extract", headers={"Content-Type": "application/json"})
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 10000000000")
+    with connect(guarded) as sock:
+        stream_until_answered(sock, head, b"x" * 65536, most=16 << 20)
+        sent, started = 0, time.monotonic()
+        while sent < 256 << 20 and time.monotonic() - started < 20:
+            try:
+                sock.sendall(b"x" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 65536
+        answer, _ = read_until_closed(sock, 5)
+    assert sent < 64 << 20, f"the server read {sent >> 20} MiB of a body nobody wanted"
+    assert statuses(answer)[:1] == [401], answer[:300]
+
+
 # --- finding 5: timeouts and the connection cap ---
 
 

@@ -16,7 +16,9 @@ byte reaches the app or the API key check) with what is missing added at the con
 - the whole head must arrive within `header_timeout_s` of the connection (or of its first byte
   after a keep-alive pause): else 408 and close, or just close when nothing came;
 - a body that pauses longer than `body_timeout_s` (while the server is reading it) is cut off;
-- past `max_connections` open connections a new one is answered 503 and closed at once.
+- past `max_connections` open connections a new one is answered 503 and closed at once;
+- a request answered before its body was read (401, 413, 503) ends the connection, rather than
+  uvicorn reading and dropping a body of any declared size.
 
 Pipelined requests are answered in order by uvicorn's h11 protocol, also when the client shuts
 its side of the connection after sending them (uvicorn closed then, answering none).
@@ -39,8 +41,10 @@ if TYPE_CHECKING:
     from facerest.config import Settings
 
 
-# how long a refused connection is kept half-open so that the client reads our answer
+# how long, and for how many more bytes, a refused connection is kept half-open so that the
+# client reads our answer
 LINGER_S = 2.0
+LINGER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class LimitedH11Protocol(H11Protocol):
         self.app = _HeadLimit(self.app, limits)
         self._read_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._dropped = 0
         self._client_done = False  # the client half-closed: close once its requests are answered
 
     def _refuse(self, answer: bytes) -> None:
@@ -103,7 +108,9 @@ class LimitedH11Protocol(H11Protocol):
         after LINGER_S at most."""
         self._refused = True
         self._disarm()
-        self.transport.write(answer)
+        self._unset_keepalive_if_required()
+        if answer:
+            self.transport.write(answer)
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self._read_timer = self.loop.call_later(LINGER_S, self.transport.close)
@@ -147,7 +154,11 @@ class LimitedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return  # what the client still sends after our refusal is dropped, not parsed
+            # what the client still sends after our answer is dropped, not parsed, up to a bound
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                self.transport.close()
+            return
         if self.conn.their_state is h11.IDLE and self._read_timer is None:
             # the first byte of a head after a keep-alive pause: the head's own clock starts
             self._arm(self.limits.header_timeout_s, self._head_timed_out)
@@ -155,6 +166,12 @@ class LimitedH11Protocol(H11Protocol):
         self._follow_state()
 
     def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # answered before the body was read (401, 413, 503): uvicorn would read and drop the
+            # rest however large it is declared; the connection ends instead
+            self.server_state.total_requests += 1
+            self._refuse(b"")
+            return
         super().on_response_complete()
         self._close_if_client_done()  # after a pipelined request that was buffered has started
         # uvicorn's keep-alive timer now watches the idle connection (a pipelined request that
