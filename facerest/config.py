@@ -237,10 +237,14 @@ class Settings(BaseSettings):
     )
     video_max_jobs: int = Field(4, ge=1, description="Live-stream jobs running at once on this server.")
     video_stream_retries: int = Field(
-        5, ge=0, description="Reconnection tries after a stream drops, with doubling back-off, before a job fails."
+        5,
+        ge=0,
+        description="Reconnection tries after a stream drops, with doubling back-off, before a job fails.",
     )
     video_stream_backoff_s: float = Field(
-        0.5, gt=0, description="First wait before reconnecting a dropped stream (doubles per try, at most 30 s)."
+        0.5,
+        gt=0,
+        description="First wait before reconnecting a dropped stream (doubles per try, at most 30 s).",
     )
     video_job_events: int = Field(
         1000, ge=1, description="Track events a job keeps for its listeners (the oldest go first)."

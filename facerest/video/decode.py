@@ -78,21 +78,24 @@ class VideoSource:
 
     def __init__(
         self,
-        data: bytes | BinaryIO,
+        data: bytes | BinaryIO | str,
         limits: VideoLimits,
         sampling: Sampling,
         *,
         fmt: str | None = None,
         live: bool = False,
         clock: Clock | None = None,
+        options: dict[str, str] | None = None,
     ) -> None:
+        """`data`: the file's bytes, a readable file, or a URL FFmpeg opens itself (RTSP; only
+        after facerest.video.stream checked it)."""
         self.limits = limits
         self.sampling = sampling
         self.live = live
         self._clock = clock
         fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
         try:
-            self._container = av.open(fileobj, mode="r", format=fmt, timeout=None)
+            self._container = av.open(fileobj, mode="r", format=fmt, options=options or {}, timeout=None)
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             raise VideoDecodeError(f"not a video FFmpeg can read: {_reason(exc)}") from exc
         try:

@@ -153,6 +153,12 @@ class FaceTracker:
             self._next_id += 1
         return ended
 
+    def expire(self, t: float) -> list[Track]:
+        """End the tracks unseen for the gap at time `t` (no frame came: a stream dropped)."""
+        ended = [tr for tr in self.live if t - tr.last.t > self.config.max_gap_s]
+        self.live = [tr for tr in self.live if t - tr.last.t <= self.config.max_gap_s]
+        return ended
+
     def finish(self) -> list[Track]:
         """End every live track (the video is over)."""
         ended, self.live = self.live, []
