@@ -93,15 +93,14 @@ def _local(
     from facerest.video.analyze import VideoAnalyzer, VideoOptions, track_body
     from facerest.video.decode import Sampling, VideoLimits, VideoSource
     from facerest.video.stream import open_stream
-    from facerest.video.tracker import TrackerConfig
+    from facerest.video.tracker import TrackerConfig, track_gap
 
     settings = Settings()
     analyzer = FaceAnalyzer(load_models(settings), settings)
     sampling = Sampling(settings.video_default_fps if fps is None else fps)
     extract = ExtractOptions(threshold=settings.det_thresh if threshold is None else threshold)
-    options = VideoOptions(
-        extract, tracker=TrackerConfig(settings.video_track_gap_s, high_score=extract.threshold)
-    )
+    gap = track_gap(settings.video_track_gap_s, sampling)
+    options = VideoOptions(extract, tracker=TrackerConfig(gap, high_score=extract.threshold))
     video = VideoAnalyzer(analyzer, settings.video_frames_in_flight)
     try:
         for source in sources:

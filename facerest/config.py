@@ -227,6 +227,13 @@ class Settings(BaseSettings):
         description="Frames of one video inside the models at once: enough to keep the models busy, "
         "few enough that image requests between them wait little.",
     )
+    video_decode_threads: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Threads FFmpeg decodes one video with; 0: its own choice (one per core), which "
+        "takes cores from the models.",
+    )
     video_streams_enabled: bool = Field(
         False, description="Accept live-stream jobs (POST /video/jobs: HTTP MJPEG/MPEG-TS, RTSP)."
     )

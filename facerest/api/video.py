@@ -29,7 +29,7 @@ from facerest.pipeline import ExtractOptions
 from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body
 from facerest.video.decode import Sampling, VideoLimits, VideoSource
 from facerest.video.jobs import JobManager, VideoJob
-from facerest.video.tracker import Track, TrackerConfig
+from facerest.video.tracker import Track, TrackerConfig, track_gap
 
 Fps = Field(None, ge=0.0, le=120.0, description="Frames sampled per second of video; 0: every frame.")
 
@@ -85,7 +85,8 @@ def _video_options(body: VideoOptionsBody, state: AppState, return_boxes: bool) 
         extract_embedding=state.analyzer.models.recognizer is not None,
         extract_ga=body.extract_ga,
     )
-    tracker = TrackerConfig(max_gap_s=state.settings.video_track_gap_s, high_score=extract.threshold)
+    tracker = TrackerConfig(max_gap_s=track_gap(state.settings.video_track_gap_s, _sampling(body, state)))
+    tracker.high_score = extract.threshold
     return VideoOptions(extract=extract, return_boxes=return_boxes, tracker=tracker)
 
 

@@ -36,10 +36,16 @@ class VideoLimits:
     max_duration_s: float
     max_pixels: int
     max_frames: int  # frames sampled (each goes to the models)
+    decode_threads: int = 1  # 0: FFmpeg's choice
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VideoLimits:
-        return cls(settings.video_max_duration_s, settings.video_max_pixels, settings.video_max_frames)
+        return cls(
+            settings.video_max_duration_s,
+            settings.video_max_pixels,
+            settings.video_max_frames,
+            settings.video_decode_threads,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,9 @@ class VideoSource:
             if not self._container.streams.video:
                 raise VideoDecodeError("the file has no video track")
             self._stream = self._container.streams.video[0]
-            self._stream.thread_type = "AUTO"
+            if limits.decode_threads != 1:
+                self._stream.thread_type = "AUTO"
+                self._stream.codec_context.thread_count = limits.decode_threads
             self.info = self._describe()
             self._check_limits()
         except BaseException:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from facerest.video.decode import Sampling
+
 #: how many of its best observations a track keeps to aggregate its embedding
 TOP_K = 5
 
@@ -102,6 +104,12 @@ class Track:
     @property
     def age(self) -> int | None:
         return int(np.median(self.ages)) if self.ages else None
+
+
+def track_gap(gap_s: float, sampling: Sampling) -> float:
+    """The gap after which a track ends: the operator's, but never under two and a half sampling
+    intervals, so that one missed detection (or sampling at 1 fps) does not cut a track."""
+    return max(gap_s, 2.5 * sampling.interval_s)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
