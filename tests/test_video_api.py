@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from conftest import Server, start_server, stop_server
+from conftest import Server, package_photo, start_server, stop_server
+from helpers import b64
 from video_scenes import SCENES, Cast, make_cast
 
 from facerest.video.synthetic import Appearance, Script, render
@@ -293,3 +294,41 @@ def test_stream_jobs_are_off_by_default(server: Server) -> None:
     with server.client() as client:
         response = client.post("/video/jobs", json={"url": "http://127.0.0.1:9/cam"})
         assert response.status_code == 400 and response.json()["code"] == "feature_unavailable"
+
+
+def test_tracks_are_identified_in_a_gallery(
+    video_server: Server, scene_video: tuple[Script, Path], cast: Cast
+) -> None:
+    """Two of the scene's people are enrolled (from their still photos); their tracks come back
+    with their names, everybody else's as unknown."""
+    script, path = scene_video
+    enrolled = {"yao": package_photo("yaoming.jpg"), "gdp0": None}
+    with video_server.client(timeout=60) as client:
+        for subject, photo in enrolled.items():
+            body = (
+                {"images": {"data": [b64(photo)]}}
+                if photo is not None
+                else {"embeddings": [cast.stills[subject].tolist()]}
+            )
+            response = client.post(f"/gallery/video-test/subjects/{subject}/faces", json=body)
+            assert response.status_code == 200, response.text
+        response = client.post(
+            "/multipart/video/extract",
+            files={"file": ("scene.mp4", path.read_bytes())},
+            data={"fps": "5", "gallery": "video-test", "return_embedding": "false"},
+        )
+        assert response.status_code == 200, response.text
+        tracks = response.json()["tracks"]
+        expected = sorted(script.appearances, key=lambda a: a.start_s)
+        assert len(tracks) == len(expected)
+        for track, app in zip(tracks, expected, strict=True):
+            assert "vec" not in track
+            want = app.person.name if app.person.name in enrolled else None
+            assert track["identity"]["subject"] == want, (app.person.name, track["identity"])
+        missing = client.post(
+            "/multipart/video/extract",
+            files={"file": ("scene.mp4", path.read_bytes())},
+            data={"gallery": "nope"},
+        )
+        assert missing.status_code == 404
+        client.delete("/gallery/video-test")

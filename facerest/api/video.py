@@ -99,9 +99,11 @@ def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
     if state.analyzer.models.recognizer is None:
         raise FeatureUnavailable("identifying tracks needs a face recognizer; set FACEREST_REC_NAME")
     gallery, limit = body.gallery, body.gallery_threshold
-    service.require(gallery)
 
     def identify(embeddings: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Blocking (the gallery store). Called with [] first: an unknown gallery fails the
+        request before any frame is decoded."""
+        service.require(gallery)
         if not embeddings:
             return []
         found = service.search(gallery, embeddings=[e.tolist() for e in embeddings], top_k=1, threshold=limit)
@@ -127,6 +129,8 @@ def _analyse(
 ) -> dict[str, Any]:
     """Blocking: decode, track and identify one video file."""
     settings = state.settings
+    if identify is not None:
+        identify([])
     options = _video_options(body, state, return_boxes)
     deadline = time.monotonic() + settings.video_timeout_s
     ended: list[Track] = []
@@ -236,6 +240,8 @@ async def create_job(request: Request) -> JSONResponse:
     state = app_state(request)
     req: VideoJobRequest = await parse_body(request, VideoJobRequest)
     identify = _identifier(state, req)
+    if identify is not None:
+        await anyio.to_thread.run_sync(identify, [])
     job = await anyio.to_thread.run_sync(
         lambda: jobs.create(
             req.url,

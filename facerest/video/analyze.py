@@ -50,7 +50,7 @@ class Cancelled(FaceRestError):
 
 
 class VideoAnalyzer:
-    def __init__(self, analyzer: FaceAnalyzer, frames_in_flight: int = 2) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, frames_in_flight: int = 1) -> None:
         self.analyzer = analyzer
         self.frames_in_flight = frames_in_flight
 
