@@ -15,7 +15,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 import orjson
-from fastapi import APIRouter, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
@@ -174,7 +174,12 @@ async def _respond(state: AppState, data: bytes, body: VideoOptionsBody, return_
     return JSONResponse(answer)
 
 
-@router.post("/multipart/video/extract", summary="Face tracks of an uploaded video file")
+_NO_GALLERY = {404: {"description": "The `gallery` named does not exist"}}
+
+
+@router.post(
+    "/multipart/video/extract", summary="Face tracks of an uploaded video file", responses=_NO_GALLERY
+)
 async def video_extract_multipart(
     request: Request,
     file: UploadFile = File(..., description="A video file (MP4, WebM, MKV, AVI, MOV...)"),
@@ -212,6 +217,7 @@ async def video_extract_multipart(
     "/video/extract",
     openapi_extra=parsed_body(VideoExtractRequest),
     summary="Face tracks of a video file fetched from a URL",
+    responses=_NO_GALLERY,
 )
 async def video_extract_url(request: Request) -> Response:
     state = app_state(request)
@@ -233,6 +239,7 @@ def _jobs(request: Request) -> JobManager:
     openapi_extra=parsed_body(VideoJobRequest),
     status_code=201,
     summary="Start a live-stream job (when the operator enabled streams)",
+    responses={**_NO_GALLERY, 429: {"description": "FACEREST_VIDEO_MAX_JOBS jobs are running"}},
 )
 async def create_job(request: Request) -> JSONResponse:
     """Tracks are published as they end: `GET /video/jobs/{id}/events` (Server-Sent Events)."""
@@ -276,13 +283,12 @@ async def delete_job(request: Request, job_id: str) -> JSONResponse:
     summary="Finished tracks and status changes as Server-Sent Events",
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def job_events(
-    request: Request, job_id: str, last_event_id: str | None = Header(None, alias="Last-Event-ID")
-) -> StreamingResponse:
+async def job_events(request: Request, job_id: str) -> StreamingResponse:
     """`event: track` carries one finished track (the body of /multipart/video/extract's tracks),
     `event: status` the job's status changes. The stream ends when the job does; reconnect with
     `Last-Event-ID` to resume after the last event received."""
     job = _jobs(request).get(job_id)
+    last_event_id = request.headers.get("last-event-id")  # the SSE resume header, any client's
     last = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     return StreamingResponse(_events(request, job, last), media_type="text/event-stream")
 
