@@ -332,3 +332,28 @@ def test_tracks_are_identified_in_a_gallery(
         )
         assert missing.status_code == 404
         client.delete("/gallery/video-test")
+
+
+def test_a_stream_that_never_comes_fails_with_a_reason(
+    video_server: Server, file_server: tuple[str, Path]
+) -> None:
+    """An allowed address that answers 404, then one that is not a video: each job ends `failed`
+    with the reason after its bounded retries, and the worker is free for the next job."""
+    base, folder = file_server
+    (folder / "page.html").write_text("<html>not a stream</html>" * 50)
+    with video_server.client(timeout=30) as client:
+        for path, reason in (("/missing", "HTTP 404"), ("/page.html", "not a video")):
+            created = client.post("/video/jobs", json={"url": base + path})
+            assert created.status_code == 201, created.text
+            job_id = created.json()["id"]
+            deadline = time.monotonic() + 60  # 5 retries from 0.2 s, doubling: about 6 s
+            job = created.json()
+            while job["status"] != "failed" and time.monotonic() < deadline:
+                time.sleep(0.3)
+                job = client.get(f"/video/jobs/{job_id}").json()
+            assert job["status"] == "failed", job
+            assert job["error"]["code"] == "stream_unavailable" and reason in job["error"]["detail"], job
+            assert job["reconnects"] == 5
+            events = _read_events(client, job_id, want_tracks=1, timeout_s=10)
+            assert events[-1]["event"] == "status" and events[-1]["status"] == "failed"
+            assert client.delete(f"/video/jobs/{job_id}").status_code == 200
