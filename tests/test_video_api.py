@@ -195,6 +195,21 @@ class _Mjpeg(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """Records the JSON bodies POSTed to it (a webhook's events)."""
+
+    received: list[dict]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length", "0"))
+        type(self).received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+
 def _rss(server: Server) -> int:
     process = psutil.Process(server.process.pid)
     return process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
@@ -233,10 +248,14 @@ def test_live_stream_job_survives_a_drop_and_frees_its_memory(video_server: Serv
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/cam"
+    receiver = type("Receiver", (_Receiver,), {"received": []})
+    hooks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), receiver)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    webhook = f"http://127.0.0.1:{hooks.server_address[1]}/events"
     try:
         with video_server.client(timeout=60) as client:
             before = _rss(video_server)
-            created = client.post("/video/jobs", json={"url": url, "fps": 5})
+            created = client.post("/video/jobs", json={"url": url, "fps": 5, "webhook": webhook})
             assert created.status_code == 201, created.text
             job_id = created.json()["id"]
             # one job per server here (FACEREST_VIDEO_MAX_JOBS=1)
@@ -255,6 +274,13 @@ def test_live_stream_job_survives_a_drop_and_frees_its_memory(video_server: Serv
                 assert track["last_s"] - track["first_s"] > 1.0
             job = client.get(f"/video/jobs/{job_id}").json()
             assert job["reconnects"] >= 1 and job["tracks"] == 2 and job["error"] is None, job
+            # the webhook got the same tracks, in order (it sends from its own thread: wait a little)
+            deadline = time.monotonic() + 10
+            while sum(e["event"] == "track" for e in receiver.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            hooked = [e["data"] for e in receiver.received if e["event"] == "track"]
+            assert [t["track"] for t in hooked] == [t["track"] for t in tracks]
+            assert all(e["job"] == job_id for e in receiver.received)
 
             deleted = client.delete(f"/video/jobs/{job_id}")
             assert deleted.status_code == 200 and deleted.json()["deleted"] is True
@@ -272,8 +298,9 @@ def test_live_stream_job_survives_a_drop_and_frees_its_memory(video_server: Serv
             assert again.status_code == 201
             assert client.delete(f"/video/jobs/{again.json()['id']}").status_code == 200
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        for running in (httpd, hooks):
+            running.shutdown()
+            running.server_close()
 
 
 def test_stream_urls_to_private_addresses_are_refused(video_server: Server) -> None:
@@ -287,6 +314,11 @@ def test_stream_urls_to_private_addresses_are_refused(video_server: Server) -> N
             response = client.post("/video/jobs", json={"url": url})
             assert response.status_code == 400, (url, response.text)
             assert response.json()["code"] == "url_refused", url
+        # a webhook follows the URL rules too (10.0.0.0/8 is not allowlisted)
+        response = client.post(
+            "/video/jobs", json={"url": "http://127.0.0.1:9/cam", "webhook": "http://10.1.1.1/"}
+        )
+        assert response.status_code == 400 and response.json()["code"] == "url_refused"
         assert client.get("/video/jobs").json()["jobs"] == []
 
 

@@ -57,6 +57,9 @@ class VideoExtractRequest(VideoOptionsBody):
 
 class VideoJobRequest(VideoOptionsBody):
     url: str = Field(description="Live stream: http(s) (MJPEG, MPEG-TS, ...) or rtsp(s).")
+    webhook: str | None = Field(
+        None, description="Also POST every event as JSON to this http(s) URL (the image URL rules apply)."
+    )
 
 
 @asynccontextmanager
@@ -256,6 +259,7 @@ async def create_job(request: Request) -> JSONResponse:
             _video_options(req, state, return_boxes=False),
             return_embedding=req.return_embedding,
             identify=identify,
+            webhook=req.webhook,
         )
     )
     return JSONResponse(job.describe(), 201)

@@ -26,11 +26,13 @@ import av.error
 from facerest.config import Settings
 from facerest.errors import FaceRestError, NotFound, TooManyJobs
 from facerest.faces import ImageResult
+from facerest.imaging.loader import fetch_policy
 from facerest.pipeline import FaceAnalyzer
 from facerest.video.analyze import Cancelled, Identify, VideoAnalyzer, VideoOptions, track_body
 from facerest.video.decode import SampledFrame, Sampling, VideoLimits, VideoSource
 from facerest.video.stream import OpenedStream, check_stream_url, open_stream
 from facerest.video.tracker import FaceTracker, Track
+from facerest.video.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class VideoJob:
     changed: threading.Condition = field(default_factory=threading.Condition)
     thread: threading.Thread | None = None
     stream: OpenedStream | None = None
+    webhook: Webhook | None = None
 
     @property
     def finished(self) -> bool:
@@ -74,9 +77,12 @@ class VideoJob:
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         with self.changed:
-            self.events.append(JobEvent(self.next_event, kind, data))
+            event = JobEvent(self.next_event, kind, data)
+            self.events.append(event)
             self.next_event += 1
             self.changed.notify_all()
+        if self.webhook is not None:
+            self.webhook.send({"job": self.id, "id": event.id, "event": kind, "data": data})
 
     def set_status(self, status: str, **detail: Any) -> None:
         with self.changed:
@@ -106,6 +112,9 @@ class VideoJob:
             "live_tracks": self.live_tracks,
             "reconnects": self.reconnects,
             "events": {"first": self.events[0].id if self.events else None, "last": self.next_event - 1},
+            "webhook": None
+            if self.webhook is None
+            else {"sent": self.webhook.sent, "failed": self.webhook.failed, "dropped": self.webhook.dropped},
         }
 
 
@@ -124,6 +133,7 @@ class JobManager:
         *,
         return_embedding: bool = True,
         identify: Identify | None = None,
+        webhook: str | None = None,
     ) -> VideoJob:
         check_stream_url(url, self.settings)  # a refused address is the request's 4xx, not a failed job
         options.return_boxes = False  # per-frame boxes would grow without end on a live stream
@@ -136,6 +146,15 @@ class JobManager:
             identify,
             events=deque(maxlen=self.settings.video_job_events),
         )
+        with self._lock:
+            running = sum(1 for j in self._jobs.values() if not j.finished)
+            if running >= self.settings.video_max_jobs:
+                raise TooManyJobs(
+                    f"this server runs at most {self.settings.video_max_jobs} stream jobs; "
+                    "delete one (DELETE /video/jobs/{id}) or retry later"
+                )
+        if webhook is not None:
+            job.webhook = Webhook(webhook, fetch_policy(self.settings))
         with self._lock:
             running = sum(1 for j in self._jobs.values() if not j.finished)
             if running >= self.settings.video_max_jobs:
@@ -256,6 +275,8 @@ class JobManager:
                 job.set_status("failed", error=job.error)
             else:
                 job.set_status("stopped")
+            if job.webhook is not None:
+                job.webhook.close()
 
     @staticmethod
     def _counted(job: VideoJob, source: VideoSource):  # type: ignore[no-untyped-def]
