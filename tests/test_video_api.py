@@ -4,9 +4,11 @@ stream served from 127.0.0.1 that drops once (must show 2), and bad input (must 
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import threading
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,6 +118,16 @@ def _tiny(
     return render(script, path, codec)
 
 
+def _wav() -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(np.zeros(8000, np.int16).tobytes())
+    return buffer.getvalue()
+
+
 def test_bad_videos_are_clear_4xx_and_the_server_carries_on(
     video_server: Server, scene_video: tuple[Script, Path], tmp_path: Path
 ) -> None:
@@ -125,6 +137,8 @@ def test_bad_videos_are_clear_4xx_and_the_server_carries_on(
         "truncated mp4": (whole[: len(whole) // 2], {}, 400, "video_decode_error"),
         "not a video": (b"this is a text file, not a video\n" * 40, {}, 400, "video_decode_error"),
         "empty": (b"", {}, 400, "video_decode_error"),
+        "audio only": (_wav(), {}, 400, "video_decode_error"),
+        "a photo": (package_photo("yaoming.jpg").read_bytes(), {}, 400, "video_decode_error"),
         "too long": (_tiny(tmp_path / "long.mp4", 25, 5).read_bytes(), {}, 413, "video_too_large"),
         "too big": (_tiny(tmp_path / "big.mp4", 1, 5, (960, 544)).read_bytes(), {}, 413, "video_too_large"),
         "too many frames": (

@@ -139,7 +139,7 @@ def _analyse(
     ended: list[Track] = []
     with VideoSource(data, VideoLimits.from_settings(settings), _sampling(body, state)) as source:
         video = VideoAnalyzer(state.analyzer, settings.video_frames_in_flight)
-        tracker = video.run(source.frames(), options, ended.extend, deadline=deadline)
+        tracker = video.run(source.frames(deadline), options, ended.extend, deadline=deadline)
         ended.extend(tracker.finish())
         info = source.info
     ended.sort(key=lambda t: (t.first.t, t.id))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -20,7 +21,7 @@ import av.error
 import numpy as np
 
 from facerest.config import Settings
-from facerest.errors import VideoDecodeError, VideoTooLarge
+from facerest.errors import RequestTimeout, VideoDecodeError, VideoTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,12 @@ class VideoSource:
         try:
             if not self._container.streams.video:
                 raise VideoDecodeError("the file has no video track")
+            form = self._container.format.name
+            # FFmpeg reads a photo as a one-frame video (a live stream may be raw JPEGs in a row)
+            if not live and (form == "image2" or form.endswith("_pipe")):
+                raise VideoDecodeError(
+                    f"a still image ({form.removesuffix('_pipe')}), not a video: use /extract"
+                )
             self._stream = self._container.streams.video[0]
             if limits.decode_threads != 1:
                 self._stream.thread_type = "AUTO"
@@ -161,9 +168,10 @@ class VideoSource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def frames(self) -> Iterator[SampledFrame]:
+    def frames(self, deadline: float | None = None) -> Iterator[SampledFrame]:
         """The sampled frames in order. Decoding errors after the first frame end the video there
-        (a file cut short keeps the frames before the cut); before it, they are the input's fault."""
+        (a file cut short keeps the frames before the cut); before it, they are the input's fault.
+        `deadline` (time.monotonic()) bounds the decoding too, also between sampled frames."""
         interval = self.sampling.interval_s
         next_t = 0.0
         decoded = 0
@@ -173,6 +181,8 @@ class VideoSource:
             for frame in self._container.decode(self._stream):
                 decoded += 1
                 info.frames_decoded = decoded
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RequestTimeout("decoding the video took longer than its time limit")
                 t = self._clock() if self._clock is not None else _timestamp(frame, decoded, info)
                 if start is None:
                     start = t
