@@ -12,14 +12,13 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import httpx
 import numpy as np
 import psutil
 import pytest
 from conftest import Server, package_photo, start_server, stop_server
 from helpers import b64
-from video_scenes import SCENES, Cast, make_cast
+from video_scenes import SCENES, Cast, make_cast, serve_mjpeg
 
 from facerest.video.synthetic import Appearance, Script, render
 
@@ -164,51 +163,6 @@ def test_bad_videos_are_clear_4xx_and_the_server_carries_on(
         assert client.get("/health").json()["status"] == "ok"
 
 
-class _Mjpeg(http.server.BaseHTTPRequestHandler):
-    """multipart/x-mixed-replace JPEG frames of a script, paced in real time from the first
-    connection; the first connection is cut at `drop_s`, the second ends at the script's end,
-    later ones are refused (503)."""
-
-    script: Script
-    drop_s: float
-    started: float | None = None
-    connections = 0
-    lock = threading.Lock()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        cls = type(self)
-        with cls.lock:
-            cls.connections += 1
-            number = cls.connections
-            if cls.started is None:
-                cls.started = time.monotonic()
-        if number > 2:
-            self.send_error(503)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        end = self.drop_s if number == 1 else self.script.duration_s
-        try:
-            for t, image in self.script.frames():
-                now = time.monotonic() - cls.started  # type: ignore[operator]
-                if t >= end:
-                    break
-                if t < now - 0.05:
-                    continue  # live: frames of the time we were away are gone
-                time.sleep(max(0.0, t - now))
-                jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-                head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                self.wfile.write(head.encode() + jpeg + b"\r\n")
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            return
-        self.close_connection = True
-
-
 class _Receiver(http.server.BaseHTTPRequestHandler):
     """Records the JSON bodies POSTed to it (a webhook's events)."""
 
@@ -258,16 +212,12 @@ def test_live_stream_job_survives_a_drop_and_frees_its_memory(video_server: Serv
         ],
         seed=5,
     )
-    handler = type("Stream", (_Mjpeg,), {"script": script, "drop_s": 2.8, "lock": threading.Lock()})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/cam"
     receiver = type("Receiver", (_Receiver,), {"received": []})
     hooks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), receiver)
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
     webhook = f"http://127.0.0.1:{hooks.server_address[1]}/events"
     try:
-        with video_server.client(timeout=60) as client:
+        with serve_mjpeg(script, drop_s=2.8) as url, video_server.client(timeout=60) as client:
             before = _rss(video_server)
             created = client.post("/video/jobs", json={"url": url, "fps": 5, "webhook": webhook})
             assert created.status_code == 201, created.text
@@ -312,9 +262,8 @@ def test_live_stream_job_survives_a_drop_and_frees_its_memory(video_server: Serv
             assert again.status_code == 201
             assert client.delete(f"/video/jobs/{again.json()['id']}").status_code == 200
     finally:
-        for running in (httpd, hooks):
-            running.shutdown()
-            running.server_close()
+        hooks.shutdown()
+        hooks.server_close()
 
 
 def test_stream_urls_to_private_addresses_are_refused(video_server: Server) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, Server
-from video_scenes import SCENES, Cast, make_cast
+from video_scenes import SCENES, Cast, make_cast, serve_mjpeg
 
-from facerest.video.synthetic import render
+from facerest.video.synthetic import Appearance, Script, render
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,10 @@ def cast(analyzer) -> Cast:  # type: ignore[no-untyped-def]
     return make_cast(analyzer)
 
 
-def _cli(args: list[str], models_dir: Path, cwd: Path) -> str:
+def _cli(args: list[str], models_dir: Path, cwd: Path, **settings: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
     env.update({"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_THREADS": "2", "PYTHONPATH": str(ROOT)})
+    env.update(settings)
     done = subprocess.run(
         [sys.executable, "-m", "facerest.cli", *args],
         cwd=cwd,
@@ -58,3 +59,24 @@ def test_extract_writes_one_row_per_track(
     table = pq.read_table(remote)
     assert table.num_rows == len(script.appearances)
     assert sorted(table.column("first_s").to_pylist()) == sorted(r["first_s"] for r in rows)
+
+
+def test_video_reads_a_live_stream_when_enabled(cast: Cast, models_dir: Path, tmp_path: Path) -> None:
+    script = Script(
+        fps=10.0,
+        duration_s=3.0,
+        appearances=[Appearance(cast.people["yao"], 0.3, 2.2, (60, 60), (260, 90))],
+        seed=9,
+    )
+    out = tmp_path / "live.jsonl"
+    with serve_mjpeg(script, drop_s=script.duration_s) as url:
+        _cli(
+            ["video", url, "--out", str(out), "--fps", "5", "--duration", "10"],
+            models_dir,
+            tmp_path,
+            FACEREST_VIDEO_STREAMS_ENABLED="true",
+            FACEREST_VIDEO_STREAM_ALLOWLIST="127.0.0.1",
+        )
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["source"] == url and row["last_s"] - row["first_s"] > 1.0
+    assert float(np.asarray(row["embedding"], np.float32) @ cast.stills["yao"]) > 0.5

@@ -3,8 +3,14 @@ the video tests render: moving, entering and leaving, crossing, a cut, frames wi
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from conftest import SHARED, package_photo, read_bgr
 
@@ -90,3 +96,61 @@ def scene_cut(cast: Cast) -> Script:
 
 
 SCENES = {"enter_and_leave": enter_and_leave, "crossing": crossing, "scene_cut": scene_cut}
+
+
+class MjpegStream(http.server.BaseHTTPRequestHandler):
+    """multipart/x-mixed-replace JPEG frames of a script, paced in real time from the first
+    connection; the first connection is cut at `drop_s`, the second ends at the script's end,
+    later ones are refused (503)."""
+
+    script: Script
+    drop_s: float
+    started: float | None = None
+    connections = 0
+    lock = threading.Lock()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        with cls.lock:
+            cls.connections += 1
+            number = cls.connections
+            if cls.started is None:
+                cls.started = time.monotonic()
+        if number > 2:
+            self.send_error(503)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        end = self.drop_s if number == 1 else self.script.duration_s
+        try:
+            for t, image in self.script.frames():
+                now = time.monotonic() - cls.started  # type: ignore[operator]
+                if t >= end:
+                    break
+                if t < now - 0.05:
+                    continue  # live: frames of the time we were away are gone
+                time.sleep(max(0.0, t - now))
+                jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+                head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                self.wfile.write(head.encode() + jpeg + b"\r\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        self.close_connection = True
+
+
+@contextlib.contextmanager
+def serve_mjpeg(script: Script, drop_s: float) -> Iterator[str]:
+    """An MJPEG server on 127.0.0.1 playing `script` (see MjpegStream); yields the stream URL."""
+    handler = type("Stream", (MjpegStream,), {"script": script, "drop_s": drop_s, "lock": threading.Lock()})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/cam"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
