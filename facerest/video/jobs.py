@@ -266,8 +266,9 @@ class JobManager:
                 log.info("video job %s: %s; reconnecting in %.1f s", job.id, reason, wait)
                 job.stop.wait(wait)
         except Exception as exc:  # a job must end with a reason, whatever happened in it
-            log.exception("video job %s failed", job.id)
-            job.error = {"code": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}
+            if not job.stop.is_set():  # a stop closes the connection under the decoder: no failure
+                log.exception("video job %s failed", job.id)
+                job.error = {"code": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}
         finally:
             self._emit(job, tracker.finish())
             job.live_tracks = 0

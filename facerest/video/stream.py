@@ -128,7 +128,7 @@ class _ResponseReader(io.RawIOBase):
                 self._buffer = next(self._chunks)
             except StopIteration:
                 return 0
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.StreamError) as exc:  # StreamError: closed by a stop
                 raise OSError(f"the stream broke: {exc}") from exc
         n = min(len(target), len(self._buffer))
         target[:n] = self._buffer[:n]
