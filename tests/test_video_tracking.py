@@ -81,6 +81,13 @@ def test_one_track_per_appearance(analyzer, cast: Cast, tmp_path: Path, scene: s
 
     interval = 1.0 / FPS
     frame = 1.0 / script.fps
+    cosines = [float(t.embedding @ cast.stills[a.person.name]) for t, a in zip(tracks, owners, strict=True)]  # type: ignore[operator]
+    starts = [abs(t.first.t - a.start_s) for t, a in zip(tracks, owners, strict=True)]
+    print(
+        f"{scene} {codec}: {len(tracks)} tracks for {len(script.appearances)} appearances, "
+        f"{switches} switches, cosine to the still >= {min(cosines):.3f}, "
+        f"first seen <= {max(starts):.3f} s after the appearance (sampled every {interval:.2f} s)"
+    )
     for track, app in zip(tracks, owners, strict=True):
         still = cast.stills[app.person.name]
         assert track.embedding is not None
