@@ -41,7 +41,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from facerest.cli_video import extract_videos, is_video_file
+from facerest.cli_video import extract_videos, is_video_file, stream_url_of
 from facerest.errors import FaceRestError
 
 app = typer.Typer()
@@ -424,15 +424,18 @@ def extract(
     Files that cannot be read or decoded are listed in OUT.errors.jsonl.
     """
     console = Console(stderr=True)
-    videos = [p for p in paths if p.is_file() and is_video_file(p)]
-    if videos:  # issue 17: video files give tracks, one row per person's appearance
+    # issue 17: video files and stream URLs give tracks, one row per person's appearance
+    videos = [
+        stream_url_of(p) or str(p) for p in paths if stream_url_of(p) or (p.is_file() and is_video_file(p))
+    ]
+    if videos:
         if len(videos) != len(paths):
             raise FaceRestError(
                 "give video files and images in separate runs (videos give tracks, not faces)"
             )
         if out.exists() and not overwrite:
             raise FaceRestError(f"{out} exists: pass --overwrite to replace it")
-        extract_videos([str(p) for p in videos], out, url=url, threshold=threshold)
+        extract_videos(videos, out, url=url, threshold=threshold)
         return
     output_format = _output_format(out, fmt)
     size = _parse_size(max_size)

@@ -42,6 +42,17 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def stream_url_of(path: Path) -> str | None:
+    """A stream URL given where a path was expected (`facerest extract rtsp://...`): Path folds
+    the `//` after the scheme into one `/`, which is put back."""
+    text = str(path)
+    for prefix in STREAM_PREFIXES:
+        folded = prefix[:-1]  # "rtsp:/"
+        if text.startswith(folded) and not path.exists():
+            return prefix + text[len(folded) :]
+    return None
+
+
 class TrackWriter:
     """Rows to JSONL as they come, or to Parquet at the end."""
 

@@ -71,10 +71,11 @@ def test_video_reads_a_live_stream_when_enabled(cast: Cast, models_dir: Path, tm
     out = tmp_path / "live.jsonl"
     with serve_mjpeg(script, drop_s=script.duration_s) as url:
         _cli(
-            ["video", url, "--out", str(out), "--fps", "5", "--duration", "10"],
+            ["extract", url, "--out", str(out)],  # `facerest extract` takes stream URLs too
             models_dir,
             tmp_path,
             FACEREST_VIDEO_STREAMS_ENABLED="true",
+            FACEREST_VIDEO_DEFAULT_FPS="5",
             FACEREST_VIDEO_STREAM_ALLOWLIST="127.0.0.1",
         )
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
