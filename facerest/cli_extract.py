@@ -41,6 +41,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from facerest.cli_video import extract_videos, is_video_file, stream_url_of
 from facerest.errors import FaceRestError
 
 app = typer.Typer()
@@ -416,11 +417,26 @@ def extract(
 ) -> None:
     """Every face of the given images, one row each: file, face, bbox, score, landmarks, embedding.
 
+    Video files instead give one row per track (see `facerest video`, which also reads streams).
+
     Interrupted (Ctrl-C)? Run the same command again: it finishes the rest, redoing nothing.
 
     Files that cannot be read or decoded are listed in OUT.errors.jsonl.
     """
     console = Console(stderr=True)
+    # issue 17: video files and stream URLs give tracks, one row per person's appearance
+    videos = [
+        stream_url_of(p) or str(p) for p in paths if stream_url_of(p) or (p.is_file() and is_video_file(p))
+    ]
+    if videos:
+        if len(videos) != len(paths):
+            raise FaceRestError(
+                "give video files and images in separate runs (videos give tracks, not faces)"
+            )
+        if out.exists() and not overwrite:
+            raise FaceRestError(f"{out} exists: pass --overwrite to replace it")
+        extract_videos(videos, out, url=url, threshold=threshold)
+        return
     output_format = _output_format(out, fmt)
     size = _parse_size(max_size)
     state = RunState(

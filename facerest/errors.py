@@ -56,6 +56,26 @@ class UrlFetchFailed(BadInput):
     code = "url_fetch_failed"
 
 
+class VideoDecodeError(BadInput):
+    """The upload or stream is not a video FFmpeg can decode (truncated, not a video, no video track)."""
+
+    code = "video_decode_error"
+
+
+class VideoTooLarge(BadInput):
+    """A video over one of the operator's limits (duration, resolution, sampled frames, bytes)."""
+
+    status_code = 413
+    code = "video_too_large"
+
+
+class TooManyJobs(FaceRestError):
+    """The server runs as many live-stream jobs as FACEREST_VIDEO_MAX_JOBS allows."""
+
+    status_code = 429
+    code = "too_many_jobs"
+
+
 class FeatureUnavailable(FaceRestError):
     """The request asks for a model the server was not started with."""
 

@@ -107,6 +107,8 @@ def keep_urls_on_loopback(case) -> None:  # type: ignore[no-untyped-def]
     one with a scheme becomes a loopback URL (refused by the default policy before any
     connection); bare paths stay (refused as local files). Types are left as generated."""
     body = case.body
+    if isinstance(body, dict) and isinstance(body.get("url"), str) and ":" in body["url"]:
+        body["url"] = "http://127.0.0.1:9/video.mp4"  # /video/extract, /video/jobs
     images = body.get("images") if isinstance(body, dict) else None
     urls = images.get("urls") if isinstance(images, dict) else None
     if isinstance(urls, list):

@@ -21,6 +21,7 @@ from facerest.api.metrics import router as metrics_router
 from facerest.api.middleware import HardeningMiddleware
 from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
+from facerest.api.video import router as video_router
 from facerest.config import Settings
 from facerest.errors import FaceRestError
 from facerest.imaging.decode import decode_image
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(demo_router)  # /demo (issue 7)
     app.include_router(gallery_router)
     app.include_router(metrics_router)
+    app.include_router(video_router)  # /video/..., /multipart/video/extract (issue 17)
     _document_bodies(app)
     return app
 
