@@ -88,12 +88,17 @@ def serve_group(fd: int, gpu: int) -> None:
     from uvicorn.supervisors import Multiprocess
 
     from facerest.config import Settings
+    from facerest.errors import FaceRestError
     from facerest.logs import configure_logging, uvicorn_log_config
-    from facerest.runtime.base import prepare_runtime
+    from facerest.runtime.gpu import prepare_runtime_apart
 
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    prepare_runtime(settings)
+    try:  # in a child: this process only supervises and must not hold a CUDA context
+        prepare_runtime_apart(settings)
+    except FaceRestError as exc:
+        print(f"error: GPU {gpu}: {exc.detail}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     sock = socket.socket(fileno=fd)  # family and type come from the descriptor
     config = uvicorn.Config(
         "facerest.api.app:factory",

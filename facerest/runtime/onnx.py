@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +14,7 @@ import onnxruntime as ort
 
 from facerest.errors import BackendUnavailable, ModelError
 from facerest.runtime.base import TensorSpec
+from facerest.runtime.shapes import ort_tensorrt_profile_options
 
 if TYPE_CHECKING:
     from facerest.config import Settings
@@ -25,6 +29,9 @@ PREFERENCE = [
     "CPUExecutionProvider",
 ]
 
+#: providers that run on an NVIDIA GPU: FACEREST_REQUIRE_GPU means one of these must be in use
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
 
@@ -33,11 +40,14 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, arg.type))
 
 
-def provider_plan(settings: Settings) -> tuple[list[str], dict[str, dict[str, Any]]]:
+def provider_plan(
+    settings: Settings, profiles: dict[str, list[list[int]]] | None = None
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The providers to ask for, in order, and each one's options.
 
     Defaults follow the other settings (FP16 only with FACEREST_FORCE_FP16, TensorRT's engine cache
-    beside the native engines, its workspace); FACEREST_PROVIDER_OPTIONS overrides them key by key.
+    beside the native engines, its workspace, the model's shape profile so engines are built once
+    for every shape the pipeline sends); FACEREST_PROVIDER_OPTIONS overrides them key by key.
     """
     wanted = list(settings.providers) or ["CPUExecutionProvider"]
     if wanted == ["auto"]:
@@ -49,9 +59,20 @@ def provider_plan(settings: Settings) -> tuple[list[str], dict[str, dict[str, An
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(engines / "ort"),
             "trt_max_workspace_size": settings.trt_workspace_mb << 20,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(engines / "ort"),
+            **ort_tensorrt_profile_options(profiles or {}),
         },
-        # each process sees one GPU (CUDA_VISIBLE_DEVICES, set per GPU by `facerest serve`)
-        "CUDAExecutionProvider": {"device_id": 0},
+        "CUDAExecutionProvider": {
+            # each process sees one GPU (CUDA_VISIBLE_DEVICES, set per GPU by `facerest serve`)
+            "device_id": 0,
+            # EXHAUSTIVE benchmarks every cuDNN algorithm again for each new input shape, and
+            # the detector's shape follows each image: seconds of stall per new shape
+            "cudnn_conv_algo_search": "HEURISTIC",
+            # the arena grows by what is asked, not by doubling: several workers share one GPU
+            "arena_extend_strategy": "kSameAsRequested",
+            **({"gpu_mem_limit": settings.gpu_mem_limit_mb << 20} if settings.gpu_mem_limit_mb else {}),
+        },
     }
     options = {p: {**defaults.get(p, {}), **settings.provider_options.get(p, {})} for p in wanted}
     return wanted, options
@@ -72,6 +93,7 @@ class OnnxSession:
         threads: int = 1,
         provider_options: dict[str, dict[str, Any]] | None = None,
         model_name: str = "",
+        require_gpu: bool = False,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -89,6 +111,9 @@ class OnnxSession:
             wanted = list(PREFERENCE)
         available = ort.get_available_providers()
         chosen = [p for p in wanted if p in available]
+        label = model_name or where_of(model)
+        if require_gpu:
+            check_gpu_providers(label, wanted, available, available)
         if not chosen:
             raise BackendUnavailable(
                 f"none of the execution providers {wanted} is available; this onnxruntime has {available}"
@@ -108,20 +133,31 @@ class OnnxSession:
             for p in chosen
         ]
         source = model if isinstance(model, bytes) else str(model)
+        trt_options = (provider_options or {}).get("TensorrtExecutionProvider", {})
+        engine_dir = (
+            trt_options.get("trt_engine_cache_path") if "TensorrtExecutionProvider" in chosen else None
+        )
         try:
-            self._session = ort.InferenceSession(
-                source, sess_options=options, providers=chosen, provider_options=opts
-            )
+            with _engine_cache_lock(engine_dir, label):
+                self._session = _start_session(
+                    source, options, chosen, opts, require_gpu=require_gpu, label=label
+                )
+        except BackendUnavailable:
+            raise
         except Exception as exc:  # onnxruntime raises its own untyped errors
             where = "the model bytes" if isinstance(model, bytes) else str(model)
             raise ModelError(f"ONNX Runtime could not load {where}: {exc}") from exc
+        # ONNX Runtime's Python wrapper would otherwise switch a failing run() to CUDA or CPU,
+        # print a line to stdout and carry on, while /info still named the GPU provider
+        self._session.disable_fallback()
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.providers = self._session.get_providers()
         self.backend = f"onnxruntime:{self.providers[0]}"
-        label = model_name or where_of(model)
         dropped = [p for p in chosen if p not in self.providers]
-        if dropped:  # e.g. CUDA present in the wheel but no driver: onnxruntime falls back quietly
+        if require_gpu:
+            check_gpu_providers(label, wanted, self.providers, available)
+        if dropped:  # e.g. CUDA present in the wheel but no driver: the session starts without it
             log.warning("%s: providers that failed to start: %s", label, dropped)
         if options_in_use := [
             f"{p} {o}" for p, o in zip(chosen, opts, strict=True) if o and p in self.providers
@@ -133,6 +169,73 @@ class OnnxSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results, strict=True))
+
+
+def check_gpu_providers(label: str, wanted: list[str], running: list[str], available: list[str]) -> None:
+    """FACEREST_REQUIRE_GPU: BackendUnavailable unless the GPU providers asked for are the ones
+    running (every one named; with `auto`, at least one)."""
+    asked = [p for p in wanted if p in GPU_PROVIDERS]
+    if not asked:
+        return
+    automatic = wanted == list(PREFERENCE)
+    missing = [p for p in asked if p not in running]
+    if (automatic and len(missing) < len(asked)) or not missing:
+        return
+    raise BackendUnavailable(
+        f"FACEREST_REQUIRE_GPU: {label} asked for {', '.join(missing)} but would run on "
+        f"{', '.join(p for p in running if p not in missing) or 'nothing'} (this onnxruntime offers "
+        f"{', '.join(available)}); install onnxruntime-gpu and check the driver, or set "
+        "FACEREST_REQUIRE_GPU=false to run on the CPU"
+    )
+
+
+def _start_session(
+    source: str | bytes,
+    options: ort.SessionOptions,
+    providers: list[str],
+    provider_options: list[dict[str, str]],
+    *,
+    require_gpu: bool,
+    label: str,
+) -> ort.InferenceSession:
+    """The session on `providers`, with ONNX Runtime's own fallback off: a GPU provider that fails
+    to start is an error with FACEREST_REQUIRE_GPU, else a logged, visible switch to the CPU."""
+    try:
+        return ort.InferenceSession(
+            source,
+            sess_options=options,
+            providers=providers,
+            provider_options=provider_options,
+            enable_fallback=0,
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        gpu = [p for p in providers if p in GPU_PROVIDERS]
+        if not gpu:
+            raise
+        if require_gpu:
+            raise BackendUnavailable(
+                f"FACEREST_REQUIRE_GPU: {label}: {', '.join(gpu)} failed to start ({exc})"
+            ) from exc
+        log.warning("%s: %s failed to start (%s); running on the CPU", label, ", ".join(gpu), exc)
+        return ort.InferenceSession(
+            source, sess_options=options, providers=["CPUExecutionProvider"], enable_fallback=0
+        )
+
+
+@contextmanager
+def _engine_cache_lock(folder: str | None, label: str) -> Iterator[None]:
+    """One process at a time builds TensorRT engines into `folder` (created): the others wait and
+    then load what it wrote instead of building the same engine at once."""
+    if folder is None:
+        yield
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with (Path(folder) / f"{label}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def where_of(model: Path | bytes) -> str:
