@@ -44,14 +44,34 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def crops(analyzer) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The recognizer's input for the real faces of players.jpg, prepared by the CPU pipeline."""
-    image = read_bgr(package_photo("players.jpg"))
-    from facerest.pipeline import ExtractOptions
+def crops(models_dir: Path) -> np.ndarray:
+    """The recognizer's input for the real faces of players.jpg, prepared by the CPU pipeline.
 
-    faces = analyzer.process([image], ExtractOptions(extract_embedding=False))[0].faces
-    model = analyzer.models.recognizer
-    return model.prepare(np.stack([model.crop(image, face) for face in faces]))
+    Its settings are given here, not inherited: with FACEREST_RUNTIME=trt (or CUDA providers) in
+    the environment the "CPU" reference would otherwise run on the GPU path under test."""
+    from facerest.models import load_models
+    from facerest.pipeline import ExtractOptions, FaceAnalyzer
+
+    settings = Settings(
+        models_dir=models_dir,
+        runtime="onnx",
+        providers=["CPUExecutionProvider"],
+        threads=2,
+        require_gpu=False,
+    )
+    analyzer = FaceAnalyzer(load_models(settings), settings)
+    try:
+        image = read_bgr(package_photo("players.jpg"))
+        faces = analyzer.process([image], ExtractOptions(extract_embedding=False))[0].faces
+        model = analyzer.models.recognizer
+        return model.prepare(np.stack([model.crop(image, face) for face in faces]))
+    finally:
+        analyzer.close()
+
+
+def gpu_present() -> bool:
+    """An NVIDIA device node: a GPU is here, so a GPU path that does not run is a failure."""
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/version").exists()
 
 
 def test_cuda_provider_matches_cpu(models_dir: Path, crops: np.ndarray) -> None:
@@ -62,10 +82,12 @@ def test_cuda_provider_matches_cpu(models_dir: Path, crops: np.ndarray) -> None:
     from facerest.runtime.onnx import OnnxSession
 
     path = ModelStore(models_dir).ensure("w600k_mbf")[0]
-    gpu = OnnxSession(path, providers=["CUDAExecutionProvider"], model_name="w600k_mbf")
+    if not gpu_present():
+        pytest.skip("no NVIDIA device here (/dev/nvidia0)")
+    # a GPU is here: a CUDA provider that falls back to the CPU fails the test (require_gpu raises)
+    gpu = OnnxSession(path, providers=["CUDAExecutionProvider"], model_name="w600k_mbf", require_gpu=True)
     cpu = OnnxSession(path, providers=["CPUExecutionProvider"])
-    if gpu.providers[0] != "CUDAExecutionProvider":
-        pytest.skip(f"the CUDA provider did not start (no GPU or driver): {gpu.providers}")
+    assert gpu.providers[0] == "CUDAExecutionProvider"
     name = gpu.inputs[0].name
     cos = _cosine(next(iter(gpu.run({name: crops}).values())), next(iter(cpu.run({name: crops}).values())))
     assert cos.min() >= 0.999

@@ -139,7 +139,7 @@ def test_tensorrt_11_refuses_fp16_in_one_line_before_building() -> None:
     trt10 = SimpleNamespace(__version__="10.8.0", BuilderFlag=SimpleNamespace(FP16=1))
     check_fp16(trt11, False)
     check_fp16(trt10, True)
-    with pytest.raises(BackendUnavailable, match="TensorRT 11.0.0 no longer has"):
+    with pytest.raises(BackendUnavailable, match=r"TensorRT 11\.0\.0 no longer has"):
         check_fp16(trt11, True)
 
 
@@ -234,3 +234,26 @@ def test_server_with_a_missing_gpu_provider(models_dir: Path, tmp_path: Path) ->
         assert f"facerest_model_backend{{{labels}}} 1.0" in metrics
     finally:
         stop_server(server)
+
+
+def test_triton_export_batches_only_graphs_whose_outputs_carry_the_batch(models_dir: Path) -> None:
+    """Defect 9: an SCRFD-like graph answering [rows, 1] gets no dynamic batch (max_batch 0);
+    our SCRFD and recognizer, whose outputs follow the batch, do."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from facerest.tools.triton_export import batchable
+
+    flat = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["rows"])],
+        "scores_without_batch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1])],
+    )
+    model = helper.make_model(flat, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    assert batchable(model) is False
+    store = ModelStore(models_dir)
+    for name in ("scrfd_500m_bnkps", "w600k_mbf"):
+        assert batchable(onnx.load(str(store.ensure(name)[0]))) is True
