@@ -257,3 +257,21 @@ def test_triton_export_batches_only_graphs_whose_outputs_carry_the_batch(models_
     store = ModelStore(models_dir)
     for name in ("scrfd_500m_bnkps", "w600k_mbf"):
         assert batchable(onnx.load(str(store.ensure(name)[0]))) is True
+
+
+def test_gpu_image_pins_the_tensorrt_and_cuda_onnxruntime_is_built_for() -> None:
+    """Defect 2: the GPU image's TensorRT and CUDA are the ones onnxruntime-gpu's TensorRT
+    provider was built against, and the compose files build it from the same base."""
+    import re
+
+    from facerest.runtime.gpu import ORT_GPU_BUILDS
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    text = (deploy / "Dockerfile.gpu").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
+    ort_version = args["ONNXRUNTIME_GPU"].split("==")[1]
+    build = ORT_GPU_BUILDS[ort_version]
+    assert args["TENSORRT"].split("==")[1].startswith(build["tensorrt"] + ".")
+    assert f"cuda:{build['cuda']}." in args["BASE_IMAGE"]
+    for compose in ("compose.gpu.yml", "compose.multi-gpu.yml"):
+        assert args["BASE_IMAGE"] in (deploy / compose).read_text()

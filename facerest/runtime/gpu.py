@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: what each onnxruntime-gpu release's TensorRT provider is built against (its TensorRT must be
+#: the one installed, or the provider does not load); deploy/Dockerfile.gpu follows this table
+ORT_GPU_BUILDS = {"1.24.1": {"tensorrt": "10.14", "cuda": "12.9"}}
+
 
 def uses_gpu(settings: Settings) -> bool:
     """The settings ask for a GPU runtime (whether or not one is there)."""
