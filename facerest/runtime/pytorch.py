@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from onnx import numpy_helper
 
 from facerest.errors import BackendUnavailable, ModelError
@@ -220,7 +220,7 @@ def _resize(inputs: list[Any], attrs: dict[str, Any]) -> list[Any]:
         out = _ints(sizes)[2:]
     else:
         scales = [float(s) for s in inputs[2].flatten().tolist()][2:]
-        out = [int(math.floor(d * s)) for d, s in zip(x.shape[2:], scales, strict=True)]
+        out = [math.floor(d * s) for d, s in zip(x.shape[2:], scales, strict=True)]
     if (
         mode == "nearest"
         and transform == "asymmetric"
