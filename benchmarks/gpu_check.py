@@ -257,6 +257,32 @@ def throughput(analyzer: Any, image: np.ndarray, batch: int, clients: int, secon
     }
 
 
+#: installed beside the wheels on a GPU machine: the GPU build of ONNX Runtime (replacing the CPU
+#: one facerest depends on), cuda-python for native TensorRT, pytest for the GPU tests, and
+#: TensorRT itself when asked (the version onnxruntime-gpu's TensorRT provider is built for)
+GPU_EXTRAS = ["onnxruntime-gpu==1.24.1", "cuda-python==12.9.4", "pytest==9.2.0"]
+TENSORRT = "tensorrt-cu12==10.14.1.48.post1"
+
+
+def install_and_rerun(wheels: Path, with_tensorrt: bool, *, gpu: bool) -> int:
+    venv = Path.home() / ".cache" / "facerest-gpu-check" / "venv"
+    if not (venv / "bin" / "python").is_file():
+        # the system site-packages stay visible: torch with CUDA is used as installed
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, *sorted(str(w) for w in wheels.glob("*.whl"))], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "uninstall", "--quiet", "--yes", "onnxruntime"]
+    )
+    subprocess.run([*pip, *GPU_EXTRAS, *([TENSORRT] if with_tensorrt else [])], check=True)
+    rest = [a for a in sys.argv[1:] if a != "--with-tensorrt"]
+    if "--wheels" in rest:
+        i = rest.index("--wheels")
+        del rest[i : i + 2]
+    rest = [a for a in rest if not a.startswith("--wheels=")]
+    return subprocess.run([str(venv / "bin" / "python"), str(Path(__file__).resolve()), *rest]).returncode
+
+
 def photos_dir(given: str | None) -> Path:
     for candidate in [given, ROOT.parent / "shared" / "testdata" / "anchor", ROOT / "photos"]:
         if candidate and (Path(candidate) / "Stallone.jpg").is_file():
@@ -336,7 +362,17 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=None, help="concurrent requests (GPU 8, CPU 1)")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--only", help="comma-separated runtime names to run (e.g. torch-cuda,tensorrt)")
+    parser.add_argument(
+        "--wheels",
+        help="install these wheels (benchmarks/gpu_bundle.sh) into a venv that keeps this Python's "
+        "torch + CUDA, with onnxruntime-gpu, then run there",
+    )
+    parser.add_argument(
+        "--with-tensorrt", action="store_true", help="with --wheels: also pip-install TensorRT"
+    )
     args = parser.parse_args()
+    if args.wheels:
+        return install_and_rerun(Path(args.wheels), args.with_tensorrt, gpu=not args.cpu)
 
     started = time.perf_counter()
     seconds = args.seconds if args.seconds is not None else (1.0 if args.cpu else 3.0)
