@@ -275,3 +275,23 @@ def test_gpu_image_pins_the_tensorrt_and_cuda_onnxruntime_is_built_for() -> None
     assert f"cuda:{build['cuda']}." in args["BASE_IMAGE"]
     for compose in ("compose.gpu.yml", "compose.multi-gpu.yml"):
         assert args["BASE_IMAGE"] in (deploy / compose).read_text()
+
+
+def test_a_provider_that_fails_at_session_start_is_caught(models_dir: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Defect 1, the silent case: onnxruntime-gpu on a host without a working driver lists the
+    CUDA provider as available, then starts the session without it. Here the listing is made to
+    include CUDA; onnxruntime itself then drops it when the session starts, as it does there."""
+    import logging
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider: the failure cannot be provoked here")
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    path = ModelStore(models_dir).ensure("w600k_mbf")[0]
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailable, match="asked for CUDAExecutionProvider but would run on CPU"):
+        OnnxSession(path, providers=wanted, model_name="w600k_mbf", require_gpu=True)
+    with caplog.at_level(logging.WARNING, logger="facerest.runtime.onnx"):
+        session = OnnxSession(path, providers=wanted, model_name="w600k_mbf")
+    assert session.backend == "onnxruntime:CPUExecutionProvider"  # what /info and /metrics show
+    assert "providers that failed to start: ['CUDAExecutionProvider']" in caplog.text
