@@ -25,6 +25,7 @@ the wheels to bring (benchmarks/gpu_bundle.sh makes the folder) and the one comm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -73,6 +74,10 @@ def _version(module: str) -> str | None:
 
 def versions() -> dict[str, Any]:
     import onnxruntime as ort
+
+    # the torch runtime before torch itself: it sets OpenMP's wait policy first
+    with contextlib.suppress(ImportError):
+        import facerest.runtime.pytorch
 
     import facerest
 

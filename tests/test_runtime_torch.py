@@ -18,9 +18,13 @@ from facerest.config import Settings
 from facerest.errors import BackendUnavailable
 from facerest.models.store import ModelStore
 
-torch = pytest.importorskip("torch", reason="torch is not installed here: `pip install facerest[torch]`")
+# the runtime first: it sets OpenMP's wait policy before torch loads
+pytest.importorskip(
+    "facerest.runtime.pytorch", reason="torch is not installed here: `pip install facerest[torch]`"
+)
+import torch
 
-from facerest.runtime.pytorch import OnnxGraphModule, TorchSession, unsupported_ops  # noqa: E402
+from facerest.runtime.pytorch import OnnxGraphModule, TorchSession, unsupported_ops
 
 #: the default models (detector, recognizer, gender/age) and the dense landmark model
 DEFAULT_MODELS = ["scrfd_500m_bnkps", "w600k_mbf", "age_gender_dlib", "2d106det", "mtcnn"]

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+
+# OpenMP's idle threads would spin after every operator and take the cores from the next one
+# (why ONNX Runtime's spinning is off in runtime/onnx.py): 6x slower per call on 2 busy cores.
+# Read by OpenMP when torch loads, so only effective when this module imports torch first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
@@ -132,6 +139,8 @@ def _batch_norm(inputs: list[Any], attrs: dict[str, Any]) -> list[Any]:
 
 def _prelu(inputs: list[Any], attrs: dict[str, Any]) -> list[Any]:
     x, slope = inputs
+    if x.ndim == 4 and slope.numel() == x.shape[1]:  # per channel: one fused kernel
+        return [F.prelu(x, slope.reshape(-1))]
     return [torch.where(x >= 0, x, x * slope)]
 
 
