@@ -79,6 +79,8 @@ def serve_on_gpus(settings: Settings) -> int:
             status = dead[0].returncode or 1
             forward(signal.SIGTERM, None)
         time.sleep(0.5)
+    if not stopping and status == 0:  # every group was gone before the first look (a start failure)
+        status = next((g.returncode for g in groups if g.returncode), 0)
     return status
 
 

@@ -295,3 +295,25 @@ def test_a_provider_that_fails_at_session_start_is_caught(models_dir: Path, monk
         session = OnnxSession(path, providers=wanted, model_name="w600k_mbf")
     assert session.backend == "onnxruntime:CPUExecutionProvider"  # what /info and /metrics show
     assert "providers that failed to start: ['CUDAExecutionProvider']" in caplog.text
+
+
+def test_gpu_groups_without_a_gpu_runtime_stop_with_one_error_line(models_dir: Path, tmp_path: Path) -> None:
+    """FACEREST_GPUS=0 with the CPU runtime: REQUIRE_GPU is on by default, the GPU's process
+    group refuses to start and the supervisor exits non-zero, saying why in one line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
+    env.update(
+        FACEREST_MODELS_DIR=str(models_dir), FACEREST_GPUS="0", FACEREST_THREADS="1", FACEREST_PORT="0"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "facerest.cli", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith("error: GPU 0: FACEREST_REQUIRE_GPU is on but FACEREST_RUNTIME=auto")
+    assert "Traceback" not in done.stderr

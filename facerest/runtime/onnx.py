@@ -112,8 +112,8 @@ class OnnxSession:
         available = ort.get_available_providers()
         chosen = [p for p in wanted if p in available]
         label = model_name or where_of(model)
-        if require_gpu:
-            check_gpu_providers(label, wanted, available, available)
+        if require_gpu:  # before loading anything: the wheel has no such provider
+            check_gpu_providers(label, wanted, chosen, available)
         if not chosen:
             raise BackendUnavailable(
                 f"none of the execution providers {wanted} is available; this onnxruntime has {available}"
