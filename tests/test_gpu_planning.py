@@ -317,3 +317,24 @@ def test_gpu_groups_without_a_gpu_runtime_stop_with_one_error_line(models_dir: P
     assert len(errors) == 1, done.stderr
     assert errors[0].startswith("error: GPU 0: FACEREST_REQUIRE_GPU is on but FACEREST_RUNTIME=auto")
     assert "Traceback" not in done.stderr
+
+
+def test_io_binding_path_gives_the_plain_outputs(models_dir: Path) -> None:
+    """Defect 12: GPU providers run through I/O binding (pinned staging on CUDA); the binding
+    path itself runs here on the CPU provider and must answer exactly as plain run() does,
+    dynamic output shapes included."""
+    import numpy as np
+
+    store = ModelStore(models_dir)
+    rng = np.random.default_rng(0)
+    for name, shape in (("scrfd_500m_bnkps", (1, 3, 320, 416)), ("w600k_mbf", (5, 3, 112, 112))):
+        path = store.ensure(name)[0]
+        plain = OnnxSession(path, model_name=name)
+        bound = OnnxSession(path, model_name=name, io_binding=True)
+        assert plain._binding is False and bound._binding is True
+        for _ in range(2):  # the binding is made afresh each call
+            feeds = {plain.inputs[0].name: rng.random(shape, dtype=np.float32)}
+            want, got = plain.run(feeds), bound.run(feeds)
+            assert list(got) == list(want)
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
