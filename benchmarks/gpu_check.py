@@ -87,6 +87,8 @@ def versions() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        # other work on the machine: a shared one makes every figure smaller
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "facerest": facerest.__version__,
         "numpy": np.__version__,
         "onnxruntime": ort.__version__,
@@ -223,8 +225,8 @@ def compare(reference: list[Any], results: list[Any], names: list[str]) -> list[
                 "faces": len(got.faces),
                 "unmatched": unmatched + len(got.faces) - len(taken),
                 "max_box_gap_px": round(max(gaps, default=0.0), 3),
-                "min_cosine": round(min(cosines, default=float("nan")), 5),
-                "mean_cosine": round(statistics.fmean(cosines), 5) if cosines else None,
+                "min_cosine": round(min(cosines, default=float("nan")), 6),
+                "mean_cosine": round(statistics.fmean(cosines), 6) if cosines else None,
             }
         )
     return rows
@@ -256,7 +258,7 @@ def throughput(analyzer: Any, image: np.ndarray, batch: int, clients: int, secon
     elapsed = time.perf_counter() - started
     return {
         "requests": done["requests"],
-        "images_per_s": round(done["images"] / elapsed, 1),
+        "images_per_s": round(done["images"] / elapsed, 2),
         "faces_per_s": round(done["faces"] / elapsed, 1),
         "seconds": round(elapsed, 2),
     }
@@ -270,22 +272,22 @@ TENSORRT = "tensorrt-cu12==10.14.1.48.post1"
 
 
 def install_and_rerun(wheels: Path, with_tensorrt: bool, *, gpu: bool) -> int:
-    venv = Path.home() / ".cache" / "facerest-gpu-check" / "venv"
-    if not (venv / "bin" / "python").is_file():
-        # the system site-packages stay visible: torch with CUDA is used as installed
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    """Install the bundle's wheels into this Python (the one with torch and CUDA: a venv made
+    from it would not see a torch that itself lives in a venv), then run the check again."""
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, *sorted(str(w) for w in wheels.glob("*.whl"))], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "uninstall", "--quiet", "--yes", "onnxruntime"]
-    )
-    subprocess.run([*pip, *GPU_EXTRAS, *([TENSORRT] if with_tensorrt else [])], check=True)
-    rest = [a for a in sys.argv[1:] if a != "--with-tensorrt"]
+    if gpu:  # onnxruntime-gpu replaces the CPU wheel (both install the `onnxruntime` module)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "uninstall", "--quiet", "--yes", "onnxruntime"], check=True
+        )
+        subprocess.run([*pip, *GPU_EXTRAS, *([TENSORRT] if with_tensorrt else [])], check=True)
+    else:
+        subprocess.run([*pip, "pytest==9.2.0"], check=True)
+    rest = [a for a in sys.argv[1:] if a != "--with-tensorrt" and not a.startswith("--wheels=")]
     if "--wheels" in rest:
         i = rest.index("--wheels")
         del rest[i : i + 2]
-    rest = [a for a in rest if not a.startswith("--wheels=")]
-    return subprocess.run([str(venv / "bin" / "python"), str(Path(__file__).resolve()), *rest]).returncode
+    return subprocess.run([sys.executable, str(Path(__file__).resolve()), *rest]).returncode
 
 
 def photos_dir(given: str | None) -> Path:
@@ -314,7 +316,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## tests/test_gpu.py (skips count as failures)",
         "",
-        f"{report['tests'].get('status')}: {report['tests'].get('summary', report['tests'].get('detail'))}",
+        f"{report['tests'].get('status')}: {report['tests'].get('summary', report['tests'].get('detail'))}"
+        + (" (without a GPU the GPU tests can only skip)" if report["cpu_mode"] else ""),
         *[f"- {s}" for s in report["tests"].get("skips_counted_as_failures", [])],
         "",
         "## Each runtime against the CPU (ONNX Runtime), per photo",
@@ -333,8 +336,8 @@ def markdown(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        f"## Throughput ({report['clients']} client threads, {report['seconds']} s each, "
-        "in-process pipeline)",
+        f"## Throughput ({report['clients']} client thread(s), {report['seconds']} s each after a "
+        f"warm-up request, in-process pipeline; load average at the end {report['load_average_1m_at_end']})",
         "",
         "| runtime | precision | scenario | images/s | faces/s |",
         "|---|---|---|---|---|",
@@ -369,8 +372,8 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated runtime names to run (e.g. torch-cuda,tensorrt)")
     parser.add_argument(
         "--wheels",
-        help="install these wheels (benchmarks/gpu_bundle.sh) into a venv that keeps this Python's "
-        "torch + CUDA, with onnxruntime-gpu, then run there",
+        help="first install these wheels (benchmarks/gpu_bundle.sh) and onnxruntime-gpu into this "
+        "Python (the one with torch + CUDA; use a throwaway environment or container)",
     )
     parser.add_argument(
         "--with-tensorrt", action="store_true", help="with --wheels: also pip-install TensorRT"
@@ -443,6 +446,7 @@ def main() -> int:
         "cpu_mode": args.cpu,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "seconds": seconds,
         "clients": clients,
         "photos": names,
