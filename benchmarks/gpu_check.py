@@ -42,8 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
+# numpy and OpenCV are imported where used: with --wheels they are installed first
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the photos every comparison runs on (../shared/testdata/anchor beside a checkout)
@@ -73,6 +72,7 @@ def _version(module: str) -> str | None:
 
 
 def versions() -> dict[str, Any]:
+    import numpy as np
     import onnxruntime as ort
 
     # the torch runtime before torch itself: it sets OpenMP's wait policy first
@@ -190,7 +190,9 @@ def load_analyzer(models_dir: Path, overrides: dict[str, Any], threads: int, rec
     return FaceAnalyzer(load_models(settings), settings)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def _iou(a: Any, b: Any) -> float:
+    import numpy as np
+
     x1, y1 = np.maximum(a[:2], b[:2])
     x2, y2 = np.minimum(a[2:], b[2:])
     inter = max(0.0, float(x2 - x1)) * max(0.0, float(y2 - y1))
@@ -200,6 +202,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare(reference: list[Any], results: list[Any], names: list[str]) -> list[dict[str, Any]]:
     """Per photo: faces found by each, matched by box overlap; largest corner gap, lowest cosine."""
+    import numpy as np
+
     rows = []
     for name, want, got in zip(names, reference, results, strict=True):
         gaps, cosines, unmatched = [], [], 0
@@ -232,7 +236,7 @@ def compare(reference: list[Any], results: list[Any], names: list[str]) -> list[
     return rows
 
 
-def throughput(analyzer: Any, image: np.ndarray, batch: int, clients: int, seconds: float) -> dict[str, Any]:
+def throughput(analyzer: Any, image: Any, batch: int, clients: int, seconds: float) -> dict[str, Any]:
     """Requests of `batch` copies of `image` from `clients` threads for `seconds` (after one warm-up)."""
     from facerest.pipeline import ExtractOptions
 
@@ -381,6 +385,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.wheels:
         return install_and_rerun(Path(args.wheels), args.with_tensorrt, gpu=not args.cpu)
+
+    import cv2
 
     started = time.perf_counter()
     seconds = args.seconds if args.seconds is not None else (1.0 if args.cpu else 3.0)
