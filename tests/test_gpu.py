@@ -140,7 +140,8 @@ def test_tensorrt_engine_builds_caches_and_matches_cpu(
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_torch_cuda_matches_cpu(fp16: bool, models_dir: Path, crops: np.ndarray) -> None:
-    """FACEREST_RUNTIME=torch on CUDA: eager and CUDA-graph calls equal the CPU (FP16 within 0.995)."""
+    """FACEREST_RUNTIME=torch on CUDA: CUDA-graph calls (full, padded, replayed on new data) and
+    eager calls (more rows than the graph's batch) equal the CPU (FP16 within 0.995)."""
     torch = pytest.importorskip("torch", reason="torch is not installed here (facerest[torch])")
     if not torch.cuda.is_available():
         pytest.skip(f"torch sees no CUDA device here (torch CUDA build: {torch.version.cuda})")
@@ -155,13 +156,15 @@ def test_torch_cuda_matches_cpu(fp16: bool, models_dir: Path, crops: np.ndarray)
         path, device="cuda", fp16=fp16, cuda_graph_batch=len(crops), model_name="w600k_mbf"
     )
     assert session.backend == ("torch:cuda:fp16" if fp16 else "torch:cuda")
-    eager = next(iter(session.run({name: crops[:1]}).values()))  # not the graph's batch: eager
     graphed = next(iter(session.run({name: crops}).values()))  # captured, then
     replayed = next(iter(session.run({name: crops[::-1].copy()}).values()))[::-1]  # replayed on new data
+    padded = next(iter(session.run({name: crops[:1]}).values()))  # one row, padded to the graph's batch
+    eager = next(iter(session.run({name: np.concatenate([crops, crops])}).values()))  # beyond it
     floor = 0.995 if fp16 else 0.999
-    assert _cosine(eager, want[:1]).min() >= floor
     assert _cosine(graphed, want).min() >= floor
     assert _cosine(replayed, want).min() >= floor
+    assert padded.shape == (1, 512) and _cosine(padded, want[:1]).min() >= floor
+    assert _cosine(eager, np.concatenate([want, want])).min() >= floor
 
 
 def test_onnx_tensorrt_provider_runs_every_detector_shape_without_rebuilding(

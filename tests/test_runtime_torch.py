@@ -119,3 +119,18 @@ def test_pipeline_on_torch_equals_onnxruntime(models_dir: Path) -> None:
             assert np.abs(a.bbox - b.bbox).max() <= 0.5, name
             assert float(np.dot(a.embedding, b.embedding)) >= 0.999, name
             assert (a.gender, a.age) == (b.gender, b.age), name
+
+
+def test_fixed_batch_padding_answers_each_row(models_dir: Path) -> None:
+    """Calls of fewer rows than the CUDA-graph batch are padded to it and sliced back: each row's
+    answer is the one it gets alone (checked on the CPU, where only the padding runs)."""
+    path = ModelStore(models_dir).ensure("w600k_mbf")[0]
+    plain = TorchSession(path, threads=2)
+    padded = TorchSession(path, threads=2, cuda_graph_batch=8)
+    rng = np.random.default_rng(1)
+    for rows in (1, 5, 8, 11):  # 11: beyond the fixed batch, run as it is
+        feeds = {"input.1": rng.random((rows, 3, 112, 112), dtype=np.float32)}
+        want, got = plain.run(feeds), padded.run(feeds)
+        for key in want:
+            assert got[key].shape == want[key].shape == (rows, 512)
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4)

@@ -387,7 +387,10 @@ class TorchSession:
         ]
         self.backend = f"torch:{self.device.type}{':fp16' if self.fp16 else ''}"
         self._graphs: dict[tuple[int, ...], tuple[Any, Tensor, list[Tensor]]] = {}
-        self._cuda_graph_batch = cuda_graph_batch if self.device.type == "cuda" else 0
+        self._pinned: dict[tuple[tuple[int, ...], torch.dtype], Tensor] = {}
+        # calls of up to this many rows are padded to it: one shape, captured once as a CUDA graph
+        # (on the CPU only padded, which is how the tests check the padding without a GPU)
+        self._cuda_graph_batch = cuda_graph_batch
         log.info("%s runs on %s (torch %s)", model_name or model_path.stem, self.backend, torch.__version__)
 
     @classmethod
@@ -403,23 +406,36 @@ class TorchSession:
             device="cpu" if problem else "cuda",
             fp16=settings.force_fp16,
             threads=settings.threads,
-            cuda_graph_batch=settings.rec_batch_size if fixed_crops else 0,
+            cuda_graph_batch=settings.rec_batch_size if fixed_crops and not problem else 0,
             model_name=model_name,
         )
 
     def _to_device(self, array: np.ndarray) -> Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type == "cuda":
-            # pinned staging lets the copy run asynchronously at full PCIe speed
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            # a page-locked staging buffer per shape (allocating one per call costs more than the
+            # copy): the copy then runs asynchronously at full PCIe speed. Reusing it is safe:
+            # every run ends by reading its outputs back, after the copy is done.
+            key = (tuple(tensor.shape), tensor.dtype)
+            staging = self._pinned.get(key)
+            if staging is None:
+                staging = self._pinned[key] = torch.empty(key[0], dtype=key[1], pin_memory=True)
+            staging.copy_(tensor)
+            tensor = staging.to(self.device, non_blocking=True)
         return tensor.half() if self.fp16 and tensor.is_floating_point() else tensor
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = [feeds[spec.name] for spec in self.inputs]
+        rows = len(arrays[0]) if arrays and arrays[0].ndim else 0
         try:
             with torch.inference_mode():
-                if self._cuda_graph_batch and len(arrays) == 1 and len(arrays[0]) == self._cuda_graph_batch:
-                    outputs = self._replay(arrays[0])
+                if self._cuda_graph_batch and len(arrays) == 1 and 0 < rows <= self._cuda_graph_batch:
+                    # one fixed shape: smaller batches are padded to it and replay the same graph
+                    padded = arrays[0]
+                    if rows < self._cuda_graph_batch:
+                        padded = np.zeros((self._cuda_graph_batch, *padded.shape[1:]), padded.dtype)
+                        padded[:rows] = arrays[0]
+                    outputs = [o[:rows] for o in self._replay(padded)]
                 else:
                     outputs = self.module(*[self._to_device(a) for a in arrays])
                 results = [o.float().cpu().numpy() for o in outputs]
@@ -431,6 +447,8 @@ class TorchSession:
 
     def _replay(self, array: np.ndarray) -> list[Tensor]:
         """A fixed-shape call as a CUDA graph: captured once per shape, then replayed."""
+        if self.device.type != "cuda":
+            return self.module(self._to_device(array))
         key = tuple(array.shape)
         if key not in self._graphs:
             static_in = self._to_device(array).clone()
