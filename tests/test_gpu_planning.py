@@ -338,3 +338,27 @@ def test_io_binding_path_gives_the_plain_outputs(models_dir: Path) -> None:
             assert list(got) == list(want)
             for key in want:
                 np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_gpu_preparation_runs_in_a_child_not_in_the_supervisor(models_dir: Path) -> None:
+    """Defect 11: the process that goes on to supervise workers never loads the GPU runtime (its
+    CUDA context would hold 300-500 MB per GPU): the check and engine builds run in a spawned
+    child, whose one-line failure comes back as the parent's error."""
+    code = (
+        "import sys\n"
+        "from facerest.config import Settings\n"
+        "from facerest.errors import BackendUnavailable\n"
+        "from facerest.runtime.gpu import prepare_runtime_apart\n"
+        f"settings = Settings(models_dir={str(models_dir)!r}, runtime='trt', require_gpu=True)\n"
+        "try:\n"
+        "    prepare_runtime_apart(settings)\n"
+        "except BackendUnavailable as exc:\n"
+        "    print('error:', exc.detail)\n"
+        "gpu_modules = ('tensorrt', 'facerest.runtime.tensorrt')\n"
+        "print('loaded here:', sorted(m for m in gpu_modules if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("error: FACEREST_REQUIRE_GPU") for line in lines), done.stdout + done.stderr
+    assert "loaded here: []" in lines, done.stdout

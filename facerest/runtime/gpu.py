@@ -94,15 +94,12 @@ def check_gpu_runtime(settings: Settings) -> str:
     return session.backend
 
 
-def _child(settings_env: dict[str, str], reply: Connection) -> None:
-    import os
-
-    os.environ.update(settings_env)
+def _child(values: dict[str, object], reply: Connection) -> None:
     from facerest.config import Settings
     from facerest.runtime.base import prepare_runtime
 
     try:
-        prepare_runtime(Settings())
+        prepare_runtime(Settings(**values))  # every field given: exactly the parent's settings
     except FaceRestError as exc:
         reply.send(exc.detail)
         raise SystemExit(1) from None
@@ -118,12 +115,10 @@ def prepare_runtime_apart(settings: Settings) -> None:
     if not uses_gpu(settings):
         prepare_runtime(settings)
         return
-    import os
-
-    context = multiprocessing.get_context("spawn")  # a fork would inherit nothing useful and risk locks
+    # spawn, not fork: a fresh interpreter that inherits the environment (CUDA_VISIBLE_DEVICES)
+    context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("FACEREST_", "CUDA_"))}
-    child = context.Process(target=_child, args=(env, send), name="facerest-prepare-gpu")
+    child = context.Process(target=_child, args=(settings.model_dump(), send), name="facerest-prepare-gpu")
     child.start()
     send.close()
     try:
