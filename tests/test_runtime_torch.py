@@ -134,3 +134,16 @@ def test_fixed_batch_padding_answers_each_row(models_dir: Path) -> None:
         for key in want:
             assert got[key].shape == want[key].shape == (rows, 512)
             np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4)
+
+
+def test_fp16_is_kept_only_where_the_outputs_hold() -> None:
+    from facerest.runtime.pytorch import fp16_outputs_hold
+
+    rng = np.random.default_rng(2)
+    embedding = rng.standard_normal((4, 512)).astype(np.float32)
+    assert fp16_outputs_hold([embedding], [embedding.astype(np.float16).astype(np.float32)])
+    drifted = embedding + 0.05 * rng.standard_normal(embedding.shape).astype(np.float32)
+    assert not fp16_outputs_hold([embedding], [drifted])  # drifts beyond 2% of the output scale
+    scores = rng.random((1, 3200, 1)).astype(np.float32)
+    assert not fp16_outputs_hold([scores], [scores + 0.1])
+    assert not fp16_outputs_hold([scores], [np.full_like(scores, np.inf)])

@@ -355,6 +355,28 @@ def _move(module: OnnxGraphModule, device: torch.device, fp16: bool) -> OnnxGrap
     return module
 
 
+#: FP16 outputs may differ from FP32 by this fraction of the output's largest magnitude
+FP16_RELATIVE_TOLERANCE = 2e-2
+#: and embedding-like outputs (rows of 64+ numbers) must keep this cosine, row by row
+FP16_MIN_COSINE = 0.999
+
+
+def fp16_outputs_hold(full: list[np.ndarray], half: list[np.ndarray]) -> bool:
+    """The FP16 outputs are close enough to the FP32 ones to serve."""
+    for a, b in zip(full, half, strict=True):
+        if a.shape != b.shape or not np.isfinite(b).all():
+            return False
+        scale = max(float(np.abs(a).max()), 1e-6)
+        if float(np.abs(a - b).max()) > FP16_RELATIVE_TOLERANCE * scale:
+            return False
+        if a.ndim == 2 and a.shape[1] >= 64:
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            cosine = (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+            if float(cosine.min()) < FP16_MIN_COSINE:
+                return False
+    return True
+
+
 class TorchSession:
     """One ONNX model on PyTorch, CPU or CUDA."""
 
@@ -385,6 +407,8 @@ class TorchSession:
             TensorSpec(v.name, tuple(d.dim_value or None for d in v.type.tensor_type.shape.dim))
             for v in model.graph.output
         ]
+        if self.fp16:  # FP16 only where the outputs hold; this model stays FP32 otherwise
+            self.fp16 = self._fp16_holds(model_name or model_path.stem)
         self.backend = f"torch:{self.device.type}{':fp16' if self.fp16 else ''}"
         self._graphs: dict[tuple[int, ...], tuple[Any, Tensor, list[Tensor]]] = {}
         self._pinned: dict[tuple[tuple[int, ...], torch.dtype], Tensor] = {}
@@ -392,6 +416,30 @@ class TorchSession:
         # (on the CPU only padded, which is how the tests check the padding without a GPU)
         self._cuda_graph_batch = cuda_graph_batch
         log.info("%s runs on %s (torch %s)", model_name or model_path.stem, self.backend, torch.__version__)
+
+    def _fp16_holds(self, label: str) -> bool:
+        """Run one sample input in FP16 and FP32 (module left in FP16 when they agree)."""
+        rng = np.random.default_rng(0)
+        sample = [
+            (
+                rng.random(
+                    [d or (1 if axis == 0 else 160) for axis, d in enumerate(spec.shape)], dtype=np.float32
+                )
+                * 2
+                - 1
+            )
+            for spec in self.inputs
+        ]
+        with torch.inference_mode():
+            half = [o.float().cpu().numpy() for o in self.module(*[self._to_device(a) for a in sample])]
+            _move(self.module, self.device, False)
+            self.fp16 = False
+            full = [o.float().cpu().numpy() for o in self.module(*[self._to_device(a) for a in sample])]
+        if fp16_outputs_hold(full, half):
+            _move(self.module, self.device, True)
+            return True
+        log.warning("%s: FP16 outputs drift from FP32 on a sample input; this model runs in FP32", label)
+        return False
 
     @classmethod
     def from_settings(
