@@ -185,6 +185,8 @@ def load_analyzer(models_dir: Path, overrides: dict[str, Any], threads: int, rec
         rec_batch_size=rec_batch,
         # a request of 64 images on a slow runtime must not time out half-way through a figure
         request_timeout_s=600,
+        # detection + embeddings, as InsightFace-REST's published figures; no gender/age engines
+        ga_name="",
         **{"require_gpu": False, **overrides},
     )
     return FaceAnalyzer(load_models(settings), settings)
@@ -373,6 +375,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="per throughput scenario (GPU 3, CPU 1)")
     parser.add_argument("--clients", type=int, default=None, help="concurrent requests (GPU 8, CPU 1)")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument(
+        "--budget-s", type=float, default=540, help="runtimes not started by then are reported as skipped"
+    )
     parser.add_argument("--only", help="comma-separated runtime names to run (e.g. torch-cuda,tensorrt)")
     parser.add_argument(
         "--wheels",
@@ -417,6 +422,11 @@ def main() -> int:
     if args.only:
         chosen = [v for v in chosen if v.name in args.only.split(",")]
     for variant in chosen:
+        if time.perf_counter() - started > args.budget_s:  # the whole check stays inside 10 minutes
+            variant.status = (
+                f"skipped: the {args.budget_s:.0f} s budget was spent (engines now cached: run again)"
+            )
+            continue
         t0 = time.perf_counter()
         try:
             analyzer = load_analyzer(models_dir, variant.settings, threads, 64)
@@ -475,7 +485,7 @@ def main() -> int:
     )
     healthy = (
         tests_ok
-        and all(v.status == "ok" or v.status.startswith("absent") for v in chosen)
+        and all(v.status == "ok" or v.status.startswith(("absent", "skipped")) for v in chosen)
         and any(v.status == "ok" for v in chosen)
     )
     return 0 if healthy else 1
