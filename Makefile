@@ -55,6 +55,17 @@ $(VENV)/.installed-mtcnn: $(VENV)/.installed
 
 install dev run test: $(VENV)/.installed-mtcnn
 
+# --- the torch runtime (issue 19): `make test` runs its equality tests against ONNX Runtime ---
+# torch==2.13.0 from PyPI is the CUDA build (GBs of nvidia-* wheels); for the CPU build pass
+# TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu' (this project's CI machines
+# have the CPU wheel on disk and find it without).
+TORCH_PIP_ARGS ?=
+$(VENV)/.installed-torch: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
+	touch $@
+
+test: $(VENV)/.installed-torch
+
 # MXNet 1.9.1 (for `facerest mxnet convert`) runs only with numpy<1.24: it gets its own environment.
 # `make test` creates it so the conversion test runs; where it cannot be made the test says why and skips.
 MXNET_ENV := .venv-mxnet

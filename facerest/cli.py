@@ -82,10 +82,10 @@ def serve(
         from facerest.serve_gpus import serve_on_gpus
 
         raise typer.Exit(serve_on_gpus(settings))
-    from facerest.runtime.base import prepare_runtime
+    from facerest.runtime.gpu import prepare_runtime_apart
 
     try:
-        prepare_runtime(settings)  # e.g. TensorRT engines, built once before the workers start
+        prepare_runtime_apart(settings)  # e.g. TensorRT engines, built once before the workers start
     except FaceRestError as exc:
         fail(exc.detail)
     import uvicorn

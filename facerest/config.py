@@ -45,11 +45,11 @@ class Settings(BaseSettings):
     )
 
     # --- inference ---
-    runtime: Literal["auto", "onnx", "openvino", "trt", "triton"] = Field(
+    runtime: Literal["auto", "onnx", "openvino", "trt", "triton", "torch"] = Field(
         "auto",
         description="Execution backend for the models. auto: on the CPU, per model, ONNX Runtime or "
         "OpenVINO (when installed), whichever runs it faster here, measured once and remembered in "
-        "the models folder.",
+        "the models folder. torch: PyTorch (facerest[torch]), on CUDA when present, else the CPU.",
     )
     rec_precision: Literal["f32", "bf16"] = Field(
         "f32",
@@ -83,7 +83,20 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         2.0, ge=0.0, description="How long a batch may wait for more work from other requests."
     )
-    force_fp16: bool = Field(False, description="Build TensorRT engines in FP16.")
+    force_fp16: bool = Field(
+        False, description="FP16 on the GPU: TensorRT engines (TensorRT 10), the torch runtime on CUDA."
+    )
+    require_gpu: bool | None = Field(
+        None,
+        description="Refuse to start unless the GPU runtime asked for (TensorRT, ONNX Runtime's "
+        "CUDA/TensorRT providers, torch on CUDA) is the one running; unset: on when FACEREST_GPUS is set.",
+    )
+    gpu_mem_limit_mb: int = Field(
+        0,
+        ge=0,
+        description="Cap of ONNX Runtime's CUDA memory arena per worker, in MiB (0: none); with several "
+        "workers per GPU, about the GPU's memory divided by the workers.",
+    )
 
     # --- request defaults and limits ---
     max_images_per_request: int = Field(64, ge=1, description="Images accepted in one request.")
@@ -324,6 +337,11 @@ class Settings(BaseSettings):
         if len(value) != 2 or min(value) < 32:
             raise ValueError("max_size must be two numbers (width,height), each at least 32")
         return value
+
+    @property
+    def gpu_required(self) -> bool:
+        """FACEREST_REQUIRE_GPU, defaulting to on when GPUs are named."""
+        return bool(self.gpus) if self.require_gpu is None else self.require_gpu
 
     @model_validator(mode="after")
     def _check_precision(self) -> Settings:

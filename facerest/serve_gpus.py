@@ -81,6 +81,8 @@ def serve_on_gpus(settings: Settings) -> int:
             status = dead[0].returncode or 1
             forward(signal.SIGTERM, None)
         time.sleep(0.5)
+    if not stopping and status == 0:  # every group was gone before the first look (a start failure)
+        status = next((g.returncode for g in groups if g.returncode), 0)
     return status
 
 
@@ -93,15 +95,15 @@ def serve_group(fd: int, gpu: int) -> None:
     from facerest.config import Settings
     from facerest.errors import FaceRestError
     from facerest.logs import configure_logging, uvicorn_log_config
-    from facerest.runtime.base import prepare_runtime
+    from facerest.runtime.gpu import prepare_runtime_apart
 
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    try:
-        prepare_runtime(settings)
-    except FaceRestError as exc:  # one line, as `facerest serve` says it (no traceback)
-        print(f"error: GPU {gpu}: {exc.detail}", file=sys.stderr)
-        sys.exit(1)
+    try:  # in a child: this process only supervises and must not hold a CUDA context
+        prepare_runtime_apart(settings)
+    except FaceRestError as exc:
+        print(f"error: GPU {gpu}: {exc.detail}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     sock = socket.socket(fileno=fd)  # family and type come from the descriptor
     config = uvicorn.Config(
         "facerest.api.app:factory",

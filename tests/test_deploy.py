@@ -112,6 +112,8 @@ def test_one_process_group_per_gpu_on_one_port(models_dir: Path, tmp_path: Path,
         {
             "FACEREST_MODELS_DIR": str(models_dir),
             "FACEREST_GPUS": "0,1",
+            # CPU sessions on purpose: FACEREST_GPUS would otherwise require a GPU runtime
+            "FACEREST_REQUIRE_GPU": "false",
             "FACEREST_THREADS": "1",
             "FACEREST_GA_NAME": "",
         },

@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.facerest = AppState(
             settings=settings,
             analyzer=analyzer,
-            metrics=Metrics(analyzer.scheduler.stats),
+            metrics=Metrics(analyzer.scheduler.stats, analyzer.models.backends),
             limiter=anyio.CapacityLimiter(settings.queue_size + 4),
         )
         log.info("facerest %s ready", __version__)

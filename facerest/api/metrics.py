@@ -45,8 +45,19 @@ class InferenceCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, inference: SchedulerStats) -> None:
+    def __init__(self, inference: SchedulerStats, backends: dict[str, str] | None = None) -> None:
         self.registry = CollectorRegistry()
+        # what really runs each model ("onnxruntime:CPUExecutionProvider" -> runtime, provider):
+        # a GPU provider that did not start shows here, not only in the log
+        self.backend = Gauge(
+            "facerest_model_backend",
+            "1 for the runtime and provider running each model",
+            ["model", "runtime", "provider"],
+            registry=self.registry,
+        )
+        for model, backend in (backends or {}).items():
+            runtime, _, provider = backend.partition(":")
+            self.backend.labels(model, runtime, provider or runtime).set(1)
         self.requests = Counter(
             "facerest_requests",
             "HTTP requests answered",

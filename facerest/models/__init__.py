@@ -14,6 +14,7 @@ from facerest.models.catalog import CatalogEntry
 from facerest.models.detection.base import Detector
 from facerest.models.store import ModelStore
 from facerest.runtime.base import create_session
+from facerest.runtime.shapes import ModelRole
 
 if TYPE_CHECKING:
     from facerest.config import Settings
@@ -46,13 +47,20 @@ class LoadedModels:
     backends: dict[str, str] = field(default_factory=dict)  # model name -> backend in use
 
 
+def _role(entry: CatalogEntry, stage: int) -> ModelRole:
+    return ModelRole(entry.task, entry.family, stage, entry.allow_batching)
+
+
 def load_detector(entry: CatalogEntry, paths: list[Path], settings: Settings) -> Detector:
     ref = DETECTOR_FAMILIES.get(entry.family)
     if ref is None:
         raise ModelError(f"{entry.name!r} is a {entry.family!r} model, which is not a known detector family")
-    session = create_session(paths[0], settings, model_name=entry.name)
+    session = create_session(paths[0], settings, model_name=entry.name, role=_role(entry, 0))
     # a cascade (MTCNN) keeps one session per stage: its later stages come from the later files
-    stages = [create_session(p, settings, model_name=f"{entry.name}_{i}") for i, p in enumerate(paths[1:], 1)]
+    stages = [
+        create_session(p, settings, model_name=f"{entry.name}_{i}", role=_role(entry, i))
+        for i, p in enumerate(paths[1:], 1)
+    ]
     extra = {"stage_sessions": stages} if stages else {}
     return _load_class(ref)(entry, session, nms_threshold=settings.nms_thresh, **extra)
 
@@ -62,7 +70,9 @@ def load_face_model(entry: CatalogEntry, paths: list[Path], settings: Settings) 
     from facerest.models.recognition import ArcFaceRecognizer
 
     def session(i: int = 0):  # type: ignore[no-untyped-def]
-        return create_session(paths[i], settings, model_name=entry.name if i == 0 else f"{entry.name}_{i}")
+        return create_session(
+            paths[i], settings, model_name=entry.name if i == 0 else f"{entry.name}_{i}", role=_role(entry, i)
+        )
 
     if entry.task == "recognition":
         return ArcFaceRecognizer(entry, session(), paths[0], antialias=settings.align_antialias)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from facerest.errors import BackendUnavailable
+from facerest.runtime.shapes import ModelRole, ShapeLimits, profile_shapes
 
 if TYPE_CHECKING:
     from facerest.config import Settings
@@ -31,12 +32,23 @@ class InferenceSession(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def create_session(model_path: Path, settings: Settings, *, model_name: str = "") -> InferenceSession:
-    """Load `model_path` on the backend the settings ask for."""
+def create_session(
+    model_path: Path, settings: Settings, *, model_name: str = "", role: ModelRole | None = None
+) -> InferenceSession:
+    """Load `model_path` on the backend the settings ask for (`role`: what the graph is in the
+    pipeline, for the shape profiles of GPU engines)."""
     if settings.runtime == "auto":
-        return _auto_session(model_path, settings, model_name)
+        return _auto_session(model_path, settings, model_name, role)
     if settings.runtime == "onnx":
-        return _onnx_session(model_path, settings, model_name)
+        return _onnx_session(model_path, settings, model_name, role)
+    if settings.runtime == "torch":
+        try:
+            from facerest.runtime.pytorch import TorchSession
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"FACEREST_RUNTIME=torch but PyTorch is not installed ({exc}); install facerest[torch]"
+            ) from exc
+        return TorchSession.from_settings(model_path, settings, model_name or model_path.stem, role)
     if settings.runtime == "openvino":
         try:
             from facerest.runtime.openvino import OpenVinoSession
@@ -64,23 +76,47 @@ def create_session(model_path: Path, settings: Settings, *, model_name: str = ""
     raise BackendUnavailable(f"unknown runtime {settings.runtime!r}")
 
 
-def _onnx_session(model_path: Path, settings: Settings, model_name: str) -> InferenceSession:
+def _onnx_session(
+    model_path: Path, settings: Settings, model_name: str, role: ModelRole | None = None
+) -> InferenceSession:
     from facerest.runtime.onnx import OnnxSession, provider_plan
 
-    providers, options = provider_plan(settings)
+    profiles = None
+    if role is not None and (
+        "TensorrtExecutionProvider" in settings.providers or settings.providers == ["auto"]
+    ):
+        profiles = graph_profiles(model_path, role, settings)
+    providers, options = provider_plan(settings, profiles)
     return OnnxSession(
         model_path,
         providers=providers,
         threads=settings.threads,
         provider_options=options,
         model_name=model_name or model_path.stem,
+        require_gpu=settings.gpu_required,
     )
 
 
-def _auto_session(model_path: Path, settings: Settings, model_name: str) -> InferenceSession:
+def graph_profiles(model_path: Path, role: ModelRole, settings: Settings) -> dict[str, list[list[int]]]:
+    """The shape profile of the ONNX graph at `model_path` for the current settings."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    initialisers = {i.name for i in model.graph.initializer}
+    inputs = [
+        (v.name, [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim])
+        for v in model.graph.input
+        if v.name not in initialisers
+    ]
+    return profile_shapes(role, inputs, ShapeLimits.of(settings))
+
+
+def _auto_session(
+    model_path: Path, settings: Settings, model_name: str, role: ModelRole | None = None
+) -> InferenceSession:
     """ONNX Runtime, unless OpenVINO is installed, the models run on the CPU, and it is faster."""
     if settings.providers != ["CPUExecutionProvider"]:  # GPUs asked for: their providers decide
-        return _onnx_session(model_path, settings, model_name)
+        return _onnx_session(model_path, settings, model_name, role)
     try:
         from facerest.runtime.openvino import OpenVinoSession, cpu_has_bf16
     except ImportError:
@@ -118,9 +154,14 @@ def prepare_runtime(settings: Settings) -> None:
     TensorRT: build (or find cached) engines for every configured model, so workers only load
     them and never race to build; auto: measure which CPU runtime runs each model faster. Called
     by `facerest serve` after the model files are prepared, in each GPU's process group (it sees
-    only its GPU).
+    only its GPU). With FACEREST_REQUIRE_GPU it first proves the GPU runtime asked for is the one
+    that runs (BackendUnavailable, one line, otherwise).
     """
     check_runtime(settings)
+    if settings.gpu_required:
+        from facerest.runtime.gpu import check_gpu_runtime
+
+        check_gpu_runtime(settings)
     if settings.runtime == "auto":
         if settings.workers == 1:  # the one worker measures as it loads
             return

@@ -18,6 +18,7 @@ import numpy as np
 
 from facerest.errors import BackendUnavailable, BadInput, ModelError
 from facerest.runtime.base import TensorSpec
+from facerest.runtime.shapes import check_shape
 
 if TYPE_CHECKING:
     from facerest.config import Settings
@@ -97,6 +98,7 @@ class TensorRTSession:
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self._max_shapes: dict[str, tuple[int, ...]] = {}
+        self._min_shapes: dict[str, tuple[int, ...]] = {}
         self._buffers: dict[str, _Buffer] = {}
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
@@ -105,8 +107,9 @@ class TensorRTSession:
             spec = TensorSpec(name, tuple(None if d < 0 else d for d in shape), dtype.name)
             if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs.append(spec)
-                high = tuple(self._engine.get_tensor_profile_shape(name, 0)[2])
+                low, _, high = (tuple(s) for s in self._engine.get_tensor_profile_shape(name, 0))
                 self._max_shapes[name] = high
+                self._min_shapes[name] = low
                 self._buffers[name] = _Buffer(dtype, high)
             else:
                 self.outputs.append(spec)
@@ -147,15 +150,13 @@ class TensorRTSession:
         rt = cudart()
         kind = rt.cudaMemcpyKind
         for name, array in feeds.items():
-            high = self._max_shapes[name]
-            if len(array.shape) != len(high) or any(s > h for s, h in zip(array.shape, high, strict=True)):
-                raise BadInput(
-                    f"input of shape {array.shape} is beyond this TensorRT engine's profile {high}; "
-                    "lower max_size or rebuild with a larger FACEREST_MAX_SIZE"
-                )
+            # below the minimum as well as above the maximum: TensorRT would reject the shape
+            # (set_input_shape returns False) and run the previous one on stale buffers
+            check_shape(name, array.shape, self._min_shapes[name], self._max_shapes[name])
             buffer = self._buffers[name]
             np.copyto(buffer.view(array.shape), array, casting="same_kind")
-            self._context.set_input_shape(name, array.shape)
+            if not self._context.set_input_shape(name, array.shape):
+                raise BadInput(f"TensorRT refused input {name} of shape {array.shape} for this engine")
             nbytes = array.size * buffer.dtype.itemsize
             cuda_call(
                 rt.cudaMemcpyAsync(

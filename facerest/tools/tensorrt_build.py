@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from facerest.errors import BackendUnavailable, ModelError
 from facerest.models.store import md5_of
+from facerest.runtime.shapes import ModelRole, ShapeLimits, batch_range, profile_shapes
 
 if TYPE_CHECKING:
     from facerest.config import Settings
@@ -33,10 +34,13 @@ class EngineKey:
 
     model_md5: str
     gpu_name: str
+    # an engine's kernels are compiled for one SM version: two GPUs with one marketing name but
+    # different compute capabilities (or a renamed one) must not share it
+    compute_capability: str
     tensorrt_version: str
     fp16: bool
     max_batch: int
-    # (min, opt, max) shapes per dynamic input, e.g. {"input.1": [[1,3,32,32], [4,3,640,640], ...]}
+    # (min, opt, max) shapes per input, e.g. {"input.1": [[1,3,32,32], [4,3,640,640], ...]}
     profiles: dict[str, list[list[int]]]
 
 
@@ -44,7 +48,10 @@ def engine_path(engines_dir: Path, model_name: str, key: EngineKey) -> Path:
     """One engine per model and GPU model: GPUs of two kinds can share the models volume, and
     any other change (model file, TensorRT, precision, batch) replaces the engine in place."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", key.gpu_name).strip("-").lower() or "gpu"
-    return engines_dir / f"{model_name}.{gpu}.plan"
+    # the TensorRT version in the name: two images with different TensorRT sharing one models
+    # volume keep their own engines instead of rebuilding each other's on every start
+    trt = re.sub(r"[^0-9.]+", "", key.tensorrt_version) or "trt"
+    return engines_dir / f"{model_name}.{gpu}.sm{key.compute_capability}.trt{trt}.plan"
 
 
 def stale_reason(path: Path, key: EngineKey) -> str | None:
@@ -60,31 +67,11 @@ def stale_reason(path: Path, key: EngineKey) -> str | None:
     return "; ".join(changed) or None
 
 
-def batch_limit(entry: CatalogEntry, settings: Settings) -> int:
-    return settings.det_batch_size if entry.task == "detection" else settings.rec_batch_size
-
-
-def profile_shapes(
-    inputs: list[tuple[str, list[int | None]]], max_batch: int, max_size: tuple[int, int]
-) -> dict[str, list[list[int]]]:
-    """An optimisation profile: batch 1..max_batch, detector sides 32..max_size (canvas never larger).
-
-    `inputs` are (name, NCHW dims with None for dynamic). Fixed dims stay as they are.
-    """
-    width, height = max_size
-    shapes = {}
-    for name, dims in inputs:
-        low, opt, high = [], [], []
-        for axis, dim in enumerate(dims):
-            if dim is not None and dim > 0:
-                low.append(dim), opt.append(dim), high.append(dim)
-            elif axis == 0:
-                low.append(1), opt.append(max_batch), high.append(max_batch)
-            else:  # a dynamic spatial side (NCHW: axis 2 is height, 3 width)
-                side = height if axis == 2 else width
-                low.append(32), opt.append(side), high.append(side)
-        shapes[name] = [low, opt, high]
-    return shapes
+def model_role(onnx_path: Path, entry: CatalogEntry) -> ModelRole:
+    """The role of one of `entry`'s files (MTCNN's three graphs differ: P-Net, R-Net, O-Net)."""
+    names = [f.name for f in entry.files]
+    stage = names.index(onnx_path.name) if onnx_path.name in names else 0
+    return ModelRole(entry.task, entry.family, stage, entry.allow_batching)
 
 
 def onnx_inputs(onnx_path: Path) -> list[tuple[str, list[int | None]]]:
@@ -121,24 +108,64 @@ def gpu_name() -> str:
     return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
 
 
+def compute_capability() -> str:
+    """The compute capability of device 0, e.g. 8.9."""
+    from facerest.runtime.tensorrt import cuda_call, cudart
+
+    props = cuda_call(cudart().cudaGetDeviceProperties(0))
+    return f"{props.major}.{props.minor}"
+
+
 def make_key(
-    onnx_path: Path, settings: Settings, entry: CatalogEntry, *, gpu: str, trt_version: str
+    onnx_path: Path,
+    settings: Settings,
+    entry: CatalogEntry,
+    *,
+    gpu: str,
+    trt_version: str,
+    capability: str = "",
 ) -> EngineKey:
-    max_batch = batch_limit(entry, settings) if entry.allow_batching else 1
+    role = model_role(onnx_path, entry)
+    limits = ShapeLimits.of(settings)
     return EngineKey(
         model_md5=md5_of(onnx_path),
         gpu_name=gpu,
+        compute_capability=capability,
         tensorrt_version=trt_version,
         fp16=settings.force_fp16,
-        max_batch=max_batch,
-        profiles=profile_shapes(onnx_inputs(onnx_path), max_batch, tuple(settings.max_size)),  # type: ignore[arg-type]
+        max_batch=batch_range(role, limits)[1],
+        profiles=profile_shapes(role, onnx_inputs(onnx_path), limits),
     )
+
+
+def check_fp16(trt: Any, fp16: bool) -> None:
+    """TensorRT 11 builds strongly typed networks only: no FP16 builder flag, precision comes from
+    the graph's own types. Refuse FACEREST_FORCE_FP16 there before any build, in one line,
+    rather than fail half-way through start-up (or build FP32 while the settings say FP16)."""
+    if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
+        raise BackendUnavailable(
+            f"FACEREST_FORCE_FP16 needs TensorRT's FP16 builder flag, which TensorRT {trt.__version__} "
+            "no longer has (strongly typed networks only); use TensorRT 10, FACEREST_RUNTIME=torch "
+            "(FP16 on CUDA), or FACEREST_FORCE_FP16=false"
+        )
+
+
+def engine_loads(trt: Any, path: Path) -> bool:
+    """The engine deserializes with this TensorRT on this GPU (a driver or TensorRT update, or a
+    truncated file, makes it fail while its metadata still matches)."""
+    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    try:
+        return runtime.deserialize_cuda_engine(path.read_bytes()) is not None
+    except Exception:  # TensorRT raises its own untyped errors
+        return False
 
 
 def build_engine(onnx_path: Path, settings: Settings, entry: CatalogEntry) -> Path:
     """The engine for `onnx_path` on this GPU: the cached one when still valid, else a new build."""
     trt = _tensorrt()
-    key = make_key(onnx_path, settings, entry, gpu=gpu_name(), trt_version=trt.__version__)
+    check_fp16(trt, settings.force_fp16)
+    gpu, capability = gpu_name(), compute_capability()
+    key = make_key(onnx_path, settings, entry, gpu=gpu, trt_version=trt.__version__, capability=capability)
     engines_dir = settings.trt_engines_dir or settings.models_dir / "trt_engines"
     engines_dir.mkdir(parents=True, exist_ok=True)
     path = engine_path(engines_dir, onnx_path.stem, key)
@@ -146,8 +173,10 @@ def build_engine(onnx_path: Path, settings: Settings, entry: CatalogEntry) -> Pa
         fcntl.flock(lock, fcntl.LOCK_EX)  # another GPU group may be building the same engine
         reason = stale_reason(path, key)
         if reason is None:
-            log.info("TensorRT engine for %s is up to date: %s", onnx_path.name, path)
-            return path
+            if engine_loads(trt, path):
+                log.info("TensorRT engine for %s is up to date: %s", onnx_path.name, path)
+                return path
+            reason = "the cached engine does not deserialize here"
         log.info("building the TensorRT engine for %s (%s)", onnx_path.name, reason)
         if key.fp16:
             log.warning("TensorRT engine for %s is built in FP16 (FACEREST_FORCE_FP16=true)", onnx_path.name)
@@ -174,9 +203,8 @@ def _build(trt: Any, onnx_path: Path, key: EngineKey, workspace_mb: int) -> byte
         raise ModelError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    check_fp16(trt, key.fp16)
     if key.fp16:
-        if not hasattr(trt.BuilderFlag, "FP16"):
-            raise BackendUnavailable(f"TensorRT {trt.__version__} has no FP16 builder flag")
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in key.profiles.items():

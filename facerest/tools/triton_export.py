@@ -60,9 +60,36 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def batchable(model: onnx.ModelProto) -> bool:
-    """The first axis of the first input is dynamic: the graph runs any batch."""
+    """The graph runs any batch *and* every output carries it on axis 0.
+
+    A dynamic first input axis is not enough: InsightFace's own SCRFD exports take [N, 3, H, W]
+    but answer [rows, 1] per stride (rows of all images together, no batch axis); Triton would
+    then split rows, not images, between the requests of a batch. So the graph is run at batch 1
+    and 2 and each output's first axis must follow.
+    """
     first = _graph_inputs(model)[0].type.tensor_type.shape.dim
-    return len(first) > 0 and not first[0].HasField("dim_value")
+    if len(first) == 0 or first[0].HasField("dim_value"):
+        return False
+    return all(a == 1 and b == 2 for a, b in output_batch_axes(model))
+
+
+def output_batch_axes(model: onnx.ModelProto) -> list[tuple[int, int]]:
+    """Each output's first axis when the graph runs at batch 1 and at batch 2 (dynamic sides 64)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows: list[list[int]] = []
+    for batch in (1, 2):
+        feeds = {}
+        for arg in session.get_inputs():
+            shape = [
+                batch if axis == 0 else (d if isinstance(d, int) else 64) for axis, d in enumerate(arg.shape)
+            ]
+            dtype = np.uint8 if arg.type == "tensor(uint8)" else np.float32
+            feeds[arg.name] = np.zeros(shape, dtype)
+        rows.append([out.shape[0] if out.ndim else 0 for out in session.run(None, feeds)])
+    return list(zip(rows[0], rows[1], strict=True))
 
 
 def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
