@@ -23,7 +23,7 @@ import orjson
 import simplejpeg
 
 from facerest.api.serialize import v2_body
-from facerest.cli_bench import default_images
+from facerest.cli.bench import default_images
 from facerest.config import Settings
 from facerest.imaging.decode import decode_image
 from facerest.imaging.resize import letterbox, plan_input

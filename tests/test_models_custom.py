@@ -21,8 +21,8 @@ from test_detectors import (
 
 from facerest.config import Settings
 from facerest.errors import ModelError
-from facerest.faces import Face
 from facerest.models import load_face_model
+from facerest.models.faces import Face
 from facerest.models.routing import classify
 from facerest.models.store import ModelStore
 

@@ -1,6 +1,6 @@
 """`facerest models convert-mxnet PREFIX EPOCH --out NAME.onnx`: MXNet checkpoints to registered ONNX models.
 
-`convert_mxnet` is a plain function that the `models` group registers (facerest/cli_models.py).
+`convert_mxnet` is a plain function that the `models` group registers (facerest/cli/models.py).
 """
 
 from __future__ import annotations

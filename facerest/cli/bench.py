@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 import typer
 
-from facerest.local_server import start_local_server, stop_local_server
+from facerest.serving.local import start_local_server, stop_local_server
 
 app = typer.Typer(help="Throughput benchmark: load client, scenarios, model-only FLOP/s.")
 

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerest.cli_mxnet import convert_mxnet
+from facerest.cli.mxnet import convert_mxnet
 from facerest.config import Settings
 from facerest.errors import BackendUnavailable, FaceRestError
 
@@ -165,5 +165,5 @@ def build_trt(name: str = typer.Argument(..., help="Catalogue name of the model.
     typer.echo(f"wrote {engine}")
 
 
-# `facerest models convert-mxnet`: the legacy helper's converter (issue 10, facerest/cli_mxnet.py)
+# `facerest models convert-mxnet`: the legacy helper's converter (issue 10, facerest/cli/mxnet.py)
 app.command("convert-mxnet")(convert_mxnet)

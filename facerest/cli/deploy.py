@@ -55,7 +55,7 @@ def ray_serve(
 
     from facerest.cli import fail, setup_logging
     from facerest.models import prepare_models
-    from facerest.serve_ray import run
+    from facerest.serving.ray_serve import run
 
     overrides = {"ray_replicas": replicas, "ray_max_replicas": max_replicas, "ray_address": address}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -52,7 +52,15 @@ def serve_on_gpus(settings: Settings) -> int:
     sock = bind_socket(settings.host, settings.port)
     groups: list[subprocess.Popen] = []
     for gpu in settings.gpus:
-        command = [sys.executable, "-m", "facerest.serve_gpus", "--fd", str(sock.fileno()), "--gpu", str(gpu)]
+        command = [
+            sys.executable,
+            "-m",
+            "facerest.serving.gpus",
+            "--fd",
+            str(sock.fileno()),
+            "--gpu",
+            str(gpu),
+        ]
         groups.append(
             subprocess.Popen(command, env=group_environment(dict(os.environ), gpu), pass_fds=[sock.fileno()])
         )

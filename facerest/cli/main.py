@@ -7,10 +7,12 @@ import sys
 
 import typer
 
-from facerest import cli_config, cli_extract, cli_models
-from facerest.cli_bench import app as bench_app
-from facerest.cli_deploy import add_deploy_commands
-from facerest.cli_gallery import app as gallery_app
+from facerest.cli import config as cli_config
+from facerest.cli import extract as cli_extract
+from facerest.cli import models as cli_models
+from facerest.cli.bench import app as bench_app
+from facerest.cli.deploy import add_deploy_commands
+from facerest.cli.gallery import app as gallery_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -72,8 +74,8 @@ def serve(
         prepare_models(settings)
     except FaceRestError as exc:
         fail(exc.detail)
-    if settings.gpus:  # one process group per GPU (facerest/serve_gpus.py), engines built in each
-        from facerest.serve_gpus import serve_on_gpus
+    if settings.gpus:  # one process group per GPU (facerest/serving/gpus.py), engines built in each
+        from facerest.serving.gpus import serve_on_gpus
 
         raise typer.Exit(serve_on_gpus(settings))
     from facerest.runtime.base import prepare_runtime
