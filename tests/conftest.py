@@ -55,8 +55,8 @@ def settings(models_dir: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def analyzer(settings: Settings) -> Iterator:
-    from facerest.models import load_models
     from facerest.pipeline import FaceAnalyzer
+    from facerest.preparation import load_models
 
     analyzer = FaceAnalyzer(load_models(settings), settings)
     yield analyzer

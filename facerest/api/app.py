@@ -23,8 +23,8 @@ from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
 from facerest.config import Settings
 from facerest.imaging.decode import decode_image
-from facerest.models import load_models
 from facerest.pipeline import FaceAnalyzer
+from facerest.preparation import load_models
 
 log = logging.getLogger(__name__)
 

@@ -95,8 +95,8 @@ class LocalExtractor:
 
     def __init__(self, threshold: float | None, max_size: tuple[int, int] | None) -> None:
         from facerest.config import Settings
-        from facerest.models import load_models
         from facerest.pipeline import ExtractOptions, FaceAnalyzer
+        from facerest.preparation import load_models
 
         self.settings = Settings()
         self.analyzer = FaceAnalyzer(load_models(self.settings), self.settings)

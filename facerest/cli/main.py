@@ -11,6 +11,7 @@ from facerest.cli import config as cli_config
 from facerest.cli import extract as cli_extract
 from facerest.cli import models as cli_models
 from facerest.cli.bench import app as bench_app
+from facerest.cli.common import fail, setup_logging
 from facerest.cli.deploy import add_deploy_commands
 from facerest.cli.gallery import app as gallery_app
 from facerest.config import Settings, settings_table
@@ -29,18 +30,6 @@ def _settings_epilog() -> str:
     for env, default, description in settings_table():
         lines.append(f"  {env} [default: {default or '(empty)'}]  {description}\n\n")
     return "".join(lines)
-
-
-def fail(message: str) -> None:
-    """One clear line on stderr and a non-zero exit."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
-def setup_logging(settings: Settings) -> None:
-    from facerest.logs import configure_logging
-
-    configure_logging(settings.log_level, json_lines=settings.log_json)
 
 
 app.add_typer(cli_models.app, name="models")
@@ -68,7 +57,7 @@ def serve(
         fail(f"invalid settings: {exc}")
         return
     setup_logging(settings)
-    from facerest.models import prepare_models
+    from facerest.preparation import prepare_models
 
     try:
         prepare_models(settings)
@@ -78,7 +67,7 @@ def serve(
         from facerest.serving.gpus import serve_on_gpus
 
         raise typer.Exit(serve_on_gpus(settings))
-    from facerest.runtime.base import prepare_runtime
+    from facerest.preparation import prepare_runtime
 
     try:
         prepare_runtime(settings)  # e.g. TensorRT engines, built once before the workers start

@@ -1,17 +1,14 @@
-"""The one interface every backend implements, and the factory that picks a backend."""
+"""The one interface every backend implements: tensors in, tensors out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from facerest.errors import BackendUnavailable
-
-if TYPE_CHECKING:
-    from facerest.config import Settings
+#: numeric precision a backend runs a model in (bf16: OpenVINO on CPUs that have it)
+Precision = Literal["f32", "bf16"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,103 +26,3 @@ class InferenceSession(Protocol):
     backend: str  # e.g. "onnxruntime:CPUExecutionProvider"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-def create_session(model_path: Path, settings: Settings, *, model_name: str = "") -> InferenceSession:
-    """Load `model_path` on the backend the settings ask for."""
-    if settings.runtime == "auto":
-        return _auto_session(model_path, settings, model_name)
-    if settings.runtime == "onnx":
-        return _onnx_session(model_path, settings, model_name)
-    if settings.runtime == "openvino":
-        try:
-            from facerest.runtime.openvino import OpenVinoSession
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"FACEREST_RUNTIME=openvino but OpenVINO is not installed ({exc}); "
-                "install it with `pip install facerest[openvino]`"
-            ) from exc
-        bf16 = settings.rec_precision == "bf16" and model_name == settings.rec_name
-        return OpenVinoSession(model_path, threads=settings.threads, precision="bf16" if bf16 else "f32")
-    if settings.runtime == "trt":
-        try:
-            from facerest.runtime.tensorrt import TensorRTSession
-        except ImportError as exc:
-            raise BackendUnavailable(f"FACEREST_RUNTIME=trt but TensorRT is not usable here ({exc})") from exc
-        return TensorRTSession.from_onnx(model_path, settings, model_name)
-    if settings.runtime == "triton":
-        try:
-            from facerest.runtime.triton import TritonSession
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"FACEREST_RUNTIME=triton but the Triton client is not installed ({exc})"
-            ) from exc
-        return TritonSession(model_name or model_path.stem, settings)
-    raise BackendUnavailable(f"unknown runtime {settings.runtime!r}")
-
-
-def _onnx_session(model_path: Path, settings: Settings, model_name: str) -> InferenceSession:
-    from facerest.runtime.onnx import OnnxSession, provider_plan
-
-    providers, options = provider_plan(settings)
-    return OnnxSession(
-        model_path,
-        providers=providers,
-        threads=settings.threads,
-        provider_options=options,
-        model_name=model_name or model_path.stem,
-    )
-
-
-def _auto_session(model_path: Path, settings: Settings, model_name: str) -> InferenceSession:
-    """ONNX Runtime, unless OpenVINO is installed, the models run on the CPU, and it is faster."""
-    if settings.providers != ["CPUExecutionProvider"]:  # GPUs asked for: their providers decide
-        return _onnx_session(model_path, settings, model_name)
-    try:
-        from facerest.runtime.openvino import OpenVinoSession, cpu_has_bf16
-    except ImportError:
-        return _onnx_session(model_path, settings, model_name)
-    if settings.rec_precision == "bf16" and model_name == settings.rec_name and cpu_has_bf16():
-        return OpenVinoSession(model_path, threads=settings.threads, precision="bf16")
-    from facerest.runtime.select import choose_cpu_runtime
-
-    return choose_cpu_runtime(
-        model_path,
-        settings,
-        model_name,
-        {
-            "onnx": lambda: _onnx_session(model_path, settings, model_name),
-            "openvino": lambda: OpenVinoSession(model_path, threads=settings.threads),
-        },
-    )
-
-
-def prepare_runtime(settings: Settings) -> None:
-    """Work the runtime needs once per machine (or GPU) before any worker starts.
-
-    TensorRT: build (or find cached) engines for every configured model, so workers only load
-    them and never race to build; auto: measure which CPU runtime runs each model faster. Called
-    by `facerest serve` after the model files are prepared, in each GPU's process group (it sees
-    only its GPU).
-    """
-    if settings.runtime == "auto":
-        if settings.workers == 1:  # the one worker measures as it loads
-            return
-        # measured here, before the workers start, so they only read the choice (and do not
-        # measure while the others load, on the same cores)
-        from facerest.models import prepare_models
-
-        for name, paths in prepare_models(settings).items():
-            for i, path in enumerate(paths):
-                create_session(path, settings, model_name=name if i == 0 else f"{name}_{i}")
-        return
-    if settings.runtime != "trt":
-        return
-    from facerest.models import prepare_models
-    from facerest.models.store import ModelStore
-    from facerest.tools.tensorrt_build import build_engine
-
-    store = ModelStore(settings.models_dir)
-    for name, paths in prepare_models(settings).items():
-        for path in paths:
-            build_engine(path, settings, store.entry(name))

@@ -97,7 +97,7 @@ def serve_group(fd: int, gpu: int) -> None:
 
     from facerest.config import Settings
     from facerest.logs import configure_logging, uvicorn_log_config
-    from facerest.runtime.base import prepare_runtime
+    from facerest.preparation import prepare_runtime
 
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
