@@ -73,22 +73,9 @@ def serve(
         prepare_runtime(settings)  # e.g. TensorRT engines, built once before the workers start
     except FaceRestError as exc:
         fail(exc.detail)
-    import uvicorn
+    from facerest.serving.workers import serve_workers
 
-    from facerest.logs import uvicorn_log_config
-
-    uvicorn.run(
-        "facerest.api.app:factory",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        log_config=uvicorn_log_config(settings.log_level, settings.log_json),
-        access_log=False,  # facerest.access logs every request, with its latency and request id
-        timeout_graceful_shutdown=int(settings.request_timeout_s),
-        proxy_headers=True,
-    )
+    serve_workers(settings)
 
 
 def main() -> None:
