@@ -36,7 +36,7 @@ def list_models(
 
     store = _store()
     store.discover_custom()
-    table = Table("name", "task", "family", "files", "size", "md5")
+    table = Table("name", "task", "family", "files", "size", "md5", "licence")
     for entry in store.catalog:
         if task and entry.task != task:
             continue
@@ -57,9 +57,8 @@ def list_models(
             md5_state = "ok"
         else:
             md5_state = "unknown"  # no md5 in the catalogue (or not checked)
-        table.add_row(
-            entry.name, entry.task, entry.family, state, _size(sum(sizes) if sizes else None), md5_state
-        )
+        size = _size(sum(sizes) if sizes else None)
+        table.add_row(entry.name, entry.task, entry.family, state, size, md5_state, entry.licence_shown)
     Console(width=max(Console().width, 120)).print(table)
 
 

@@ -40,6 +40,15 @@ class LoadedModels:
     landmarks: FaceModel | None = None
     backends: dict[str, str] = field(default_factory=dict)  # model name -> backend in use
 
+    def licences(self) -> dict[str, dict[str, str]]:
+        """Model name -> its weights' licence and source, for every model in use."""
+        models = [self.detector, self.recognizer, self.genderage, self.mask, self.landmarks]
+        return {
+            m.entry.name: {"licence": m.entry.licence_shown, "source": m.entry.source}
+            for m in models
+            if m is not None
+        }
+
 
 def build_detector(
     entry: CatalogEntry, sessions: list[InferenceSession], *, nms_threshold: float
