@@ -32,10 +32,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check facerest tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check facerest tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff format --check facerest tests benchmarks
 
 bench: $(VENV)/.installed

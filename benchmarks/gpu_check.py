@@ -176,8 +176,8 @@ def variants(cpu: bool) -> list[Variant]:
 
 def load_analyzer(models_dir: Path, overrides: dict[str, Any], threads: int, rec_batch: int) -> Any:
     from facerest.config import Settings
-    from facerest.models import load_models
     from facerest.pipeline import FaceAnalyzer
+    from facerest.preparation import load_models
 
     settings = Settings(
         models_dir=models_dir,

@@ -23,13 +23,13 @@ import orjson
 import simplejpeg
 
 from facerest.api.serialize import v2_body
-from facerest.cli_bench import default_images
+from facerest.cli.bench import default_images
 from facerest.config import Settings
 from facerest.imaging.decode import decode_image
 from facerest.imaging.resize import letterbox, plan_input
-from facerest.models import load_models
 from facerest.models.store import ModelStore
 from facerest.pipeline import ExtractOptions, FaceAnalyzer
+from facerest.preparation import load_models
 
 
 def alternate(variants: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, float]:

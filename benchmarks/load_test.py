@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from facerest.local_server import start_local_server, stop_local_server
+from facerest.serving.local import start_local_server, stop_local_server
 
 MAX_CLIENTS = 256
 MAX_DURATION_S = 600

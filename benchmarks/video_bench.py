@@ -31,7 +31,7 @@ import cv2
 import httpx
 import numpy as np
 
-from facerest.local_server import start_local_server, stop_local_server
+from facerest.serving.local import start_local_server, stop_local_server
 from facerest.video.synthetic import Appearance, Script, person_from_photo, render
 
 ROOT = Path(__file__).resolve().parents[1]

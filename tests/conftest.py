@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from facerest.config import Settings
-from facerest.local_server import free_port, start_local_server, stop_local_server
+from facerest.serving.local import free_port, start_local_server, stop_local_server
 
 __all__ = ["free_port"]  # tests take it from here with the other fixtures
 
@@ -55,8 +55,8 @@ def settings(models_dir: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def analyzer(settings: Settings) -> Iterator:
-    from facerest.models import load_models
     from facerest.pipeline import FaceAnalyzer
+    from facerest.preparation import load_models
 
     analyzer = FaceAnalyzer(load_models(settings), settings)
     yield analyzer

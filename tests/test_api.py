@@ -34,6 +34,13 @@ def test_info_lists_models_and_defaults(client):
     assert info["defaults"]["threshold"] == 0.6
 
 
+def test_info_gives_the_licence_of_every_model_in_use(client):
+    licences = client.get("/info").json()["models"]["licences"]
+    assert set(licences) >= {"scrfd_500m_bnkps", "w600k_mbf"}
+    assert licences["w600k_mbf"]["licence"] == "non-commercial research only"
+    assert "InsightFace" in licences["w600k_mbf"]["source"]
+
+
 def test_health_is_ready(client):
     response = client.get("/health")
     assert response.status_code == 200

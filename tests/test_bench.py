@@ -10,7 +10,7 @@ from conftest import package_photo
 from typer.testing import CliRunner
 
 from facerest.cli import app
-from facerest.cli_bench import check_loopback, extract_body, run_load
+from facerest.cli.bench import check_loopback, extract_body, run_load
 
 
 def test_bench_prints_the_table(server, models_dir):

@@ -26,8 +26,8 @@ from facerest.client import (
     NotFound,
     Overloaded,
     ValidationFailed,
-    _Call,
 )
+from facerest.client.calls import Call
 
 YAO = package_photo("yaoming.jpg")
 PLAYERS = package_photo("players.jpg")
@@ -114,7 +114,7 @@ def test_async_client_matches_sync(fr: Client, server: Server):
 
 def test_unknown_route_and_unreachable_server(server: Server):
     with Client(server.url) as client, pytest.raises(NotFound) as info:
-        client._send(_Call("GET", "/no/such/route"))
+        client._send(Call("GET", "/no/such/route"))
     assert info.value.status == 404 and info.value.code == "not_found"
     nobody_listens = f"http://127.0.0.1:{free_port()}"
     with Client(nobody_listens, timeout=5) as client, pytest.raises(ConnectionFailed):

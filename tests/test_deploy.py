@@ -248,7 +248,7 @@ def test_cpu_image_builds_and_serves(analyzer) -> None:  # type: ignore[no-untyp
 
 
 def test_group_socket_and_environment() -> None:
-    from facerest.serve_gpus import bind_socket, group_environment
+    from facerest.serving.gpus import bind_socket, group_environment
 
     sock = bind_socket("127.0.0.1", 0)
     try:

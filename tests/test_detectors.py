@@ -22,11 +22,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from facerest.config import Settings
 from facerest.imaging.resize import letterbox, plan_input
-from facerest.models import DETECTOR_FAMILIES, load_detector
+from facerest.models import DETECTOR_FAMILIES
 from facerest.models.base import blob
 from facerest.models.catalog import Catalog, CatalogEntry
 from facerest.models.detection.base import Detector
 from facerest.models.store import ModelStore
+from facerest.preparation import load_detector
 
 H, W = 256, 320  # detector input of the synthetic graphs: 8x10 cells at stride 32
 

@@ -49,8 +49,8 @@ def crops(models_dir: Path) -> np.ndarray:
 
     Its settings are given here, not inherited: with FACEREST_RUNTIME=trt (or CUDA providers) in
     the environment the "CPU" reference would otherwise run on the GPU path under test."""
-    from facerest.models import load_models
     from facerest.pipeline import ExtractOptions, FaceAnalyzer
+    from facerest.preparation import load_models
 
     settings = Settings(
         models_dir=models_dir,
@@ -176,7 +176,7 @@ def test_onnx_tensorrt_provider_runs_every_detector_shape_without_rebuilding(
         pytest.skip("this onnxruntime has no TensorRT provider (onnxruntime-gpu with TensorRT)")
     if not gpu_present():
         pytest.skip("no NVIDIA device here (/dev/nvidia0)")
-    from facerest.runtime.base import create_session
+    from facerest.runtime.factory import create_session
     from facerest.runtime.shapes import ModelRole
 
     path = ModelStore(models_dir).ensure("scrfd_500m_bnkps")[0]
@@ -188,7 +188,7 @@ def test_onnx_tensorrt_provider_runs_every_detector_shape_without_rebuilding(
         require_gpu=True,
     )
     session = create_session(
-        path, settings, model_name="scrfd_500m_bnkps", role=ModelRole("detection", "scrfd")
+        path, settings, backend="onnx", model_name="scrfd_500m_bnkps", role=ModelRole("detection", "scrfd")
     )
     assert session.backend == "onnxruntime:TensorrtExecutionProvider"
     name = session.inputs[0].name

@@ -109,7 +109,7 @@ def test_onnx_tensorrt_provider_gets_the_profile_and_its_cache_folder(
     models_dir: Path, tmp_path: Path
 ) -> None:
     """Defect 3: the TensorRT provider is given min/opt/max shapes, so it builds once at start."""
-    from facerest.runtime.base import graph_profiles
+    from facerest.runtime.factory import graph_profiles
 
     store = ModelStore(models_dir)
     path = store.ensure("scrfd_500m_bnkps")[0]
@@ -348,7 +348,7 @@ def test_gpu_preparation_runs_in_a_child_not_in_the_supervisor(models_dir: Path)
         "import sys\n"
         "from facerest.config import Settings\n"
         "from facerest.errors import BackendUnavailable\n"
-        "from facerest.runtime.gpu import prepare_runtime_apart\n"
+        "from facerest.preparation import prepare_runtime_apart\n"
         f"settings = Settings(models_dir={str(models_dir)!r}, runtime='trt', require_gpu=True)\n"
         "try:\n"
         "    prepare_runtime_apart(settings)\n"

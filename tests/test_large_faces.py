@@ -18,11 +18,11 @@ import pytest
 from conftest import SHARED, package_photo, read_bgr
 from test_correctness import iou
 
-from facerest.align import ARCFACE_TEMPLATE as ARCFACE_POINTS
-from facerest.align import norm_crop
 from facerest.config import Settings
-from facerest.models import load_models
+from facerest.models.align import ARCFACE_TEMPLATE as ARCFACE_POINTS
+from facerest.models.align import norm_crop
 from facerest.pipeline import ExtractOptions, FaceAnalyzer
+from facerest.preparation import load_models
 
 MARGINS = (0.0, 0.1, 0.25)
 SIZES = (112, 150, 256, 400)

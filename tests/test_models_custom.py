@@ -21,10 +21,10 @@ from test_detectors import (
 
 from facerest.config import Settings
 from facerest.errors import ModelError
-from facerest.faces import Face
-from facerest.models import load_face_model
+from facerest.models.faces import Face
 from facerest.models.routing import classify
 from facerest.models.store import ModelStore
+from facerest.preparation import load_face_model
 
 
 def vectron(name: str) -> Path:
@@ -35,7 +35,7 @@ def vectron(name: str) -> Path:
 def faces() -> tuple[np.ndarray, list[Face]]:
     """Yao Ming and the players, with SCRFD's landmarks, to cut aligned crops from."""
     from facerest.imaging.resize import letterbox, plan_input
-    from facerest.models import load_detector
+    from facerest.preparation import load_detector
 
     store = ModelStore(Path("/nonexistent"))
     entry = store.catalog.get("scrfd_500m_bnkps")
@@ -73,7 +73,7 @@ def test_renamed_w600k_mbf_is_an_arcface_with_the_same_embeddings(tmp_path: Path
     assert len(found) >= 5
     np.testing.assert_allclose(embed(custom, image, found), embed(original, image, found), atol=1e-6)
     # and by name, as the server loads it
-    from facerest.models import prepare_models
+    from facerest.preparation import prepare_models
 
     assert prepare_models(settings)["my_recognizer"] == paths
 

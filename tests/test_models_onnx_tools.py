@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from facerest.cli_models import app
+from facerest.cli.models import app
 from facerest.errors import ModelError
 from facerest.models.catalog import Catalog
 from facerest.models.detection.scrfd import ScrfdDetector

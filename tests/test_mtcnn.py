@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def mtcnn(models_dir: Path) -> Iterator[FaceAnalyzer]:
-    from facerest.models import load_models
+    from facerest.preparation import load_models
 
     settings = Settings(models_dir=models_dir, threads=2, det_name="mtcnn", rec_name="", ga_name="")
     analyzer = FaceAnalyzer(load_models(settings), settings)

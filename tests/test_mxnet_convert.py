@@ -119,8 +119,8 @@ def test_converted_model_gives_mxnet_outputs(checkpoint, mxnet_env, tmp_path):
     assert "dynamic batch on data" in done.stdout
 
     # registered by name: an override entry with the md5 of the file, and the file where the store looks
-    from facerest.models import load_face_model
     from facerest.models.store import ModelStore
+    from facerest.preparation import load_face_model
 
     store = ModelStore(models)
     entry = store.entry("tiny_arcface")
@@ -147,7 +147,7 @@ def test_converted_model_gives_mxnet_outputs(checkpoint, mxnet_env, tmp_path):
 
 
 def test_checkpoint_dropped_in_models_folder_is_converted_at_start(checkpoint, mxnet_env, tmp_path):
-    from facerest.models import prepare_models
+    from facerest.preparation import prepare_models
 
     prefix, _ = checkpoint
     drop = tmp_path / "mxnet" / "tiny_dropped"

@@ -12,7 +12,7 @@ from facerest.pipeline import ExtractOptions, FaceAnalyzer
 
 def test_openvino_pipeline_matches_onnxruntime(settings, analyzer):
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install facerest[openvino]")
-    from facerest.models import load_models
+    from facerest.preparation import load_models
 
     openvino_settings = Settings(models_dir=settings.models_dir, threads=2, runtime="openvino", ga_name="")
     other = FaceAnalyzer(load_models(openvino_settings), openvino_settings)

@@ -22,7 +22,7 @@ from facerest.pipeline import ExtractOptions
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (facerest[ray])")
 
-from facerest.serve_ray import autoscaling
+from facerest.serving.ray_serve import autoscaling
 
 
 def test_autoscaling_settings() -> None:

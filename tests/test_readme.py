@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Server
 
-from facerest.cli_config import TABLE_END, TABLE_START, settings_markdown
+from facerest.cli.config import TABLE_END, TABLE_START, settings_markdown
 
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

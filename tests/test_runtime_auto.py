@@ -11,9 +11,9 @@ from conftest import package_photo, read_bgr
 from helpers import assert_same_faces
 
 from facerest.config import Settings
-from facerest.models import load_models
 from facerest.pipeline import ExtractOptions, FaceAnalyzer
-from facerest.runtime.select import CHOICES_FILE
+from facerest.preparation import load_models
+from facerest.preparation.cpu_runtime import CHOICES_FILE
 
 pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install facerest[openvino]")
 

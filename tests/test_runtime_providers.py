@@ -12,7 +12,7 @@ import pytest
 from facerest.config import Settings
 from facerest.errors import BackendUnavailable
 from facerest.models.store import ModelStore
-from facerest.runtime.base import create_session, prepare_runtime
+from facerest.preparation import open_session, prepare_runtime
 from facerest.runtime.onnx import PREFERENCE, OnnxSession, provider_plan
 
 
@@ -75,8 +75,8 @@ def test_no_usable_provider_is_a_clear_error(recognizer_path: Path) -> None:
         OnnxSession(recognizer_path, providers=["NoSuchExecutionProvider"])
 
 
-def test_create_session_uses_the_settings(recognizer_path: Path, tmp_path: Path) -> None:
-    session = create_session(recognizer_path, Settings(models_dir=tmp_path, providers="auto", threads=1))
+def test_open_session_uses_the_settings(recognizer_path: Path, tmp_path: Path) -> None:
+    session = open_session(recognizer_path, Settings(models_dir=tmp_path, providers="auto", threads=1))
     assert session.backend.startswith("onnxruntime:")
     assert session.providers[-1] == "CPUExecutionProvider"  # type: ignore[attr-defined]
 
@@ -90,7 +90,7 @@ def test_trt_runtime_without_tensorrt_says_why(recognizer_path: Path, tmp_path: 
         pass
     settings = Settings(models_dir=tmp_path, runtime="trt")
     with pytest.raises(BackendUnavailable, match="TensorRT"):
-        create_session(recognizer_path, settings, model_name="w600k_mbf")
+        open_session(recognizer_path, settings, model_name="w600k_mbf")
     with pytest.raises(BackendUnavailable, match="TensorRT"):
         prepare_runtime(settings.model_copy(update={"ga_name": "", "models_dir": recognizer_path.parents[1]}))
 

@@ -98,8 +98,8 @@ def _photos() -> list[tuple[str, np.ndarray]]:
 
 def test_pipeline_on_torch_equals_onnxruntime(models_dir: Path) -> None:
     """Same boxes (within 0.5 px), same faces, cosine >= 0.999 per face, same gender and age."""
-    from facerest.models import load_models
     from facerest.pipeline import ExtractOptions, FaceAnalyzer
+    from facerest.preparation import load_models
 
     options = ExtractOptions(extract_ga=True)
     results = {}

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from facerest.scheduler import InferenceScheduler
+from facerest.pipeline.scheduler import InferenceScheduler
 
 
 class GatedRunner:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from facerest.local_server import free_port
+from facerest.serving.local import free_port
 
 
 def serve(env: dict[str, str], cwd: Path) -> tuple[int, str]:

@@ -30,6 +30,7 @@ pytest.importorskip("tritonclient.grpc", reason="the Triton client is not instal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from facerest.preparation import prepare_models
 from facerest.runtime.triton import TritonSession, parse_uri
 from facerest.tools.triton_export import export_repository
 
@@ -47,7 +48,8 @@ def test_uri_parsing() -> None:
 @pytest.fixture(scope="module")
 def repository(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("triton") / "repo"
-    export_repository(directory, Settings(models_dir=models_dir, rec_batch_size=16, det_batch_size=2))
+    settings = Settings(models_dir=models_dir, rec_batch_size=16, det_batch_size=2)
+    export_repository(directory, settings, prepare_models(settings))
     return directory
 
 
@@ -83,7 +85,7 @@ def test_export_writes_a_repository_triton_parses(repository: Path) -> None:
 
 def test_export_instance_groups_follow_the_gpus(models_dir: Path, tmp_path: Path) -> None:
     settings = Settings(models_dir=models_dir, gpus="0,1", triton_instances=2, ga_name="")
-    export_repository(tmp_path, settings)
+    export_repository(tmp_path, settings, prepare_models(settings))
     group = _config(tmp_path, "w600k_mbf").instance_group[0]
     assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert list(group.gpus) == [0, 1]
@@ -157,8 +159,8 @@ def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def test_triton_runtime_gives_the_in_process_answers(
     protocol: str, triton: TritonServer, settings: Settings, analyzer
 ) -> None:  # type: ignore[no-untyped-def]
-    from facerest.models import load_models
     from facerest.pipeline import ExtractOptions, FaceAnalyzer
+    from facerest.preparation import load_models
 
     uri = triton.grpc if protocol == "grpc" else triton.http
     remote_settings = settings.model_copy(update={"runtime": "triton", "triton_uri": uri})

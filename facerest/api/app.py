@@ -25,8 +25,8 @@ from facerest.api.video import router as video_router
 from facerest.config import Settings
 from facerest.errors import FaceRestError
 from facerest.imaging.decode import decode_image
-from facerest.models import load_models
 from facerest.pipeline import FaceAnalyzer
+from facerest.preparation import load_models
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse, Response
 
-from facerest.faces import ImageResult
-from facerest.scheduler import SchedulerStats
+from facerest.models.faces import ImageResult
+from facerest.pipeline.scheduler import SchedulerStats
 
 
 class InferenceCollector(Collector):

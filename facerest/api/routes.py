@@ -330,6 +330,7 @@ async def info(request: Request) -> JSONResponse:
                 "det_batch_size": s.det_batch_size,
                 "fp16": s.force_fp16,
                 "providers": models.backends,
+                "licences": models.licences(),
             },
             "defaults": {
                 "threshold": s.det_thresh,

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import simplejpeg
 
-from facerest.faces import Face, ImageResult
+from facerest.models.faces import Face, ImageResult
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 

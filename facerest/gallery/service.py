@@ -22,7 +22,6 @@ from facerest.errors import (
     NotFound,
     StorageUnavailable,
 )
-from facerest.faces import Face
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
@@ -31,6 +30,7 @@ from facerest.gallery.store import (
     SubjectMatch,
     mismatch_message,
 )
+from facerest.models.faces import Face
 from facerest.models.store import ModelStore, md5_of
 from facerest.pipeline import ExtractOptions, FaceAnalyzer, ImageInput
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facerest.faces import Face
+from facerest.models.faces import Face
 
 GREEN = (0, 200, 0)
 RED = (0, 0, 230)

@@ -1,40 +1,34 @@
-"""Models: catalogue, store, and the classes that own each family's pre/post-processing."""
+"""Models: the catalogue, the store of files, and one class per family that owns its pre/post-processing
+and runs on sessions it is handed (facerest.preparation makes them)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from facerest.errors import ModelError
+from facerest.models import attributes
 from facerest.models.base import FaceModel
 from facerest.models.catalog import CatalogEntry
 from facerest.models.detection.base import Detector
-from facerest.models.store import ModelStore
-from facerest.runtime.base import create_session
-from facerest.runtime.shapes import ModelRole
+from facerest.models.detection.centerface import CenterFaceDetector
+from facerest.models.detection.mtcnn import MtcnnDetector
+from facerest.models.detection.retinaface import RetinaFaceDetector
+from facerest.models.detection.scrfd import ScrfdDetector
+from facerest.models.detection.yolov5_face import YoloV5FaceDetector
+from facerest.models.landmarks import Landmark2d106
+from facerest.models.recognition import ArcFaceRecognizer
+from facerest.runtime.base import InferenceSession
 
-if TYPE_CHECKING:
-    from facerest.config import Settings
-
-log = logging.getLogger(__name__)
-
-#: family -> "module:Class"; each detector family decodes its own outputs
-DETECTOR_FAMILIES = {
-    "scrfd": "facerest.models.detection.scrfd:ScrfdDetector",
-    "retinaface": "facerest.models.detection.retinaface:RetinaFaceDetector",
-    "mnet_cov2": "facerest.models.detection.retinaface:RetinaFaceDetector",
-    "centerface": "facerest.models.detection.centerface:CenterFaceDetector",
-    "yolov5_face": "facerest.models.detection.yolov5_face:YoloV5FaceDetector",
-    "mtcnn": "facerest.models.detection.mtcnn:MtcnnDetector",
+#: family -> class; each detector family decodes its own outputs
+DETECTOR_FAMILIES: dict[str, type[Detector]] = {
+    "scrfd": ScrfdDetector,
+    "retinaface": RetinaFaceDetector,
+    "mnet_cov2": RetinaFaceDetector,
+    "centerface": CenterFaceDetector,
+    "yolov5_face": YoloV5FaceDetector,
+    "mtcnn": MtcnnDetector,
 }
-
-
-def _load_class(ref: str) -> type:
-    module, _, name = ref.partition(":")
-    return getattr(import_module(module), name)
 
 
 @dataclass(slots=True)
@@ -46,86 +40,41 @@ class LoadedModels:
     landmarks: FaceModel | None = None
     backends: dict[str, str] = field(default_factory=dict)  # model name -> backend in use
 
+    def licences(self) -> dict[str, dict[str, str]]:
+        """Model name -> its weights' licence and source, for every model in use."""
+        models = [self.detector, self.recognizer, self.genderage, self.mask, self.landmarks]
+        return {
+            m.entry.name: {"licence": m.entry.licence_shown, "source": m.entry.source}
+            for m in models
+            if m is not None
+        }
 
-def _role(entry: CatalogEntry, stage: int) -> ModelRole:
-    return ModelRole(entry.task, entry.family, stage, entry.allow_batching)
 
-
-def load_detector(entry: CatalogEntry, paths: list[Path], settings: Settings) -> Detector:
-    ref = DETECTOR_FAMILIES.get(entry.family)
-    if ref is None:
+def build_detector(
+    entry: CatalogEntry, sessions: list[InferenceSession], *, nms_threshold: float
+) -> Detector:
+    """The detector class of `entry`'s family on its ready sessions (one per file)."""
+    family = DETECTOR_FAMILIES.get(entry.family)
+    if family is None:
         raise ModelError(f"{entry.name!r} is a {entry.family!r} model, which is not a known detector family")
-    session = create_session(paths[0], settings, model_name=entry.name, role=_role(entry, 0))
     # a cascade (MTCNN) keeps one session per stage: its later stages come from the later files
-    stages = [
-        create_session(p, settings, model_name=f"{entry.name}_{i}", role=_role(entry, i))
-        for i, p in enumerate(paths[1:], 1)
-    ]
-    extra = {"stage_sessions": stages} if stages else {}
-    return _load_class(ref)(entry, session, nms_threshold=settings.nms_thresh, **extra)
+    extra = {"stage_sessions": sessions[1:]} if len(sessions) > 1 else {}
+    return family(entry, sessions[0], nms_threshold=nms_threshold, **extra)
 
 
-def load_face_model(entry: CatalogEntry, paths: list[Path], settings: Settings) -> FaceModel:
-    from facerest.models import attributes
-    from facerest.models.recognition import ArcFaceRecognizer
-
-    def session(i: int = 0):  # type: ignore[no-untyped-def]
-        return create_session(
-            paths[i], settings, model_name=entry.name if i == 0 else f"{entry.name}_{i}", role=_role(entry, i)
-        )
-
+def build_face_model(
+    entry: CatalogEntry, sessions: list[InferenceSession], model_path: Path, *, antialias: bool
+) -> FaceModel:
+    """The per-face model of `entry` on its ready sessions; `model_path` is its first file (the
+    recognizer reads its input normalisation from the graph)."""
     if entry.task == "recognition":
-        return ArcFaceRecognizer(entry, session(), paths[0], antialias=settings.align_antialias)
+        return ArcFaceRecognizer(entry, sessions[0], model_path, antialias=antialias)
     if entry.family == "dlib_age_gender":
-        return attributes.DlibAgeGender(entry, session(0), session(1))
+        return attributes.DlibAgeGender(entry, sessions[0], sessions[1])
     if entry.task == "genderage":
-        return attributes.InsightFaceGenderAge(entry, session())
+        return attributes.InsightFaceGenderAge(entry, sessions[0])
     if entry.task == "mask":
-        return attributes.MaskClassifier(entry, session())
+        return attributes.MaskClassifier(entry, sessions[0])
     if entry.task == "landmarks":
-        from facerest.models.landmarks import Landmark2d106
-
-        return Landmark2d106(entry, session())
+        return Landmark2d106(entry, sessions[0])
     raise ModelError(f"{entry.name!r} ({entry.task}/{entry.family}) is not a per-face model this server runs")
-
-
-def prepare_models(settings: Settings) -> dict[str, list[Path]]:
-    """Make sure every configured model's files are present and intact; returns their paths.
-
-    Runs once before any worker starts, so workers never download or copy at the same time.
-    """
-    from facerest.tools.mxnet_convert import convert_dropped_models  # <models>/mxnet/<name>/ -> ONNX
-
-    convert_dropped_models(settings.models_dir, settings.mxnet_env)
-    store = ModelStore(settings.models_dir)
-    names = [
-        settings.det_name,
-        settings.rec_name,
-        settings.ga_name,
-        settings.mask_name,
-        settings.landmarks_name,
-    ]
-    return {name: store.ensure(name, download=settings.auto_download) for name in names if name}
-
-
-def load_models(settings: Settings) -> LoadedModels:
-    store = ModelStore(settings.models_dir)
-    paths = prepare_models(settings)
-    detector = load_detector(store.entry(settings.det_name), paths[settings.det_name], settings)
-    loaded = LoadedModels(detector=detector)
-    loaded.backends[detector.name] = detector.session.backend
-    for attr, name in (
-        ("recognizer", settings.rec_name),
-        ("genderage", settings.ga_name),
-        ("mask", settings.mask_name),
-        ("landmarks", settings.landmarks_name),
-    ):
-        if not name:
-            continue
-        model = load_face_model(store.entry(name), paths[name], settings)
-        setattr(loaded, attr, model)
-        session = getattr(model, "session", None) or getattr(model, "age_session", None)
-        if session is not None:
-            loaded.backends[name] = session.backend
-    log.info("models loaded: %s", ", ".join(f"{k} on {v}" for k, v in loaded.backends.items()))
-    return loaded

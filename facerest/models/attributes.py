@@ -5,10 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facerest.align import norm_crop, similarity_transform
-from facerest.faces import Face
+from facerest.models.align import norm_crop, similarity_transform
 from facerest.models.base import FaceModel, SessionFaceModel, blob, box_crop
 from facerest.models.catalog import CatalogEntry
+from facerest.models.faces import Face
 from facerest.runtime.base import InferenceSession
 
 #: dlib's 5-point face template (mean shape of `shape_predictor_5_face_landmarks`: outer and

@@ -7,8 +7,8 @@ from abc import ABC, abstractmethod
 import cv2
 import numpy as np
 
-from facerest.faces import Face
 from facerest.models.catalog import CatalogEntry
+from facerest.models.faces import Face
 from facerest.runtime.base import InferenceSession
 
 

@@ -36,6 +36,10 @@ class CatalogEntry(BaseModel):
     task: Task
     family: str
     files: list[ModelFile]
+    # the weights' licence, so a deployer knows what they ship (empty: not known, e.g. custom models)
+    licence: str = ""
+    # where the weights come from: the project that trained or released them, and any converter
+    source: str = ""
     input_shape: list[int] | None = None
     allow_batching: bool = True
     preprocess: Preprocess = Field(default_factory=Preprocess)
@@ -49,6 +53,10 @@ class CatalogEntry(BaseModel):
     @property
     def main_file(self) -> ModelFile:
         return self.files[0]
+
+    @property
+    def licence_shown(self) -> str:
+        return self.licence or "unknown"
 
 
 class Catalog:

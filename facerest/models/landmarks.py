@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facerest.faces import Face
 from facerest.models.base import SessionFaceModel
+from facerest.models.faces import Face
 
 
 class Landmark2d106(SessionFaceModel):

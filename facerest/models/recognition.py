@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from facerest.align import norm_crop
-from facerest.faces import Face
+from facerest.models.align import norm_crop
 from facerest.models.base import SessionFaceModel, box_crop
 from facerest.models.catalog import CatalogEntry
+from facerest.models.faces import Face
 from facerest.runtime.base import InferenceSession
 
 

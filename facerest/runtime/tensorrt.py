@@ -12,17 +12,13 @@ import ctypes
 import logging
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from facerest.errors import BackendUnavailable, BadInput, ModelError
 from facerest.runtime.base import TensorSpec
 from facerest.runtime.shapes import check_shape
-
-if TYPE_CHECKING:
-    from facerest.config import Settings
-    from facerest.models.catalog import CatalogEntry
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +41,6 @@ def cuda_call(result: tuple) -> Any:
     if int(error) != 0:
         raise BackendUnavailable(f"CUDA error {error}")
     return values[0] if len(values) == 1 else tuple(values)
-
-
-def catalog_entry(model_name: str, settings: Settings) -> CatalogEntry:
-    """The catalogue entry behind a session name ("age_gender_dlib_1" is age_gender_dlib's 2nd file)."""
-    from facerest.models.store import ModelStore
-
-    store = ModelStore(settings.models_dir)
-    base, _, index = model_name.rpartition("_")
-    name = base if index.isdigit() and store.catalog.get(base) is not None else model_name
-    return store.entry(name)
 
 
 class _Buffer:
@@ -127,14 +113,6 @@ class TensorRTSession:
         log.info(
             "%s runs on TensorRT %s (%s)", model_name or engine_path.name, trt.__version__, engine_path.name
         )
-
-    @classmethod
-    def from_onnx(cls, model_path: Path, settings: Settings, model_name: str = "") -> TensorRTSession:
-        """Load the engine for `model_path`, building it first if the cache has none valid."""
-        from facerest.tools.tensorrt_build import build_engine
-
-        entry = catalog_entry(model_name or model_path.stem, settings)
-        return cls(build_engine(model_path, settings, entry), model_name=model_name or entry.name)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(feeds.values())))

@@ -17,6 +17,7 @@ import onnx
 from google.protobuf import text_format
 
 from facerest.errors import BackendUnavailable
+from facerest.models.store import ModelStore
 
 if TYPE_CHECKING:
     from facerest.config import Settings
@@ -132,14 +133,14 @@ def batch_size_for(entry: CatalogEntry, settings: Settings) -> int:
     return settings.det_batch_size if entry.task == "detection" else settings.rec_batch_size
 
 
-def export_repository(directory: Path, settings: Settings) -> list[ExportedModel]:
-    """Write every configured model into `directory` (created; existing models are replaced)."""
-    from facerest.models import prepare_models
-    from facerest.models.store import ModelStore
-
+def export_repository(
+    directory: Path, settings: Settings, prepared: dict[str, list[Path]]
+) -> list[ExportedModel]:
+    """Write every prepared model (name -> its files, from facerest.preparation.prepare_models) into
+    `directory` (created; existing models are replaced)."""
     store = ModelStore(settings.models_dir)
     exported = []
-    for model_name, paths in prepare_models(settings).items():
+    for model_name, paths in prepared.items():
         entry = store.entry(model_name)
         for index, path in enumerate(paths):
             name = model_name if index == 0 else f"{model_name}_{index}"

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from facerest.errors import FaceRestError, RequestTimeout
-from facerest.faces import ImageResult
+from facerest.models.faces import ImageResult
 from facerest.pipeline import ExtractOptions, FaceAnalyzer
 from facerest.video.decode import SampledFrame
 from facerest.video.tracker import FaceTracker, Observation, Track, TrackerConfig, face_quality

@@ -25,8 +25,8 @@ import av.error
 
 from facerest.config import Settings
 from facerest.errors import FaceRestError, NotFound, TooManyJobs
-from facerest.faces import ImageResult
 from facerest.imaging.loader import fetch_policy
+from facerest.models.faces import ImageResult
 from facerest.pipeline import FaceAnalyzer
 from facerest.video.analyze import Cancelled, Identify, VideoAnalyzer, VideoOptions, track_body
 from facerest.video.decode import SampledFrame, Sampling, VideoLimits, VideoSource

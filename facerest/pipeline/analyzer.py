@@ -15,13 +15,13 @@ import numpy as np
 
 from facerest.config import Settings
 from facerest.errors import FaceRestError, FeatureUnavailable, Overloaded, RequestTimeout
-from facerest.faces import Face, ImageResult
 from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup, plan_input
 from facerest.models import LoadedModels
 from facerest.models.base import FaceModel
 from facerest.models.detection.base import Detections
 from facerest.models.detection.nms import nms
-from facerest.scheduler import InferenceScheduler
+from facerest.models.faces import Face, ImageResult
+from facerest.pipeline.scheduler import InferenceScheduler
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from facerest.cli.common import fail
 from facerest.config import Settings
 from facerest.errors import FaceRestError, ModelMismatch
 
@@ -16,11 +17,6 @@ app = typer.Typer(help="Face galleries: import folders of photos, export and lis
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 #: images enrolled per call (one transaction each), enough to fill the recognizer's batches
 CHUNK = 16
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def _progress() -> Progress:
@@ -37,8 +33,8 @@ def _store(settings: Settings):  # type: ignore[no-untyped-def]
 
 def _service(settings: Settings):  # type: ignore[no-untyped-def]
     from facerest.gallery.service import GalleryService
-    from facerest.models import load_models
     from facerest.pipeline import FaceAnalyzer
+    from facerest.preparation import load_models
 
     analyzer = FaceAnalyzer(load_models(settings), settings)
     return GalleryService(_store(settings), analyzer, settings)
@@ -57,11 +53,11 @@ def import_(
 
     settings = Settings()
     if not source.exists():
-        _fail(f"{source} does not exist")
+        fail(f"{source} does not exist")
     try:
         service = _service(settings)
     except FaceRestError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     added = failed = 0
     try:
         if source.is_file():
@@ -74,7 +70,7 @@ def import_(
             ]
             total = sum(len(files) for _, files in work)
             if total == 0:
-                _fail(f"no photos in subfolders of {source} (one subfolder per subject)")
+                fail(f"no photos in subfolders of {source} (one subfolder per subject)")
             with _progress() as progress:
                 task = progress.add_task(f"enrolling into {gallery}", total=total)
                 for subject, files in work:
@@ -100,7 +96,7 @@ def import_(
                             )
                         progress.advance(task, len(chunk))
     except FaceRestError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     finally:
         service.close()
         service.analyzer.close()
@@ -136,7 +132,7 @@ def export(
     try:
         info = store.gallery(gallery)
         if info is None:
-            _fail(f"no gallery {gallery!r}")
+            fail(f"no gallery {gallery!r}")
             return
         subjects = []
         with _progress() as progress:

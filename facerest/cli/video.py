@@ -99,8 +99,8 @@ def _local(
     sources: list[str], fps: float | None, threshold: float | None, duration_s: float | None, emit: Callable
 ) -> None:
     from facerest.config import Settings
-    from facerest.models import load_models
     from facerest.pipeline import ExtractOptions, FaceAnalyzer
+    from facerest.preparation import load_models
     from facerest.video.analyze import VideoAnalyzer, VideoOptions, track_body
     from facerest.video.decode import Sampling, VideoLimits, VideoSource
     from facerest.video.stream import open_stream

@@ -41,7 +41,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from facerest.cli_video import extract_videos, is_video_file, stream_url_of
+from facerest.cli.video import extract_videos, is_video_file, stream_url_of
 from facerest.errors import FaceRestError
 
 app = typer.Typer()
@@ -96,8 +96,8 @@ class LocalExtractor:
 
     def __init__(self, threshold: float | None, max_size: tuple[int, int] | None) -> None:
         from facerest.config import Settings
-        from facerest.models import load_models
         from facerest.pipeline import ExtractOptions, FaceAnalyzer
+        from facerest.preparation import load_models
 
         self.settings = Settings()
         self.analyzer = FaceAnalyzer(load_models(self.settings), self.settings)

@@ -8,16 +8,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facerest.cli_mxnet import convert_mxnet
+from facerest.cli.common import fail
+from facerest.cli.mxnet import convert_mxnet
 from facerest.config import Settings
 from facerest.errors import BackendUnavailable, FaceRestError
 
 app = typer.Typer(help="The model zoo: list, download, verify and convert models.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def _store():  # type: ignore[no-untyped-def]
@@ -40,7 +36,7 @@ def list_models(
 
     store = _store()
     store.discover_custom()
-    table = Table("name", "task", "family", "files", "size", "md5")
+    table = Table("name", "task", "family", "files", "size", "md5", "licence")
     for entry in store.catalog:
         if task and entry.task != task:
             continue
@@ -61,9 +57,8 @@ def list_models(
             md5_state = "ok"
         else:
             md5_state = "unknown"  # no md5 in the catalogue (or not checked)
-        table.add_row(
-            entry.name, entry.task, entry.family, state, _size(sum(sizes) if sizes else None), md5_state
-        )
+        size = _size(sum(sizes) if sizes else None)
+        table.add_row(entry.name, entry.task, entry.family, state, size, md5_state, entry.licence_shown)
     Console(width=max(Console().width, 120)).print(table)
 
 
@@ -124,12 +119,12 @@ def convert(
             w, h = (int(v) for v in input_size.lower().split("x"))
             size = (w, h)
         except ValueError:
-            _fail(f"--input-size must look like 640x480, not {input_size!r}")
+            fail(f"--input-size must look like 640x480, not {input_size!r}")
     batch_value: int | str | None = None
     if batch is not None:
         batch_value = "dynamic" if batch == "dynamic" else int(batch) if batch.isdigit() else None
         if batch_value is None:
-            _fail(f"--batch must be 'dynamic' or a number, not {batch!r}")
+            fail(f"--batch must be 'dynamic' or a number, not {batch!r}")
     try:
         model = onnx_tools.load(source)
         if strip_initializers:
@@ -140,7 +135,7 @@ def convert(
             onnx_tools.set_input_size(model, *size)
         onnx_tools.save(model, output)
     except FaceRestError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     typer.echo(f"wrote {output}")
 
 
@@ -160,10 +155,10 @@ def build_trt(name: str = typer.Argument(..., help="Catalogue name of the model.
             raise BackendUnavailable(f"TensorRT engine building is not available here ({exc})") from exc
         engine = build_engine(onnx_path, settings, entry)
     except FaceRestError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
         return
     typer.echo(f"wrote {engine}")
 
 
-# `facerest models convert-mxnet`: the legacy helper's converter (issue 10, facerest/cli_mxnet.py)
+# `facerest models convert-mxnet`: the legacy helper's converter (issue 10, facerest/cli/mxnet.py)
 app.command("convert-mxnet")(convert_mxnet)

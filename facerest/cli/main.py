@@ -7,15 +7,16 @@ import sys
 
 import typer
 
-from facerest import cli_config, cli_extract, cli_models, cli_video
-from facerest.cli_bench import app as bench_app
-from facerest.cli_deploy import add_deploy_commands
-from facerest.cli_gallery import app as gallery_app
+from facerest.cli import config as cli_config
+from facerest.cli import extract as cli_extract
+from facerest.cli import models as cli_models
+from facerest.cli import video as cli_video
+from facerest.cli.bench import app as bench_app
+from facerest.cli.common import fail, setup_logging
+from facerest.cli.deploy import add_deploy_commands
+from facerest.cli.gallery import app as gallery_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
-
-#: the exit status of a server whose workers could not start (uvicorn's own)
-STARTUP_FAILED = 3
 
 app = typer.Typer(help="facerest: face detection and recognition REST service.", no_args_is_help=True)
 
@@ -30,18 +31,6 @@ def _settings_epilog() -> str:
     for env, default, description in settings_table():
         lines.append(f"  {env} [default: {default or '(empty)'}]  {description}\n\n")
     return "".join(lines)
-
-
-def fail(message: str) -> None:
-    """One clear line on stderr and a non-zero exit."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
-def setup_logging(settings: Settings) -> None:
-    from facerest.logs import configure_logging
-
-    configure_logging(settings.log_level, json_lines=settings.log_json)
 
 
 app.add_typer(cli_models.app, name="models")
@@ -70,52 +59,27 @@ def serve(
         fail(f"invalid settings: {exc}")
         return
     setup_logging(settings)
-    from facerest.models import prepare_models
-    from facerest.runtime.base import check_runtime
+    from facerest.preparation import prepare_models
+    from facerest.runtime.factory import check_runtime
 
     try:
         prepare_models(settings)
         check_runtime(settings)
     except FaceRestError as exc:
         fail(exc.detail)
-    if settings.gpus:  # one process group per GPU (facerest/serve_gpus.py), engines built in each
-        from facerest.serve_gpus import serve_on_gpus
+    if settings.gpus:  # one process group per GPU (facerest/serving/gpus.py), engines built in each
+        from facerest.serving.gpus import serve_on_gpus
 
         raise typer.Exit(serve_on_gpus(settings))
-    from facerest.runtime.gpu import prepare_runtime_apart
+    from facerest.preparation import prepare_runtime_apart
 
     try:
         prepare_runtime_apart(settings)  # e.g. TensorRT engines, built once before the workers start
     except FaceRestError as exc:
         fail(exc.detail)
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
+    from facerest.serving.workers import serve_workers
 
-    from facerest.api.http_protocol import uvicorn_options
-    from facerest.logs import uvicorn_log_config
-
-    config = uvicorn.Config(
-        "facerest.api.app:factory",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        log_config=uvicorn_log_config(settings.log_level, settings.log_json),
-        access_log=False,  # facerest.access logs every request, with its latency and request id
-        timeout_graceful_shutdown=int(settings.request_timeout_s),
-        proxy_headers=True,
-        **uvicorn_options(settings),  # head size, read timeouts, connection cap (issue 14)
-    )
-    if settings.workers == 1:
-        server = uvicorn.Server(config)
-        server.run()  # a failed start exits 3 (the lifespan logged its one `error:` line)
-        raise typer.Exit(0 if server.started else STARTUP_FAILED)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
-    # uvicorn's supervisor stops when a worker fails to start, but exits 0: say it did not serve
-    if any(process.exitcode == STARTUP_FAILED for process in supervisor.processes):
-        raise typer.Exit(STARTUP_FAILED)
+    raise typer.Exit(serve_workers(settings))
 
 
 def main() -> None:

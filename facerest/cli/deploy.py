@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from facerest.cli.common import fail, setup_logging
 from facerest.config import Settings
 from facerest.errors import FaceRestError
 
@@ -21,13 +22,13 @@ def export(
     Batch limits come from FACEREST_DET_BATCH_SIZE / FACEREST_REC_BATCH_SIZE, instance groups
     from FACEREST_GPUS (KIND_GPU on those GPUs, KIND_CPU when empty) and FACEREST_TRITON_INSTANCES.
     """
-    from facerest.cli import fail, setup_logging
+    from facerest.preparation import prepare_models
     from facerest.tools.triton_export import export_repository
 
     settings = Settings()
     setup_logging(settings)
     try:
-        exported = export_repository(directory, settings)
+        exported = export_repository(directory, settings, prepare_models(settings))
     except FaceRestError as exc:
         fail(exc.detail)
         return
@@ -53,9 +54,8 @@ def ray_serve(
     """Serve the REST API from Ray Serve replicas on FACEREST_HOST:FACEREST_PORT (models prepared first)."""
     import signal
 
-    from facerest.cli import fail, setup_logging
-    from facerest.models import prepare_models
-    from facerest.serve_ray import run
+    from facerest.preparation import prepare_models
+    from facerest.serving.ray_serve import run
 
     overrides = {"ray_replicas": replicas, "ray_max_replicas": max_replicas, "ray_address": address}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})

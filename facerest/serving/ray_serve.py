@@ -7,7 +7,7 @@ FACEREST_RAY_MAX_REPLICAS, aiming at FACEREST_RAY_TARGET_REQUESTS ongoing reques
 Every answer carries `X-Facerest-Replica`, the Ray replica that served it.
 
     facerest ray serve                      # a local Ray instance, or FACEREST_RAY_ADDRESS
-    serve run facerest.serve_ray:app        # the Ray CLI (settings from the environment)
+    serve run facerest.serving.ray_serve:app        # the Ray CLI (settings from the environment)
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def run(settings: Settings, *, blocking: bool = True, local_cpus: int | None = N
 
 
 def __getattr__(name: str) -> Any:
-    # `serve run facerest.serve_ray:app` (settings from the environment); built on first access
+    # `serve run facerest.serving.ray_serve:app` (settings from the environment); built on first access
     if name == "app":
         return build_application(Settings())
     raise AttributeError(name)

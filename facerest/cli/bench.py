@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 import typer
 
-from facerest.local_server import start_local_server, stop_local_server
+from facerest.serving.local import start_local_server, stop_local_server
 
 app = typer.Typer(help="Throughput benchmark: load client, scenarios, model-only FLOP/s.")
 
@@ -255,7 +255,7 @@ def measured_peak_gflops(threads: int, side: int = PEAK_GEMM_SIDE, iterations: i
 def model_only(threads: int, iterations: int, peak_gflops: float, models_dir: Path | None) -> str:
     """Detector and recognizer alone on the inference thread's session: achieved GFLOP/s."""
     from facerest.config import Settings
-    from facerest.models import load_models
+    from facerest.preparation import load_models
 
     overrides: dict[str, object] = {"threads": threads, "ga_name": ""}
     if models_dir is not None:

@@ -54,7 +54,15 @@ def serve_on_gpus(settings: Settings) -> int:
     sock = bind_socket(settings.host, settings.port)
     groups: list[subprocess.Popen] = []
     for gpu in settings.gpus:
-        command = [sys.executable, "-m", "facerest.serve_gpus", "--fd", str(sock.fileno()), "--gpu", str(gpu)]
+        command = [
+            sys.executable,
+            "-m",
+            "facerest.serving.gpus",
+            "--fd",
+            str(sock.fileno()),
+            "--gpu",
+            str(gpu),
+        ]
         groups.append(
             subprocess.Popen(command, env=group_environment(dict(os.environ), gpu), pass_fds=[sock.fileno()])
         )
@@ -95,7 +103,7 @@ def serve_group(fd: int, gpu: int) -> None:
     from facerest.config import Settings
     from facerest.errors import FaceRestError
     from facerest.logs import configure_logging, uvicorn_log_config
-    from facerest.runtime.gpu import prepare_runtime_apart
+    from facerest.preparation import prepare_runtime_apart
 
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)

@@ -1,6 +1,6 @@
 """`facerest models convert-mxnet PREFIX EPOCH --out NAME.onnx`: MXNet checkpoints to registered ONNX models.
 
-`convert_mxnet` is a plain function that the `models` group registers (facerest/cli_models.py).
+`convert_mxnet` is a plain function that the `models` group registers (facerest/cli/models.py).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from facerest.cli.common import fail
 from facerest.config import Settings
 from facerest.errors import FaceRestError
 
@@ -36,7 +37,6 @@ def convert_mxnet(
     family: str | None = typer.Option(None, help="Catalogue family (retinaface, arcface, ...)."),
 ) -> None:
     """Convert an MXNet checkpoint to ONNX, check it against MXNet, and register it by name."""
-    from facerest.cli import fail
     from facerest.tools.mxnet_convert import convert
 
     settings = Settings()

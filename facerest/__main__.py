@@ -1,0 +1,5 @@
+"""`python -m facerest ...`: the same as the `facerest` command."""
+
+from facerest.cli.main import main
+
+main()

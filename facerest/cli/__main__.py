@@ -1,0 +1,5 @@
+"""`python -m facerest.cli ...`: the same as the `facerest` command."""
+
+from facerest.cli.main import main
+
+main()
