@@ -199,6 +199,26 @@ class Settings(BaseSettings):
         "pipeline's plain warp (embeddings equal to InsightFace's; large faces alias).",
     )
 
+    # --- decisions in error rates, quality, clustering (issue 20) ---
+    calibration_file: Path | None = Field(
+        None,
+        description="Calibration of the recognizer (`facerest calibrate`) that overrides the one the "
+        "catalogue ships for it.",
+    )
+    verify_fmr: float = Field(
+        1e-3,
+        gt=0.0,
+        lt=1.0,
+        description="Default decision point of /verify and clustering: the false-match rate per comparison.",
+    )
+    search_fpir: float = Field(
+        1e-2,
+        gt=0.0,
+        lt=1.0,
+        description="Default decision point of gallery search: the chance that a stranger is matched "
+        "to anyone (FPIR); the per-comparison FMR follows the gallery's number of subjects.",
+    )
+
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

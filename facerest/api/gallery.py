@@ -27,6 +27,7 @@ from facerest.imaging.loader import Loaded, load_images
 log = logging.getLogger(__name__)
 
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
+ErrorRate = Annotated[float, Field(gt=0.0, lt=1.0)]
 Embeddings = list[list[float]]
 
 
@@ -47,7 +48,16 @@ class SearchRequest(BaseModel):
     top_k: int = Field(5, ge=1, le=100, description="Subjects listed per face.")
     threshold: Similarity | None = Field(
         None,
-        description="Cosine similarity at or above which the best subject is named (default: calibrated).",
+        description="Cosine similarity at or above which the best subject is named (default: "
+        "from FACEREST_SEARCH_FPIR).",
+    )
+    fmr: ErrorRate | None = Field(
+        None, description="Decision point as a false-match rate per comparison (e.g. 1e-3), not a cosine."
+    )
+    fpir: ErrorRate | None = Field(
+        None,
+        description="Decision point as the chance a stranger is matched to anyone in the gallery; turned "
+        "into the per-comparison FMR for its current number of subjects.",
     )
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
@@ -60,6 +70,9 @@ class VerifyRequest(BaseModel):
     gallery: str | None = None
     subject: str | None = None
     threshold: Similarity | None = None
+    fmr: ErrorRate | None = Field(
+        None, description="Decision point as a false-match rate (default FACEREST_VERIFY_FMR)."
+    )
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -262,9 +275,11 @@ async def search(request: Request, gallery: str) -> JSONResponse:
 
     def work():  # type: ignore[no-untyped-def]
         images = _images(state, req.images, req.img_req_headers)
-        return service.search(gallery, images, req.embeddings or [], req.top_k, req.threshold)
+        return service.search(
+            gallery, images, req.embeddings or [], req.top_k, req.threshold, req.fmr, req.fpir
+        )
 
-    results = await state.run(work)
+    decision, results = await state.run(work)
     data: list[dict[str, Any]] = []
     for result in results:
         if isinstance(result, FaceRestError):
@@ -274,13 +289,20 @@ async def search(request: Request, gallery: str) -> JSONResponse:
             {
                 **_box(hit.face),
                 "subject": hit.subject,
+                "unknown": hit.subject is None,
                 "similarity": hit.matches[0].similarity if hit.matches else None,
-                "matches": [{"subject": m.subject, "similarity": m.similarity} for m in hit.matches],
+                "fmr": hit.fmrs[0] if hit.fmrs else None,
+                "matches": [
+                    {"subject": m.subject, "similarity": m.similarity, "fmr": fmr}
+                    for m, fmr in zip(hit.matches, hit.fmrs, strict=True)
+                ],
             }
             for hit in result
         ]
         data.append({"status": "ok", "faces": faces})
-    return JSONResponse({"gallery": gallery, "threshold": service.threshold(req.threshold), "data": data})
+    return JSONResponse(
+        {"gallery": gallery, "threshold": decision.threshold, "decision": decision.to_json(), "data": data}
+    )
 
 
 @router.post(
@@ -312,13 +334,15 @@ async def verify(request: Request) -> JSONResponse:
             return service.subject_similarity(req.gallery or "", req.subject or "", vectors[0])
         return float(vectors[0] @ vectors[1])
 
+    decision = service.decision(threshold=req.threshold, fmr=req.fmr)  # a bad fmr: 422 before any work
     similarity = await state.run(work)
-    threshold = service.threshold(req.threshold)
     return JSONResponse(
         {
             "similarity": similarity,
-            "same": similarity >= threshold,
-            "threshold": threshold,
+            "same": similarity >= decision.threshold,
+            "threshold": decision.threshold,
+            "fmr": service.fmr_at(similarity),
+            "decision": decision.to_json(),
             "model": service.model.name if service.model else None,
         }
     )

@@ -23,6 +23,8 @@ from facerest.errors import (
     StorageUnavailable,
 )
 from facerest.faces import Face
+from facerest.gallery import calibration as calib
+from facerest.gallery.calibration import Calibration, Decision
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
@@ -81,6 +83,7 @@ class Identified:
     face: FoundFace
     subject: str | None  # the best match when at or above the threshold
     matches: list[SubjectMatch]
+    fmrs: list[float | None] = field(default_factory=list)  # estimated FMR at each match's score
 
 
 class GalleryService:
@@ -113,6 +116,24 @@ class GalleryService:
                 )
             else:
                 self.default_threshold = entry.verify_threshold
+        self.calibration = self._calibration(settings)
+
+    def _calibration(self, settings: Settings) -> Calibration | None:
+        """The user's calibration file, else the one the catalogue ships for the recognizer."""
+        if self.model is None:
+            return None
+        if settings.calibration_file is not None:
+            found = calib.load(settings.calibration_file)
+            if found.model != self.model.name:
+                raise BadInput(
+                    f"FACEREST_CALIBRATION_FILE {settings.calibration_file} calibrates {found.model}, "
+                    f"not the recognizer in use ({self.model.name})"
+                )
+            return found
+        found = calib.shipped(self.model.name)
+        if found is None:
+            log.warning("no calibration for %s: fmr/fpir unavailable, decisions by cosine", self.model.name)
+        return found
 
     @property
     def store(self) -> GalleryStore:
@@ -132,7 +153,30 @@ class GalleryService:
         return self.model
 
     def threshold(self, asked: float | None) -> float:
-        return self.default_threshold if asked is None else asked
+        return self.decision(threshold=asked).threshold
+
+    def decision(
+        self,
+        threshold: float | None = None,
+        fmr: float | None = None,
+        fpir: float | None = None,
+        subjects: int | None = None,
+    ) -> Decision:
+        """The decision point a request asked for, else the server's default error rate
+        (FACEREST_VERIFY_FMR 1:1; FACEREST_SEARCH_FPIR over `subjects` 1:N)."""
+        return calib.decide(
+            self.calibration,
+            threshold=threshold,
+            fmr=fmr,
+            fpir=fpir,
+            subjects=subjects,
+            default_fmr=self.settings.verify_fmr,
+            default_fpir=self.settings.search_fpir,
+            fallback_threshold=self.default_threshold,
+        )
+
+    def fmr_at(self, similarity: float) -> float | None:
+        return None if self.calibration is None else self.calibration.fmr_at(similarity)
 
     def require(self, gallery: str) -> GalleryInfo:
         """The gallery, built with the recognizer in use; NotFound or ModelMismatch otherwise."""
@@ -230,10 +274,14 @@ class GalleryService:
         embeddings: Sequence[Sequence[float]] = (),
         top_k: int = 5,
         threshold: float | None = None,
-    ) -> list[list[Identified] | FaceRestError]:
-        """One entry per image, then one per posted embedding: its faces identified, or its error."""
-        self.require(gallery)
-        limit = self.threshold(threshold)
+        fmr: float | None = None,
+        fpir: float | None = None,
+    ) -> tuple[Decision, list[list[Identified] | FaceRestError]]:
+        """The decision point in force, and one entry per image, then one per posted embedding:
+        its faces identified, or its error."""
+        info = self.require(gallery)
+        decision = self.decision(threshold, fmr, fpir, subjects=info.subjects)
+        limit = decision.threshold
         inputs: list[ImageFaces] = self.detect(images, largest_only=False)
         inputs += [ImageFaces([FoundFace(v, None, None)]) for v in self.embeddings(embeddings)]
         queries = [face for found in inputs for face in found.faces]
@@ -250,9 +298,10 @@ class GalleryService:
             for face in found.faces:
                 matches = next(answers).matches
                 best = matches[0] if matches and matches[0].similarity >= limit else None
-                faces.append(Identified(face, best.subject if best else None, matches))
+                fmrs = [self.fmr_at(m.similarity) for m in matches]
+                faces.append(Identified(face, best.subject if best else None, matches, fmrs))
             out.append(faces)
-        return out
+        return decision, out
 
     def subject_similarity(self, gallery: str, subject: str, vector: np.ndarray) -> float:
         """Similarity of `vector` to the subject's closest face."""
