@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from facerest.errors import BadInput, FaceRestError
+from facerest.config import Settings
+from facerest.errors import BadInput, FaceRestError, FeatureUnavailable
 
 app = typer.Typer()
 
@@ -87,12 +88,11 @@ def labelled_images(path: Path) -> list[tuple[Path, str]]:
 class Embedder:
     """The configured detector and recognizer, in this process."""
 
-    def __init__(self) -> None:
-        from facerest.config import Settings
+    def __init__(self, settings: Settings | None = None) -> None:
         from facerest.models import load_models
         from facerest.pipeline import FaceAnalyzer
 
-        self.settings = Settings()
+        self.settings = settings or Settings()
         self.analyzer = FaceAnalyzer(load_models(self.settings), self.settings)
         recognizer = self.analyzer.models.recognizer
         if recognizer is None:
@@ -200,11 +200,13 @@ def made_from(data: Dataset, pipeline: dict[str, object]) -> dict[str, object]:
     }
 
 
-def build(labelled: Sequence[Path], crowds: Sequence[Path]):  # type: ignore[no-untyped-def]
+def build(  # type: ignore[no-untyped-def]
+    labelled: Sequence[Path], crowds: Sequence[Path], settings: Settings | None = None
+):
     """(calibration, dataset, all impostor scores) from the given data with the configured models."""
     from facerest.gallery.calibration import calibrate, pair_scores
 
-    embedder = Embedder()
+    embedder = Embedder(settings)
     try:
         data = gather(embedder, labelled, crowds)
     finally:
@@ -237,12 +239,12 @@ def calibrate(
         typer.secho(f"error: {exc.detail}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     for file, why in data.skipped:
-        console.print(f"skipped {file}: {why}")
+        console.print(f"skipped {file}: {why}", soft_wrap=True, markup=False)
     calibration.save(out)
     picture = plot_path or out.with_suffix(".png")
     try:
         plot(calibration, picture, impostors)
-    except BadInput as exc:
+    except FeatureUnavailable as exc:
         console.print(f"no plot: {exc.detail}")
         picture = None
     table = Table(

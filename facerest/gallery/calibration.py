@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from facerest.errors import BadInput, OutsideCalibration
+from facerest.errors import BadInput, FeatureUnavailable, OutsideCalibration
 
 #: the false-match rates a calibration file tabulates
 STANDARD_FMRS = (1e-2, 1e-3, 1e-4)
@@ -400,9 +400,10 @@ def plot(calibration: Calibration, path: Path, all_impostors: np.ndarray | None 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # optional: pip install 'facerest[plots]'
-        raise BadInput("the ROC plot needs matplotlib: pip install 'facerest[plots]'") from exc
+        raise FeatureUnavailable("the ROC plot needs matplotlib: pip install 'facerest[plots]'") from exc
     figure, (roc, hist) = plt.subplots(1, 2, figsize=(12, 5))
-    fmrs = np.logspace(math.log10(calibration.min_fmr), math.log10(calibration.max_fmr), 200)
+    low, high = calibration.min_fmr, calibration.max_fmr
+    fmrs = np.clip(np.logspace(math.log10(low), math.log10(high), 200), low, high)
     thresholds = [calibration.threshold_for(f) for f in fmrs]
     tmrs = [calibration.tmr_at(t) for t in thresholds]
     empirical = [f >= calibration.tail_fmr for f in fmrs]
