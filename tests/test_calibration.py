@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -89,8 +90,10 @@ def test_thresholds_hold_their_false_match_rate() -> None:
     # the estimate falls as the score rises, through the join with the tail model
     scores = np.linspace(-0.2, 1.0, 400)
     estimates = [cal.fmr_at(s) for s in scores]
-    assert all(a >= b for a, b in zip(estimates, estimates[1:], strict=False))
-    assert cal.tmr_at(cal.threshold_for(1e-3)) == pytest.approx(float(np.mean(genuine >= cal.threshold_for(1e-3))))
+    assert all(a >= b for a, b in itertools.pairwise(estimates))
+    assert cal.tmr_at(cal.threshold_for(1e-3)) == pytest.approx(
+        float(np.mean(genuine >= cal.threshold_for(1e-3)))
+    )
     with pytest.raises(OutsideCalibration):
         cal.threshold_for(cal.min_fmr / 10)
     with pytest.raises(OutsideCalibration):
@@ -130,7 +133,9 @@ def test_too_little_data_is_named() -> None:
     with pytest.raises(BadInput, match="no genuine pair"):
         calib.calibrate(vectors, labels, "toy")
     vectors, labels = synthetic(n_ids=6, per_id=2)
-    with pytest.raises(BadInput, match=r"needs at least \d+ impostor pairs; the 12 faces of 6 identities give 60"):
+    with pytest.raises(
+        BadInput, match=r"needs at least \d+ impostor pairs; the 12 faces of 6 identities give 60"
+    ):
         calib.calibrate(vectors, labels, "toy", fmrs=(1e-2, 1e-3, 1e-4))
 
 

@@ -126,10 +126,12 @@ class Calibration:
         """The lowest score whose estimated FMR is at most `fmr`; BadInput outside the range."""
         self.check_fmr(fmr)
         if fmr <= self.tail_fmr:
-            return float(self.tail_start + self.tail_scale * math.log(self.tail_fmr / fmr))
-        allowed = math.floor(fmr * self.impostor_pairs + 1e-9)
-        # with `allowed` impostors let through, the threshold sits just above the next one
-        return float(np.nextafter(self.impostor_top[allowed], np.float32(2.0)))
+            exact = self.tail_start + self.tail_scale * math.log(self.tail_fmr / fmr)
+        else:
+            allowed = math.floor(fmr * self.impostor_pairs + 1e-9)
+            # with `allowed` impostors let through, the threshold sits just above the next one
+            exact = float(self.impostor_top[allowed]) + 5e-7
+        return math.ceil(exact * 1e6) / 1e6  # the file keeps scores to 6 decimals
 
     def tmr_at(self, threshold: float) -> float:
         below = int(np.searchsorted(self.genuine_scores, threshold, side="left"))
@@ -232,7 +234,11 @@ def shipped_path(model: str) -> Path:
 
 def shipped(model: str) -> Calibration | None:
     path = shipped_path(model)
-    return load(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    found = load(path)
+    found.source = f"catalogue:{path.name}"  # what answers name (never a server path)
+    return found
 
 
 # --- decisions ---

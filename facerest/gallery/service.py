@@ -129,6 +129,7 @@ class GalleryService:
                     f"FACEREST_CALIBRATION_FILE {settings.calibration_file} calibrates {found.model}, "
                     f"not the recognizer in use ({self.model.name})"
                 )
+            found.source = f"FACEREST_CALIBRATION_FILE:{settings.calibration_file.name}"
             return found
         found = calib.shipped(self.model.name)
         if found is None:
