@@ -22,6 +22,7 @@ class Face:
     landmarks_dense: np.ndarray | None = None  # (106, 2) when a dense landmark model ran
     crop: np.ndarray | None = None  # (112, 112, 3) BGR aligned crop when asked for
     whole_image: bool = False  # True when `single_face` fell back to the whole image
+    marked: str | None = None  # a face the client marked: "landmarks", "box" or "box only" (no landmarks)
 
     @property
     def width(self) -> float:
