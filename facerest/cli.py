@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from facerest import cli_calibrate, cli_config, cli_extract, cli_models
+from facerest import cli_calibrate, cli_cluster, cli_config, cli_extract, cli_models
 from facerest.cli_bench import app as bench_app
 from facerest.cli_deploy import add_deploy_commands
 from facerest.cli_gallery import app as gallery_app
@@ -44,6 +44,7 @@ def setup_logging(settings: Settings) -> None:
 app.add_typer(cli_models.app, name="models")
 app.add_typer(cli_extract.app)
 app.add_typer(cli_calibrate.app)
+app.add_typer(cli_cluster.app)
 app.add_typer(cli_config.app)
 app.add_typer(gallery_app, name="gallery")
 app.add_typer(bench_app, name="bench")

@@ -209,14 +209,15 @@ class Settings(BaseSettings):
         1e-3,
         gt=0.0,
         lt=1.0,
-        description="Default decision point of /verify and clustering: the false-match rate per comparison.",
+        description="Default decision point of /verify: the false-match rate per comparison.",
     )
     search_fpir: float = Field(
         1e-2,
         gt=0.0,
         lt=1.0,
-        description="Default decision point of gallery search: the chance that a stranger is matched "
-        "to anyone (FPIR); the per-comparison FMR follows the gallery's number of subjects.",
+        description="Default decision point of gallery search and clustering: the chance that a stranger "
+        "is matched to anyone (FPIR); the per-comparison FMR follows the gallery's number of subjects "
+        "(clustering: of faces).",
     )
 
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
