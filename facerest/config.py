@@ -220,6 +220,33 @@ class Settings(BaseSettings):
         "(clustering: of faces).",
     )
 
+    enrol_min_sharpness: float = Field(
+        40.0,
+        ge=0.0,
+        description="Enrolment refuses faces whose aligned crop is less sharp than this (variance of "
+        "its Laplacian; the shared test photos: 183 and up, a 1-pixel blur of a 55-pixel face: 38); "
+        "0: no check. `force` overrides every floor.",
+    )
+    enrol_min_face_size: float = Field(
+        24.0, ge=0.0, description="Enrolment refuses faces narrower than this many pixels; 0: no check."
+    )
+    enrol_max_yaw: float = Field(
+        60.0,
+        ge=0.0,
+        le=90.0,
+        description="Enrolment refuses faces turned further than this (degrees, from the 5 landmarks).",
+    )
+    enrol_max_cut: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="Enrolment refuses faces with a larger share outside the image (a face cut at a quarter "
+        "of its width: about 0.2).",
+    )
+    enrol_min_quality: float = Field(
+        0.0, ge=0.0, le=1.0, description="Enrolment refuses faces whose quality score is lower; 0: no check."
+    )
+
     @field_validator("providers", "url_allowlist", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

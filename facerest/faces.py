@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from facerest.imaging.quality import Quality
+
 
 @dataclass(slots=True)
 class Face:
@@ -22,6 +24,7 @@ class Face:
     landmarks_dense: np.ndarray | None = None  # (106, 2) when a dense landmark model ran
     crop: np.ndarray | None = None  # (112, 112, 3) BGR aligned crop when asked for
     whole_image: bool = False  # True when `single_face` fell back to the whole image
+    quality: Quality | None = None  # when asked for (`return_quality`)
     marked: str | None = None  # a face the client marked: "landmarks", "box" or "box only" (no landmarks)
 
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from facerest.align import norm_crop
 from facerest.config import Settings
 from facerest.errors import FaceRestError, FeatureUnavailable, Overloaded, RequestTimeout
 from facerest.faces import Face, ImageResult
@@ -25,9 +26,10 @@ from facerest.imaging.marks import (
     iou,
     search_region,
 )
+from facerest.imaging.quality import assess
 from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup, plan_input
 from facerest.models import LoadedModels
-from facerest.models.base import FaceModel
+from facerest.models.base import FaceModel, box_crop
 from facerest.models.detection.base import Detections
 from facerest.models.detection.nms import nms
 from facerest.scheduler import InferenceScheduler
@@ -56,6 +58,7 @@ class ExtractOptions:
     single_face: bool = False
     # per input, the faces the client marked (None: detect them); see facerest/imaging/marks.py
     marks: list[list[FaceMark] | None] | None = None
+    return_quality: bool = False
 
 
 @dataclass(slots=True)
@@ -185,6 +188,8 @@ class FaceAnalyzer:
             timings.detect_ms += (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         self._run_face_models(pixels, results, options, limit)
+        if options.return_quality:
+            self._assess(pixels, results)
         timings.faces_ms += (time.perf_counter() - t0) * 1000
         total = (time.perf_counter() - started) * 1000
         for result in results:
@@ -453,6 +458,22 @@ class FaceAnalyzer:
             rows = self._wait(future, deadline)
             for (_, face), row in zip(owners, rows, strict=True):
                 model.apply(face, row)
+
+    @staticmethod
+    def _assess(pixels: dict[int, np.ndarray], results: list[ImageResult]) -> None:
+        """Each face's quality, measured on the crop the recognizer sees (facerest/imaging/quality.py)."""
+        for i, result in enumerate(results):
+            if not result.ok:
+                continue
+            image = pixels[i]
+            h, w = image.shape[:2]
+            for face in result.faces:
+                crop = (
+                    norm_crop(image, face.landmarks, 112)
+                    if face.landmarks is not None
+                    else box_crop(image, face.bbox, 112)
+                )
+                face.quality = assess(crop, face.bbox, face.landmarks, face.score, w, h)
 
     def _wait(self, future: Future, deadline: Deadline):  # type: ignore[no-untyped-def]
         try:

@@ -37,6 +37,10 @@ class EnrolRequest(BaseModel):
     images: Images | None = None
     all_faces: StrictBool = Field(False, description="Enrol every face found, not only the largest.")
     embeddings: Embeddings | None = Field(None, description="Embeddings of the server's recognizer.")
+    force: StrictBool = Field(
+        False, description="Enrol faces below the quality floors (FACEREST_ENROL_*) too."
+    )
+    return_quality: StrictBool = Field(False, description="Add each added face's quality.")
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -59,6 +63,7 @@ class SearchRequest(BaseModel):
         description="Decision point as the chance a stranger is matched to anyone in the gallery; turned "
         "into the per-comparison FMR for its current number of subjects.",
     )
+    return_quality: StrictBool = Field(False, description="Add each probe face's quality.")
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -117,6 +122,12 @@ def _images(state: AppState, images: Images | None, headers: dict[str, str]) -> 
     return load_images(images.data, images.urls, state.settings, headers)
 
 
+def _quality(face: FoundFace, asked: bool) -> dict[str, Any]:
+    if not asked or face.quality is None:
+        return {}
+    return {"quality": face.quality.to_json()}
+
+
 def _box(face: FoundFace) -> dict[str, Any]:
     bbox = None if face.bbox is None else [round(v) for v in face.bbox]
     return {"bbox": bbox, "prob": face.prob}
@@ -166,14 +177,17 @@ async def enrol(request: Request, gallery: str, subject: str) -> JSONResponse:
 
     def work():  # type: ignore[no-untyped-def]
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, subject, images, req.embeddings or [], req.all_faces)
+        return service.enrol(gallery, subject, images, req.embeddings or [], req.all_faces, req.force)
 
     done = await state.run(work)
     return JSONResponse(
         {
             "gallery": gallery,
             "subject": subject,
-            "added": [{"face_id": face_id, **_box(face)} for face_id, face in done.added],
+            "added": [
+                {"face_id": face_id, **_box(face), **_quality(face, req.return_quality)}
+                for face_id, face in done.added
+            ],
             "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
         }
     )
@@ -290,6 +304,10 @@ async def search(request: Request, gallery: str) -> JSONResponse:
                 **_box(hit.face),
                 "subject": hit.subject,
                 "unknown": hit.subject is None,
+                # below the enrolment floors: a match (or none) means less than for a good face
+                "low_quality": bool(hit.face.issues),
+                "quality_issues": hit.face.issues,
+                **_quality(hit.face, req.return_quality),
                 "similarity": hit.matches[0].similarity if hit.matches else None,
                 "fmr": hit.fmrs[0] if hit.fmrs else None,
                 "matches": [

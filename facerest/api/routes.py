@@ -95,6 +95,7 @@ def _extract_options(req: ExtractRequest, state: AppState) -> ExtractOptions:
         detect_masks=req.detect_masks,
         dense_landmarks=req.return_dense_landmarks,
         marks=face_marks(req.images),
+        return_quality=req.return_quality,
     )
 
 

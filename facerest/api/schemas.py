@@ -108,6 +108,11 @@ class ExtractRequest(ImageOptions):
     extract_embedding: StrictBool = Field(True, description="Compute embeddings (`vec`, `norm`).")
     extract_ga: StrictBool = Field(False, description="Estimate gender and age.")
     detect_masks: StrictBool = Field(False, description="Classify masks; needs FACEREST_MASK_NAME.")
+    return_quality: StrictBool = Field(
+        False,
+        description="Add each face's `quality`: score and parts (size, detector score, sharpness, pose, "
+        "cut by the edge).",
+    )
     verbose_timings: StrictBool = Field(False, description="Add per-stage timings to `took`.")
     msgpack: StrictBool = Field(False, description="Answer in msgpack.")
     img_req_headers: dict[str, str] = Field(

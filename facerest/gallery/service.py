@@ -33,6 +33,7 @@ from facerest.gallery.store import (
     SubjectMatch,
     mismatch_message,
 )
+from facerest.imaging.quality import Floors, Quality, shortfalls
 from facerest.models.store import ModelStore, md5_of
 from facerest.pipeline import ExtractOptions, FaceAnalyzer, ImageInput
 
@@ -61,6 +62,8 @@ class FoundFace:
     embedding: np.ndarray
     bbox: list[float] | None
     prob: float | None
+    quality: Quality | None = None
+    issues: list[str] = field(default_factory=list)  # why it is below the enrolment floors
 
 
 @dataclass(slots=True)
@@ -208,7 +211,9 @@ class GalleryService:
         self._model()
         if not images:
             return []
-        options = ExtractOptions(threshold=self.settings.det_thresh, limit_faces=1 if largest_only else 0)
+        options = ExtractOptions(
+            threshold=self.settings.det_thresh, limit_faces=1 if largest_only else 0, return_quality=True
+        )
         results = self.analyzer.process(list(images), options)
         out = []
         for image, result in zip(images, results, strict=True):
@@ -217,8 +222,26 @@ class GalleryService:
             elif not result.ok:
                 out.append(ImageFaces(error=FaceRestError(result.error or "failed")))
             else:
-                out.append(ImageFaces([_found(f) for f in result.faces], image_hash(image)))
+                out.append(ImageFaces([self._found(f) for f in result.faces], image_hash(image)))
         return out
+
+    @property
+    def floors(self) -> Floors:
+        s = self.settings
+        return Floors(
+            s.enrol_min_sharpness,
+            s.enrol_min_face_size,
+            s.enrol_max_yaw,
+            s.enrol_max_cut,
+            s.enrol_min_quality,
+        )
+
+    def _found(self, face: Face) -> FoundFace:
+        assert face.embedding is not None  # the recognizer ran: extract_embedding is on
+        issues = shortfalls(face.quality, self.floors) if face.quality is not None else []
+        return FoundFace(
+            face.embedding, [float(v) for v in face.bbox], float(face.score), face.quality, issues
+        )
 
     def one_face(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """The largest face's embedding of each image; NoFace (or the image's error) otherwise."""
@@ -240,7 +263,10 @@ class GalleryService:
         images: Sequence[ImageInput] = (),
         embeddings: Sequence[Sequence[float]] = (),
         all_faces: bool = False,
+        force: bool = False,
     ) -> Enrolled:
+        """Faces below the quality floors (FACEREST_ENROL_*) are refused with the reason, listed
+        in `failed` by image index, unless `force`."""
         check_name("gallery", gallery)
         check_name("subject", subject)
         model = self._model()
@@ -256,6 +282,9 @@ class GalleryService:
             elif not found.faces:
                 failed.append((i, "no face found"))
             for face in found.faces:
+                if face.issues and not force:
+                    failed.append((i, "; ".join(face.issues)))
+                    continue
                 new.append(face)
                 hashes.append(found.image_hash)
         for vector in posted:
@@ -312,8 +341,3 @@ class GalleryService:
             raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
         stacked = np.stack([f.embedding for f in faces if f.embedding is not None])
         return float((stacked @ vector).max())
-
-
-def _found(face: Face) -> FoundFace:
-    assert face.embedding is not None  # the recognizer ran: extract_embedding is on
-    return FoundFace(face.embedding, [float(v) for v in face.bbox], float(face.score))
