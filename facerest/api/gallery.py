@@ -21,6 +21,7 @@ from facerest.api.schemas import Images
 from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable
 from facerest.gallery import gallery_url, open_store
+from facerest.gallery.people import UNSORTED
 from facerest.gallery.service import FoundFace, GalleryService, check_name
 from facerest.imaging.loader import Loaded, load_images
 
@@ -158,6 +159,7 @@ async def delete_gallery(request: Request, gallery: str) -> JSONResponse:
     state, service = _service(request)
     if not await state.run(lambda: service.store.delete_gallery(gallery)):
         raise NotFound(f"no gallery {gallery!r}")
+    await state.run(lambda: service.people.forget(gallery))
     return JSONResponse({"gallery": gallery, "deleted": True})
 
 
@@ -202,7 +204,8 @@ async def list_subjects(request: Request, gallery: str) -> JSONResponse:
         return service.store.subjects(gallery)
 
     subjects = await state.run(work)
-    return JSONResponse({"gallery": gallery, "subjects": [{"subject": s, "faces": n} for s, n in subjects]})
+    listed = [{"subject": s, "faces": n} for s, n in subjects if s != UNSORTED]
+    return JSONResponse({"gallery": gallery, "subjects": listed})
 
 
 @router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject")

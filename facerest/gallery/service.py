@@ -25,11 +25,13 @@ from facerest.errors import (
 from facerest.faces import Face
 from facerest.gallery import calibration as calib
 from facerest.gallery.calibration import Calibration, Decision
+from facerest.gallery.people import UNSORTED, FeedbackStore, PersonCluster, check_faces, cluster_unsorted
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
     ModelTag,
     NewFace,
+    StoredFace,
     SubjectMatch,
     mismatch_message,
 )
@@ -120,6 +122,7 @@ class GalleryService:
             else:
                 self.default_threshold = entry.verify_threshold
         self.calibration = self._calibration(settings)
+        self._people: FeedbackStore | None = None
 
     def _calibration(self, settings: Settings) -> Calibration | None:
         """The user's calibration file, else the one the catalogue ships for the recognizer."""
@@ -148,6 +151,8 @@ class GalleryService:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._people is not None:
+            self._people.close()
 
     # --- helpers ---
 
@@ -256,10 +261,17 @@ class GalleryService:
 
     # --- what the endpoints do ---
 
+    @property
+    def people(self) -> FeedbackStore:
+        """Feedback and cluster labels (opened on first use, beside the SQLite gallery)."""
+        if self._people is None:
+            self._people = FeedbackStore(self.settings.data_dir / "people.db")
+        return self._people
+
     def enrol(
         self,
         gallery: str,
-        subject: str,
+        subject: str | None,
         images: Sequence[ImageInput] = (),
         embeddings: Sequence[Sequence[float]] = (),
         all_faces: bool = False,
@@ -268,7 +280,10 @@ class GalleryService:
         """Faces below the quality floors (FACEREST_ENROL_*) are refused with the reason, listed
         in `failed` by image index, unless `force`."""
         check_name("gallery", gallery)
-        check_name("subject", subject)
+        if subject is None:  # unsorted: to be grouped into people by clustering
+            subject = UNSORTED
+        else:
+            check_name("subject", subject)
         model = self._model()
         if not images and not embeddings:
             raise BadInput("nothing to enrol: send images or embeddings")
@@ -315,9 +330,12 @@ class GalleryService:
         inputs: list[ImageFaces] = self.detect(images, largest_only=False)
         inputs += [ImageFaces([FoundFace(v, None, None)]) for v in self.embeddings(embeddings)]
         queries = [face for found in inputs for face in found.faces]
+        # one more than asked: unsorted faces (one reserved subject) are never a match
         results = (
-            self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k) if queries else []
+            self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k + 1) if queries else []
         )
+        hashes = {found.image_hash for found in inputs if found.image_hash is not None}
+        refused = self.people.excluded_for_hashes(gallery, hashes) if hashes else {}
         answers = iter(results)
         out: list[list[Identified] | FaceRestError] = []
         for found in inputs:
@@ -326,12 +344,61 @@ class GalleryService:
                 continue
             faces = []
             for face in found.faces:
-                matches = next(answers).matches
+                banned = refused.get(found.image_hash or "", set()) | {UNSORTED}
+                matches = [m for m in next(answers).matches if m.subject not in banned][:top_k]
                 best = matches[0] if matches and matches[0].similarity >= limit else None
                 fmrs = [self.fmr_at(m.similarity) for m in matches]
                 faces.append(Identified(face, best.subject if best else None, matches, fmrs))
             out.append(faces)
         return decision, out
+
+    # --- people: unsorted faces, clustering, feedback (issue 20) ---
+
+    def _all_faces(self, gallery: str) -> dict[str, list[StoredFace]]:
+        return {
+            subject: self.store.faces(gallery, subject, with_embeddings=True)
+            for subject, _ in self.store.subjects(gallery)
+        }
+
+    def cluster(
+        self,
+        gallery: str,
+        threshold: float | None = None,
+        fmr: float | None = None,
+        recluster: bool = False,
+    ) -> tuple[Decision, list[PersonCluster]]:
+        """The gallery's unsorted faces grouped into people. The default decision follows their
+        number, as search follows its subjects: FACEREST_SEARCH_FPIR over the comparisons of a
+        face with all the others."""
+        self.require(gallery)
+        by_subject = self._all_faces(gallery)
+        unsorted = by_subject.pop(UNSORTED, [])
+        decision = self.decision(threshold, fmr, subjects=max(len(unsorted) - 1, 1))
+        enrolled = {
+            subject: np.stack([f.embedding for f in faces if f.embedding is not None])
+            for subject, faces in by_subject.items()
+            if faces
+        }
+        return decision, cluster_unsorted(unsorted, enrolled, decision, self.people, gallery, recluster)
+
+    def feedback(
+        self, gallery: str, different: Sequence[tuple[int, int]], not_subject: Sequence[tuple[int, str]]
+    ) -> None:
+        """Store "these two faces are different people" and "this face is not X"; NotFound for
+        faces or subjects the gallery does not have (nothing is stored then)."""
+        self.require(gallery)
+        by_subject = self._all_faces(gallery)
+        faces = {f.face_id: f for group in by_subject.values() for f in group}
+        check_faces(
+            set(faces), [i for pair in different for i in pair] + [i for i, _ in not_subject], gallery
+        )
+        unknown = sorted({s for _, s in not_subject} - (set(by_subject) - {UNSORTED}))
+        if unknown:
+            raise NotFound(f"no subject {', '.join(repr(s) for s in unknown[:5])} in gallery {gallery!r}")
+        if any(a == b for a, b in different):
+            raise BadInput("a face cannot be a different person from itself")
+        self.people.add_different(gallery, different)
+        self.people.add_not(gallery, [(i, subject, faces[i].image_hash) for i, subject in not_subject])
 
     def subject_similarity(self, gallery: str, subject: str, vector: np.ndarray) -> float:
         """Similarity of `vector` to the subject's closest face."""
