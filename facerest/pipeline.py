@@ -265,8 +265,9 @@ class FaceAnalyzer:
         # a box is first matched to the faces a detection of the whole image finds (at a low score
         # threshold): those landmarks are the ones an unmarked request would embed
         wide = ExtractOptions(threshold=min(options.threshold, SINGLE_FACE_THRESHOLD))
+        at_scale = ExtractOptions(threshold=wide.threshold, max_size=options.max_size)
         images = {i for i, _, _, _ in searches if not isinstance(out[i], str)}
-        whole = self.detect({i: pixels[i] for i in images}, wide, deadline) if images else {}
+        whole = self.detect({i: pixels[i] for i in images}, at_scale, deadline) if images else {}
         for i, n, box, region in searches:
             faces = out[i]
             if isinstance(faces, str):
