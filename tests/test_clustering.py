@@ -116,6 +116,24 @@ def test_clusters_are_the_identities(extracted, tmp_path: Path, analyzer) -> Non
                 assert score >= 0.95
                 assert abs(count - len(set(who))) <= 0.1 * len(set(who))
 
+    # incremental on the mixed faces: half clustered, the other half assigned, in 3 random orders
+    threshold = calibration.threshold_for(fmr_for_fpir(0.01, len(mixed) - 1))
+    batch = clustering.cluster(mixed, threshold)
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(mixed))
+        half = len(mixed) // 2
+        old = clustering.cluster(mixed[order[:half]], threshold)
+        grown = np.empty(len(mixed), np.int64)
+        grown[order[:half]] = old
+        grown[order[half:]] = clustering.assign(mixed[order[:half]], old, mixed[order[half:]], threshold)
+        agreement = clustering.bcubed(grown, [str(b) for b in batch])[2]
+        score = clustering.bcubed(grown, mixed_people)[2]
+        print(
+            f"incremental, order {seed}: {len(set(grown))} clusters (batch {len(set(batch))}), BCubed F "
+            f"{score:.4f}, agreement with batch {agreement:.4f}"
+        )
+        assert score >= 0.95 and agreement >= 0.95
+
 
 def test_incremental_equals_batch_and_feedback_is_respected(extracted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path, truth = extracted
