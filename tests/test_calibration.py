@@ -168,3 +168,59 @@ def test_cli_calibrates_identity_folders_and_lists_unreadable_images(
     assert any("broken.jpg" in s[0] for s in written["made_from"]["skipped"])
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert math.isclose(sum(1 for _ in written["genuine_scores"]), written["genuine_pairs"])
+
+
+def test_decisions_over_http_name_their_error_rates(server) -> None:  # type: ignore[no-untyped-def]
+    cal = calib.load(SHIPPED)
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(2, 512))
+    pair = [a.tolist(), (a + 0.9 * b).tolist()]  # cosine about 0.74
+    with server.client() as client:
+        r = client.post("/verify", json={"embeddings": pair})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["decision"]["basis"] == "fmr" and answer["decision"]["fmr"] == 1e-3
+        assert answer["threshold"] == pytest.approx(cal.threshold_for(1e-3))
+        assert answer["same"] is True and 0 < answer["fmr"] < cal.empirical_min_fmr
+        r = client.post("/verify", json={"embeddings": pair, "fmr": 1e-2})
+        assert r.json()["threshold"] == pytest.approx(cal.threshold_for(1e-2))
+        r = client.post("/verify", json={"embeddings": pair, "threshold": 0.5})
+        assert r.json()["decision"]["basis"] == "threshold" and r.json()["threshold"] == 0.5
+        # outside the calibrated range: 422 naming the range; both a cosine and a rate: 400
+        r = client.post("/verify", json={"embeddings": pair, "fmr": 1e-9})
+        assert r.status_code == 422 and r.json()["code"] == "outside_calibration", r.text
+        assert "calibrated range" in r.json()["detail"]
+        r = client.post("/verify", json={"embeddings": pair, "fmr": 1e-3, "threshold": 0.3})
+        assert r.status_code == 400 and "one of threshold, fmr and fpir" in r.text
+        client.delete("/gallery/rates")
+        r = client.post("/gallery/rates/subjects/someone/faces", json={"embeddings": [pair[0]]})
+        assert r.status_code == 200
+        for body, status in (({"fmr": 1e-9}, 422), ({"fpir": 1e-12}, 422), ({"fpir": 0.05}, 200), ({}, 200)):
+            r = client.post("/gallery/rates/search", json={"embeddings": [pair[1]], **body})
+            assert r.status_code == status, (body, r.text)
+        decision = r.json()["decision"]
+        assert decision == {
+            "basis": "fpir",
+            "threshold": pytest.approx(cal.threshold_for(0.01)),
+            "fmr": pytest.approx(0.01),
+            "fpir": pytest.approx(0.01),
+            "subjects": 1,
+            "calibration": "catalogue:w600k_mbf.json",
+        }
+        [face] = r.json()["data"][0]["faces"]
+        assert (
+            face["subject"] == "someone"
+            and face["unknown"] is False
+            and face["fmr"] == face["matches"][0]["fmr"]
+        )
+        r = client.post("/gallery/rates/search", json={"embeddings": [b.tolist()]})
+        [face] = r.json()["data"][0]["faces"]
+        assert face["subject"] is None and face["unknown"] is True and face["fmr"] > 0.01
+        assert client.delete("/gallery/rates").status_code == 200
+
+
+def test_without_a_calibration_decisions_are_cosines() -> None:
+    d = calib.decide(None, default_fmr=1e-3, default_fpir=0.01, subjects=5, fallback_threshold=0.35)
+    assert (d.basis, d.threshold, d.fmr) == ("threshold", 0.35, None)
+    with pytest.raises(BadInput, match="need a calibration"):
+        calib.decide(None, fmr=1e-3, default_fmr=1e-3, fallback_threshold=0.35)
