@@ -176,6 +176,12 @@ def test_decisions_over_http_name_their_error_rates(server) -> None:  # type: ig
     a, b = rng.normal(size=(2, 512))
     pair = [a.tolist(), (a + 0.9 * b).tolist()]  # cosine about 0.74
     with server.client() as client:
+        decisions = client.get("/info").json()["decisions"]
+        assert decisions["verify_fmr"] == 1e-3 and decisions["search_fpir"] == 0.01
+        assert decisions["calibration"]["source"] == "catalogue:w600k_mbf.json"
+        assert [r["threshold"] for r in decisions["calibration"]["thresholds"]] == [
+            r["threshold"] for r in json.loads(SHIPPED.read_text())["thresholds"]
+        ]
         r = client.post("/verify", json={"embeddings": pair})
         assert r.status_code == 200, r.text
         answer = r.json()

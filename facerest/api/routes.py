@@ -359,8 +359,29 @@ async def info(request: Request) -> JSONResponse:
                 "queue_size": s.queue_size,
             },
             "threads": s.threads,
+            "decisions": _decisions(state),
         }
     )
+
+
+def _decisions(state: AppState) -> dict[str, Any]:
+    """The default decision points and the recognizer's calibration behind them (issue 20)."""
+    from facerest.gallery.calibration import row_json
+
+    calibration = state.gallery.calibration if state.gallery is not None else None
+    return {
+        "verify_fmr": state.settings.verify_fmr,
+        "search_fpir": state.settings.search_fpir,
+        "calibration": None
+        if calibration is None
+        else {
+            "source": calibration.source,
+            "model": calibration.model,
+            "impostor_pairs": calibration.impostor_pairs,
+            "calibrated_fmr_range": [calibration.min_fmr, calibration.max_fmr],
+            "thresholds": [row_json(row) for row in calibration.table()],
+        },
+    }
 
 
 @router.get("/health", summary="Ready when the models are loaded and answer")
