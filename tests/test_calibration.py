@@ -230,3 +230,27 @@ def test_without_a_calibration_decisions_are_cosines() -> None:
     assert (d.basis, d.threshold, d.fmr) == ("threshold", 0.35, None)
     with pytest.raises(BadInput, match="need a calibration"):
         calib.decide(None, fmr=1e-3, default_fmr=1e-3, fallback_threshold=0.35)
+
+
+def test_a_users_calibration_file_overrides_the_shipped_one(
+    analyzer, settings: Settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from facerest.gallery.service import GalleryService
+
+    vectors, labels = synthetic(n_ids=80)
+    mine = calib.calibrate(vectors, labels, "w600k_mbf")
+    mine.save(tmp_path / "mine.json")
+    own = settings.model_copy(update={"calibration_file": tmp_path / "mine.json", "data_dir": tmp_path})
+    service = GalleryService(None, analyzer, own)
+    assert (
+        service.calibration is not None
+        and service.calibration.source == "FACEREST_CALIBRATION_FILE:mine.json"
+    )
+    assert service.decision().threshold == pytest.approx(mine.threshold_for(1e-3))
+    assert service.decision().threshold != pytest.approx(calib.load(SHIPPED).threshold_for(1e-3), abs=1e-3)
+    calib.calibrate(vectors, labels, "another_model").save(tmp_path / "other.json")
+    with pytest.raises(BadInput, match="calibrates another_model, not the recognizer in use"):
+        GalleryService(None, analyzer, own.model_copy(update={"calibration_file": tmp_path / "other.json"}))
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(BadInput, match="cannot be read"):
+        GalleryService(None, analyzer, own.model_copy(update={"calibration_file": tmp_path / "broken.json"}))

@@ -335,7 +335,10 @@ class GalleryService:
             self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k + 1) if queries else []
         )
         hashes = {found.image_hash for found in inputs if found.image_hash is not None}
-        refused = self.people.excluded_for_hashes(gallery, hashes) if hashes else {}
+        # "not X" feedback; a server that never took any (no people.db) reads nothing, so search
+        # works on a read-only data folder too
+        feedback_given = self._people is not None or (self.settings.data_dir / "people.db").exists()
+        refused = self.people.excluded_for_hashes(gallery, hashes) if hashes and feedback_given else {}
         answers = iter(results)
         out: list[list[Identified] | FaceRestError] = []
         for found in inputs:
