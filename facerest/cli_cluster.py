@@ -134,7 +134,7 @@ def cluster(
         before = None
         if previous is not None:
             earlier = json.loads(previous.read_text())
-            before = {face: k for k, c in enumerate(earlier["clusters"]) for face in c["faces"]}
+            before = {face: c["cluster_id"] for c in earlier["clusters"] for face in c["faces"]}
         labels = run(names, vectors, limit, different, before, method)  # type: ignore[arg-type]
     except BadInput as exc:
         typer.secho(f"error: {exc.detail}", fg=typer.colors.RED, err=True)
@@ -146,6 +146,7 @@ def cluster(
         "faces": len(names),
         "clusters": [
             {
+                "cluster_id": c.label,
                 "faces": [names[i] for i in c.members],
                 "representatives": [names[i] for i in c.representatives],
             }

@@ -100,6 +100,7 @@ async def cluster(request: Request, gallery: str) -> JSONResponse:
             "decision": decision.to_json(),
             "clusters": [
                 {
+                    "cluster_id": c.cluster_id,
                     "faces": [_face(f) for f in c.faces],
                     "representatives": [_face(f) for f in c.representatives],
                     "suggested_subject": c.suggested_subject,

@@ -31,6 +31,7 @@ REPRESENTATIVES = 3
 
 @dataclass(slots=True)
 class Cluster:
+    label: int  # as `cluster` / `assign` gave it (kept across incremental updates)
     members: list[int]  # indices into the clustered faces
     representatives: list[int]  # the most central members, best first
 
@@ -91,7 +92,7 @@ def groups(embeddings: np.ndarray, labels: np.ndarray) -> list[Cluster]:
         vectors = embeddings[members]
         centrality = (vectors @ vectors.T).mean(axis=1)
         ranked = members[np.argsort(-centrality, kind="stable")]
-        out.append(Cluster(members.tolist(), ranked[:REPRESENTATIVES].tolist()))
+        out.append(Cluster(int(label), members.tolist(), ranked[:REPRESENTATIVES].tolist()))
     out.sort(key=lambda c: (-c.size, c.members[0]))
     return out
 

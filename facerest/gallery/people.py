@@ -101,6 +101,7 @@ class FeedbackStore:
 
 @dataclass(slots=True)
 class PersonCluster:
+    cluster_id: int  # kept by incremental updates (new faces join, ids stay)
     faces: list[StoredFace]
     representatives: list[StoredFace]
     suggested_subject: str | None  # the enrolled subject these faces match, at the decision point
@@ -154,7 +155,8 @@ def cluster_unsorted(
             score = float((centre @ enrolled.T).max(axis=1).mean())
             if score >= decision.threshold and (best_score is None or score > best_score):
                 best, best_score = subject, score
-        out.append(PersonCluster(members, [faces[i] for i in group.representatives], best, best_score))
+        representatives = [faces[i] for i in group.representatives]
+        out.append(PersonCluster(group.label, members, representatives, best, best_score))
     return out
 
 
