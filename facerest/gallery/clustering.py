@@ -23,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 
+from facerest.errors import FeatureUnavailable
+
 Method = Literal["average", "single", "hdbscan"]
 #: the distance given to a pair known to be different people (forbids any merge holding both)
 APART = 1e9
@@ -69,7 +71,12 @@ def cluster(
 
 
 def _hdbscan(vectors: np.ndarray, threshold: float) -> np.ndarray:
-    from sklearn.cluster import HDBSCAN
+    try:
+        from sklearn.cluster import HDBSCAN
+    except ImportError as exc:
+        raise FeatureUnavailable(
+            "method hdbscan needs scikit-learn: pip install 'facerest[hdbscan]'"
+        ) from exc
 
     # HDBSCAN picks its own density levels: the threshold does not enter (its epsilon option fails
     # in scikit-learn 1.9.1's tree search); measured beside the threshold methods
