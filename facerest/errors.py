@@ -21,6 +21,13 @@ class BadInput(FaceRestError):
     code = "bad_input"
 
 
+class OutsideCalibration(BadInput):
+    """An error rate the recognizer's calibration has too little data to turn into a threshold."""
+
+    status_code = 422
+    code = "outside_calibration"
+
+
 class ImageDecodeError(BadInput):
     code = "image_decode_error"
 

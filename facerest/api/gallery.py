@@ -21,12 +21,14 @@ from facerest.api.schemas import Images, Name
 from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable
 from facerest.gallery import gallery_url, open_store
+from facerest.gallery.people import UNSORTED
 from facerest.gallery.service import FoundFace, GalleryService
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
 
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
+ErrorRate = Annotated[float, Field(gt=0.0, lt=1.0)]
 Embeddings = list[list[float]]
 
 
@@ -36,6 +38,10 @@ class EnrolRequest(BaseModel):
     images: Images | None = None
     all_faces: StrictBool = Field(False, description="Enrol every face found, not only the largest.")
     embeddings: Embeddings | None = Field(None, description="Embeddings of the server's recognizer.")
+    force: StrictBool = Field(
+        False, description="Enrol faces below the quality floors (FACEREST_ENROL_*) too."
+    )
+    return_quality: StrictBool = Field(False, description="Add each added face's quality.")
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -47,8 +53,18 @@ class SearchRequest(BaseModel):
     top_k: int = Field(5, ge=1, le=100, description="Subjects listed per face.")
     threshold: Similarity | None = Field(
         None,
-        description="Cosine similarity at or above which the best subject is named (default: calibrated).",
+        description="Cosine similarity at or above which the best subject is named (default: "
+        "from FACEREST_SEARCH_FPIR).",
     )
+    fmr: ErrorRate | None = Field(
+        None, description="Decision point as a false-match rate per comparison (e.g. 1e-3), not a cosine."
+    )
+    fpir: ErrorRate | None = Field(
+        None,
+        description="Decision point as the chance a stranger is matched to anyone in the gallery; turned "
+        "into the per-comparison FMR for its current number of subjects.",
+    )
+    return_quality: StrictBool = Field(False, description="Add each probe face's quality.")
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -60,6 +76,9 @@ class VerifyRequest(BaseModel):
     gallery: Name | None = None
     subject: Name | None = None
     threshold: Similarity | None = None
+    fmr: ErrorRate | None = Field(
+        None, description="Decision point as a false-match rate (default FACEREST_VERIFY_FMR)."
+    )
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -104,6 +123,12 @@ def _images(state: AppState, images: Images | None, headers: dict[str, str]) -> 
     return load_images(images.data, images.urls, state.settings, headers)
 
 
+def _quality(face: FoundFace, asked: bool) -> dict[str, Any]:
+    if not asked or face.quality is None:
+        return {}
+    return {"quality": face.quality.to_json()}
+
+
 def _box(face: FoundFace) -> dict[str, Any]:
     bbox = None if face.bbox is None else [round(v) for v in face.bbox]
     return {"bbox": bbox, "prob": face.prob}
@@ -134,6 +159,7 @@ async def delete_gallery(request: Request, gallery: Name) -> JSONResponse:
     state, service = _service(request)
     if not await state.run(lambda: service.store.delete_gallery(gallery)):
         raise NotFound(f"no gallery {gallery!r}")
+    await state.run(lambda: service.people.forget(gallery))
     return JSONResponse({"gallery": gallery, "deleted": True})
 
 
@@ -153,14 +179,17 @@ async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
 
     def work():  # type: ignore[no-untyped-def]
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, subject, images, req.embeddings or [], req.all_faces)
+        return service.enrol(gallery, subject, images, req.embeddings or [], req.all_faces, req.force)
 
     done = await state.run(work)
     return JSONResponse(
         {
             "gallery": gallery,
             "subject": subject,
-            "added": [{"face_id": face_id, **_box(face)} for face_id, face in done.added],
+            "added": [
+                {"face_id": face_id, **_box(face), **_quality(face, req.return_quality)}
+                for face_id, face in done.added
+            ],
             "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
         }
     )
@@ -175,7 +204,8 @@ async def list_subjects(request: Request, gallery: Name) -> JSONResponse:
         return service.store.subjects(gallery)
 
     subjects = await state.run(work)
-    return JSONResponse({"gallery": gallery, "subjects": [{"subject": s, "faces": n} for s, n in subjects]})
+    listed = [{"subject": s, "faces": n} for s, n in subjects if s != UNSORTED]
+    return JSONResponse({"gallery": gallery, "subjects": listed})
 
 
 @router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject")
@@ -261,9 +291,11 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
 
     def work():  # type: ignore[no-untyped-def]
         images = _images(state, req.images, req.img_req_headers)
-        return service.search(gallery, images, req.embeddings or [], req.top_k, req.threshold)
+        return service.search(
+            gallery, images, req.embeddings or [], req.top_k, req.threshold, req.fmr, req.fpir
+        )
 
-    results = await state.run(work)
+    decision, results = await state.run(work)
     data: list[dict[str, Any]] = []
     for result in results:
         if isinstance(result, FaceRestError):
@@ -273,13 +305,24 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
             {
                 **_box(hit.face),
                 "subject": hit.subject,
+                "unknown": hit.subject is None,
+                # below the enrolment floors: a match (or none) means less than for a good face
+                "low_quality": bool(hit.face.issues),
+                "quality_issues": hit.face.issues,
+                **_quality(hit.face, req.return_quality),
                 "similarity": hit.matches[0].similarity if hit.matches else None,
-                "matches": [{"subject": m.subject, "similarity": m.similarity} for m in hit.matches],
+                "fmr": hit.fmrs[0] if hit.fmrs else None,
+                "matches": [
+                    {"subject": m.subject, "similarity": m.similarity, "fmr": fmr}
+                    for m, fmr in zip(hit.matches, hit.fmrs, strict=True)
+                ],
             }
             for hit in result
         ]
         data.append({"status": "ok", "faces": faces})
-    return JSONResponse({"gallery": gallery, "threshold": service.threshold(req.threshold), "data": data})
+    return JSONResponse(
+        {"gallery": gallery, "threshold": decision.threshold, "decision": decision.to_json(), "data": data}
+    )
 
 
 @router.post(
@@ -311,13 +354,15 @@ async def verify(request: Request) -> JSONResponse:
             return service.subject_similarity(req.gallery or "", req.subject or "", vectors[0])
         return float(vectors[0] @ vectors[1])
 
+    decision = service.decision(threshold=req.threshold, fmr=req.fmr)  # a bad fmr: 422 before any work
     similarity = await state.run(work)
-    threshold = service.threshold(req.threshold)
     return JSONResponse(
         {
             "similarity": similarity,
-            "same": similarity >= threshold,
-            "threshold": threshold,
+            "same": similarity >= decision.threshold,
+            "threshold": decision.threshold,
+            "fmr": service.fmr_at(similarity),
+            "decision": decision.to_json(),
             "model": service.model.name if service.model else None,
         }
     )

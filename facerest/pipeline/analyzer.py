@@ -15,9 +15,20 @@ import numpy as np
 
 from facerest.config import Settings
 from facerest.errors import FaceRestError, FeatureUnavailable, Overloaded, RequestTimeout
+from facerest.imaging.marks import (
+    MIN_OVERLAP,
+    BadMark,
+    FaceMark,
+    box_of_landmarks,
+    check_mark,
+    iou,
+    search_region,
+)
+from facerest.imaging.quality import assess
 from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup, plan_input
 from facerest.models import LoadedModels
-from facerest.models.base import FaceModel
+from facerest.models.align import norm_crop
+from facerest.models.base import FaceModel, box_crop
 from facerest.models.detection.base import Detections
 from facerest.models.detection.nms import nms
 from facerest.models.faces import Face, ImageResult
@@ -27,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: with the `single_face` hint, a face this sure is still taken when none clears the threshold
 SINGLE_FACE_THRESHOLD = 0.3
+#: a marked face narrower than this at the detector's input gets its landmarks from its box enlarged
+FINE_LANDMARKS_PX = 16
 
 
 @dataclass(slots=True)
@@ -43,6 +56,9 @@ class ExtractOptions:
     min_face_size: float = 0
     max_size: tuple[int, int] | None = None  # None: the server's; (0, 0): no resize
     single_face: bool = False
+    # per input, the faces the client marked (None: detect them); see facerest/imaging/marks.py
+    marks: list[list[FaceMark] | None] | None = None
+    return_quality: bool = False
 
 
 @dataclass(slots=True)
@@ -70,6 +86,20 @@ class Deadline:
     def expire(self) -> None:
         for future in self.pending:
             future.cancel()  # a job already running finishes; queued ones are skipped
+
+
+def best_overlap(box: np.ndarray, candidates: list[Face], shift: np.ndarray) -> Face | None:
+    """The candidate (coordinates + `shift` = image's) that overlaps a marked box most, if enough."""
+    candidates = [c for c in candidates if c.landmarks is not None]
+    if not candidates:
+        return None
+    boxes = np.stack([c.bbox for c in candidates]) + np.tile(shift, 2)
+    overlap = iou(np.asarray(box, np.float32), boxes)
+    best = int(np.argmax(overlap))
+    if overlap[best] < MIN_OVERLAP:
+        return None
+    found = candidates[best]
+    return Face(boxes[best], found.score, found.landmarks + shift, 0)  # type: ignore[operator]
 
 
 class Admission:
@@ -143,14 +173,23 @@ class FaceAnalyzer:
                 results[i].faces = [Face(np.array([0, 0, w, h], np.float32), 1.0, None, 0)]
         else:
             t0 = time.perf_counter()
-            found = self.detect(pixels, options, limit)
-            timings.detect_ms += (time.perf_counter() - t0) * 1000
+            marks = options.marks or []
+            marked = {i: marks[i] for i in ok if i < len(marks) and marks[i] is not None}
+            found = self.detect({i: p for i, p in pixels.items() if i not in marked}, options, limit)
             for i, faces in found.items():
                 if options.single_face:
                     faces = faces[:1] if faces else [self._whole_image_face(pixels[i])]
                 results[i].faces = faces
+            for i, faces_or_error in self._marked_faces(pixels, marked, options, limit).items():
+                if isinstance(faces_or_error, str):
+                    results[i].error, results[i].error_code = faces_or_error, "bad_face_mark"
+                else:
+                    results[i].faces = faces_or_error
+            timings.detect_ms += (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         self._run_face_models(pixels, results, options, limit)
+        if options.return_quality:
+            self._assess(pixels, results)
         timings.faces_ms += (time.perf_counter() - t0) * 1000
         total = (time.perf_counter() - started) * 1000
         for result in results:
@@ -189,6 +228,60 @@ class FaceAnalyzer:
                         dets = self._merge(dets, self._decode(outputs, plan, SINGLE_FACE_THRESHOLD))
                     found[i] = dets
         return {i: self._select(dets, options) for i, dets in found.items()}
+
+    def _marked_faces(
+        self,
+        pixels: dict[int, np.ndarray],
+        marked: dict[int, list[FaceMark]],
+        options: ExtractOptions,
+        deadline: Deadline,
+    ) -> dict[int, list[Face] | str]:
+        """The faces the client marked, per image, or why the image's marks name no face.
+
+        Landmarks are taken as given; a box alone gets the landmarks of the face the detector finds
+        in and around it (the one overlapping it most), or none (its box is then resized)."""
+        out: dict[int, list[Face] | str] = {}
+        # (image, face, box, region) of each box marked without landmarks
+        searches: list[tuple[int, int, np.ndarray, tuple[int, int, int, int]]] = []
+        for i, marks in marked.items():
+            h, w = pixels[i].shape[:2]
+            faces = []
+            try:
+                for n, mark in enumerate(marks):
+                    check_mark(mark, w, h, n)
+                    if mark.landmarks is not None:
+                        box = mark.bbox if mark.bbox is not None else box_of_landmarks(mark.landmarks)
+                        faces.append(
+                            Face(np.asarray(box, np.float32), 1.0, mark.landmarks, n, marked="landmarks")
+                        )
+                    else:
+                        assert mark.bbox is not None
+                        faces.append(Face(np.asarray(mark.bbox, np.float32), 0.0, None, n, marked="box only"))
+                        searches.append((i, n, mark.bbox, search_region(mark.bbox, w, h)))
+            except BadMark as exc:
+                out[i] = str(exc)
+                continue
+            out[i] = faces
+        # a box is first matched to the faces a detection of the whole image finds (at a low score
+        # threshold): those landmarks are the ones an unmarked request would embed
+        wide = ExtractOptions(threshold=min(options.threshold, SINGLE_FACE_THRESHOLD))
+        at_scale = ExtractOptions(threshold=wide.threshold, max_size=options.max_size)
+        images = {i for i, _, _, _ in searches if not isinstance(out[i], str)}
+        whole = self.detect({i: pixels[i] for i in images}, at_scale, deadline) if images else {}
+        for i, n, box, region in searches:
+            faces = out[i]
+            if isinstance(faces, str):
+                continue
+            found = best_overlap(box, whole[i], np.zeros(2, np.float32))
+            scale = self._plan(pixels[i], options).scale
+            if found is None or found.width * scale < FINE_LANDMARKS_PX:
+                # missed at the image's scale, or too small there for exact landmarks: the box, enlarged
+                crop = np.ascontiguousarray(pixels[i][region[1] : region[3], region[0] : region[2]])
+                shift = np.array(region[:2], np.float32)
+                found = best_overlap(box, self.detect({0: crop}, wide, deadline)[0], shift) or found
+            if found is not None:
+                faces[n].landmarks, faces[n].score, faces[n].marked = found.landmarks, found.score, "box"
+        return out
 
     def _submit(
         self, image: np.ndarray, plan: DetectorInput, deadline: Deadline
@@ -366,6 +459,22 @@ class FaceAnalyzer:
             rows = self._wait(future, deadline)
             for (_, face), row in zip(owners, rows, strict=True):
                 model.apply(face, row)
+
+    @staticmethod
+    def _assess(pixels: dict[int, np.ndarray], results: list[ImageResult]) -> None:
+        """Each face's quality, measured on the crop the recognizer sees (facerest/imaging/quality.py)."""
+        for i, result in enumerate(results):
+            if not result.ok:
+                continue
+            image = pixels[i]
+            h, w = image.shape[:2]
+            for face in result.faces:
+                crop = (
+                    norm_crop(image, face.landmarks, 112)
+                    if face.landmarks is not None
+                    else box_crop(image, face.bbox, 112)
+                )
+                face.quality = assess(crop, face.bbox, face.landmarks, face.score, w, h)
 
     def _wait(self, future: Future, deadline: Deadline):  # type: ignore[no-untyped-def]
         try:
