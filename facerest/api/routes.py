@@ -105,7 +105,9 @@ async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Res
 
     def work():  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
-        images = load_images(req.images.data, req.images.urls, state.settings, req.img_req_headers)
+        images = load_images(
+            req.images.data, req.images.urls, state.settings, req.img_req_headers, deadline
+        )
         timings.extra["read_imgs_ms"] = (time.perf_counter() - t0) * 1000
         return state.analyzer.process(images, options, timings, deadline)
 
