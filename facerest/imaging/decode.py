@@ -195,7 +195,10 @@ def decode_image(data: bytes, *, max_pixels: int, max_scans: int = DEFAULT_MAX_J
         image = _decode_jpeg(data)
     if image is None:
         buffer = np.frombuffer(data, dtype=np.uint8)
-        flags = cv2.IMREAD_UNCHANGED if not data.startswith(JPEG_MAGIC) else cv2.IMREAD_COLOR
+        flags = cv2.IMREAD_UNCHANGED
+        # OpenCV reads an OS/2 1.x BMP unchanged as one grey channel; in colour it reads it right
+        if data.startswith(JPEG_MAGIC) or (data[:2] == b"BM" and data[14:18] == b"\x0c\x00\x00\x00"):
+            flags = cv2.IMREAD_COLOR
         try:
             image = cv2.imdecode(buffer, flags)
         except cv2.error:
