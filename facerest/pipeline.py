@@ -110,6 +110,9 @@ class FaceAnalyzer:
         self.scheduler = InferenceScheduler(settings.batch_wait_ms / 1000.0)
         self.admission = Admission(settings.queue_size)
         self.timeout_s = settings.request_timeout_s
+        # an image keeps at most MAX_FACES_PER_IMAGE faces (the largest): NMS can stop once it
+        # has twice that many, the most confident, to choose from (ordinary images have far fewer)
+        models.detector.max_detections = 2 * settings.max_faces_per_image
 
     # --- public entry points (blocking; call from a worker thread, never the event loop) ---
 
@@ -190,6 +193,7 @@ class FaceAnalyzer:
         while queued:
             i, plan, future, closeup = queued.popleft()
             outputs = self._wait(future, deadline)
+            self._check(deadline)  # decoding (NMS over every anchor at threshold 0) costs too
             dets = self._decode(outputs, plan, options.threshold)
             found[i] = self._merge(found[i], dets) if closeup else dets
             if fallback:
@@ -316,7 +320,7 @@ class FaceAnalyzer:
             max_pixels=self.settings.max_detector_pixels,
         )
 
-    def _select(self, dets: Detections, options: ExtractOptions, budget: int) -> list[Face]:
+    def _select(self, dets: Detections, options: ExtractOptions, budget: int = 1 << 30) -> list[Face]:
         widths = dets.boxes[:, 2] - dets.boxes[:, 0]
         keep = (
             np.flatnonzero(widths >= options.min_face_size)
@@ -399,9 +403,7 @@ class FaceAnalyzer:
                 if chunk is None:
                     return
                 model, part, run, max_batch = chunk
-                if time.monotonic() > deadline.at:
-                    deadline.expire()
-                    raise RequestTimeout(f"the request took longer than {self.timeout_s} s")
+                self._check(deadline)
                 crops = np.stack([model.crop(pixels[i], face) for i, face in part])
                 if model is self.models.recognizer and options.return_face_data:
                     for (_, face), crop in zip(part, crops, strict=True):
@@ -428,6 +430,12 @@ class FaceAnalyzer:
                 for (_, face), row in zip(part, rows, strict=True):
                     model.apply(face, row)
             refill()
+
+    def _check(self, deadline: Deadline) -> None:
+        """Between steps: past the deadline, withdraw what is queued and answer 504."""
+        if time.monotonic() > deadline.at:
+            deadline.expire()
+            raise RequestTimeout(f"the request took longer than {self.timeout_s} s")
 
     def _wait(self, future: Future, deadline: Deadline):  # type: ignore[no-untyped-def]
         try:
