@@ -5,10 +5,10 @@ oldest waiting model with every job of the same model and input shape that fits 
 so 8 concurrent one-face requests become one batch of 8 instead of 8 calls. One thread, one
 session per model: the cores go to the model's own intra-op threads and never oversubscribe.
 
-Requests are served in turn: within a model's queue, jobs are taken one per request (owner) in
-round-robin order, so a request with 100 batches queued delays a one-face request by one batch,
-not by 100. A job past its deadline (`expires`) is withdrawn when the next batch is formed, even
-if its request has not yet noticed.
+Requests are served in turn: within a model's queue, jobs are taken one per request (owner),
+the request served least so far first, so a request with 100 batches queued delays a one-face
+request by the batch already running, not by 100. A job past its deadline (`expires`) is
+withdrawn when the next batch is formed, even if its request has not yet noticed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -43,7 +43,8 @@ class _Queue:
     runner: Runner
     max_batch: int
     # per owner (a request), its jobs in order; owners in the order they are next served
-    owners: OrderedDict[Hashable, deque[_Job]] = field(default_factory=OrderedDict)
+    owners: dict[Hashable, deque[_Job]] = field(default_factory=dict)
+    served: dict[Hashable, int] = field(default_factory=dict)  # inputs run per owner
 
     def items(self) -> int:
         return sum(len(j.items) for jobs in self.owners.values() for j in jobs)
@@ -61,26 +62,29 @@ class _Queue:
                 del self.owners[owner]
 
     def take(self) -> list[_Job]:
-        """One batch: a job from each owner in turn while they fit; served owners go last."""
+        """One batch: a job from each owner in turn while they fit, the owner served least so far
+        (in inputs) first, so a new one-face request goes ahead of requests with 100 batches."""
         jobs: list[_Job] = []
         count = 0
         progressed = True
         while self.owners and count < self.max_batch and progressed:
             progressed = False
-            for owner in list(self.owners):
+            for owner in sorted(self.owners, key=lambda o: self.served.get(o, 0)):
                 queue = self.owners[owner]
                 if jobs and count + len(queue[0].items) > self.max_batch:
                     continue
                 job = queue.popleft()
                 jobs.append(job)
                 count += len(job.items)
+                self.served[owner] = self.served.get(owner, 0) + len(job.items)
                 progressed = True
-                if queue:
-                    self.owners.move_to_end(owner)
-                else:
+                if not queue:
                     del self.owners[owner]
                 if count >= self.max_batch:
                     break
+        if len(self.served) > 4 * len(self.owners) + 256:
+            # owners that queue in bursts keep their count between bursts; the gone are forgotten
+            self.served = {o: n for o, n in self.served.items() if o in self.owners}
         return jobs
 
 
