@@ -1,14 +1,15 @@
 """One inference thread that forms batches across requests.
 
-Request threads submit jobs (a stack of inputs for one model); the inference thread runs the
-oldest waiting model with every job of the same model and input shape that fits in its batch,
-so 8 concurrent one-face requests become one batch of 8 instead of 8 calls. One thread, one
-session per model: the cores go to the model's own intra-op threads and never oversubscribe.
+Request threads submit jobs (a stack of inputs for one model and input shape); the inference
+thread runs one model at a time on a batch of jobs from several requests, so 8 concurrent
+one-face requests become one batch of 8 instead of 8 calls. One thread, one session per model:
+the cores go to the model's own intra-op threads and never oversubscribe.
 
-Requests are served in turn: within a model's queue, jobs are taken one per request (owner),
-the request served least so far first, so a request with 100 batches queued delays a one-face
-request by the batch already running, not by 100. A job past its deadline (`expires`) is
-withdrawn when the next batch is formed, even if its request has not yet noticed.
+Requests are served in turn (issue 14): the next batch is for the request (`owner`) served
+least so far, in inputs, across all models, and is filled with one job per request in that
+order, so a request with 100 batches queued delays a one-face request by the batch already
+running, not by 100. A job past its deadline (`expires`) is withdrawn when the next batch is
+formed, even if its request has not yet noticed.
 """
 
 from __future__ import annotations
@@ -44,13 +45,19 @@ class _Queue:
     max_batch: int
     # per owner (a request), its jobs in order; owners in the order they are next served
     owners: dict[Hashable, deque[_Job]] = field(default_factory=dict)
-    served: dict[Hashable, int] = field(default_factory=dict)  # inputs run per owner
+    # inputs run per owner, shared by every queue of the scheduler: a request's detector work
+    # counts when its recognizer work is ordered against other requests'
+    served: dict[Hashable, int] = field(default_factory=dict)
 
     def items(self) -> int:
         return sum(len(j.items) for jobs in self.owners.values() for j in jobs)
 
-    def oldest(self) -> float | None:
-        return min((jobs[0].enqueued for jobs in self.owners.values()), default=None)
+    def first(self) -> tuple[int, float] | None:
+        """(inputs served, time queued) of the job this queue would run first: the job of the
+        owner served least, oldest first; None when empty."""
+        return min(
+            ((self.served.get(o, 0), jobs[0].enqueued) for o, jobs in self.owners.items()), default=None
+        )
 
     def withdraw_expired(self, now: float) -> None:
         for owner in list(self.owners):
@@ -82,9 +89,6 @@ class _Queue:
                     del self.owners[owner]
                 if count >= self.max_batch:
                     break
-        if len(self.served) > 4 * len(self.owners) + 256:
-            # owners that queue in bursts keep their count between bursts; the gone are forgotten
-            self.served = {o: n for o, n in self.served.items() if o in self.owners}
         return jobs
 
 
@@ -116,6 +120,7 @@ class InferenceScheduler:
         self._cond = threading.Condition()
         self._queues: dict[Hashable, _Queue] = {}
         self._requests = 0  # requests inside the pipeline, see `request`
+        self._served: dict[Hashable, int] = {}  # inputs run per owner, see `_Queue.take`
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="facerest-inference", daemon=True)
         self._thread.start()
@@ -143,7 +148,7 @@ class InferenceScheduler:
                 raise RuntimeError("the inference scheduler is stopped")
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = _Queue(runner, max(1, max_batch))
+                queue = self._queues[key] = _Queue(runner, max(1, max_batch), served=self._served)
             owner = future if owner is None else owner
             queue.owners.setdefault(owner, deque()).append(_Job(items, future, expires))
             self._cond.notify()
@@ -188,14 +193,20 @@ class InferenceScheduler:
                 now = time.monotonic()
                 for q in self._queues.values():
                     q.withdraw_expired(now)
-                waiting = [(t, k) for k, q in self._queues.items() if (t := q.oldest()) is not None]
+                waiting = [(t, k) for k, q in self._queues.items() if (t := q.first()) is not None]
                 if waiting:
                     break
                 if self._stopping:
                     return None
                 self._cond.wait()
+            # the model whose next job is for the request served least (then the oldest job)
             key = min(waiting, key=lambda pair: pair[0])[1]
             queue = self._queues[key]
+            owners = {o for q in self._queues.values() for o in q.owners}
+            if len(self._served) > 4 * len(owners) + 256:
+                # owners that queue in bursts keep their count between bursts; the gone are forgotten
+                for owner in [o for o in self._served if o not in owners]:
+                    del self._served[owner]
             if self._worth_waiting(queue):
                 self._cond.wait(self.batch_wait_s)
             return key, queue, queue.take()
