@@ -113,7 +113,8 @@ def hostile_mix() -> list[tuple[str, float, dict | bytes | str]]:
         ("hostile 4: 64 MiB header", 0.01, "header"),
         ("hostile 5: idle connection", 0.02, "idle"),
         ("hostile 5: half-sent request", 0.02, "half"),
-        ("hostile 6: 40,000 embeddings", 0.01, {"embeddings": unit_rows(40_000, 1)}),
+        # 41 MB, as in the issue: 40,000 embeddings of 512 zeros
+        ("hostile 6: 40,000 embeddings", 0.01, {"embeddings": [[0] * 512] * 40_000}),
         ("hostile 6: search 1000 x 10,000", 0.02, {"embeddings": unit_rows(1000, 2), "top_k": 1}),
     ]
 

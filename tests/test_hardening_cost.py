@@ -164,6 +164,11 @@ def test_embedding_lists_are_bounded(bounded):
         assert response.json()["code"] == "too_many_embeddings"
         response = client.post("/gallery/big/subjects/someone/faces", json={"embeddings": unit_rows(1001, 2)})
         assert response.status_code == 413, response.text[:300]
+        # the 41 MB body: refused from a glance at it, before 20 M numbers are parsed
+        zeros = [[0] * DIM] * 40_000
+        response = client.post("/verify", json={"embeddings": zeros})
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["code"] == "too_many_embeddings"
         assert client.get("/info").json()["limits"]["max_embeddings_per_body"] == 1000
 
 
