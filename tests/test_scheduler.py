@@ -109,7 +109,7 @@ def test_a_small_request_goes_ahead_of_a_big_one_queued_before_it():
     scheduler = InferenceScheduler()
     runner = GatedRunner()
     try:
-        first = scheduler.submit("m", runner, np.zeros((8, 3), np.float32), max_batch=8, owner="big")
+        scheduler.submit("m", runner, np.zeros((8, 3), np.float32), max_batch=8, owner="big")
         assert runner.started.wait(10)
         big = [
             scheduler.submit("m", runner, np.ones((8, 3), np.float32), max_batch=8, owner="big")
