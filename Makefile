@@ -135,8 +135,9 @@ lint-docker: $(VENV)/.installed-dev
 .PHONY: load-test
 CLIENTS ?= 32
 DURATION ?= 120
+# make load-test HOSTILE=1: the same load again with issue 14's hostile requests mixed in
 load-test: $(VENV)/.installed
-	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION)
+	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION) $(if $(HOSTILE),--hostile)
 
 # --- calibrated decisions (issue 20) ---
 # The catalogue's calibration of w600k_mbf, rebuilt from the shared test data beside the checkout

@@ -222,6 +222,34 @@ class Settings(BaseSettings):
         description="Open connections per server process; a new one past it is answered 503 and closed.",
     )
 
+    # --- cost bounds per request (issue 14) ---
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans in one JPEG (progressive files hold 2-20); a decoder passes over the "
+        "whole image once per scan, so more fail alone: image_too_large.",
+    )
+    max_detector_pixels: int = Field(
+        4_194_304,
+        ge=4096,
+        description="Largest detector canvas, in pixels (default 2048x2048): an image that max_size "
+        "(the server's or the request's) would scale past it is scaled to fit it.",
+    )
+    max_faces_per_request: int = Field(
+        1024,
+        ge=1,
+        description="Most faces of one request, all images together (the largest of each image "
+        "kept, in request order); bounds the recognizer's work per request.",
+    )
+    max_embeddings_per_body: int = Field(
+        1000, ge=1, description="Most embeddings in one gallery or /verify body; more: 413."
+    )
+    max_search_comparisons: int = Field(
+        10_000_000,
+        ge=1,
+        description="Most query x gallery-face comparisons in one search; more: 413.",
+    )
+
     # --- throughput (issue 3) ---
     max_upscale: float = Field(
         0.0,

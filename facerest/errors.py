@@ -42,6 +42,18 @@ class TooManyImages(BadInput):
     code = "too_many_images"
 
 
+class TooManyEmbeddings(BadInput):
+    status_code = 413
+    code = "too_many_embeddings"
+
+
+class SearchTooLarge(BadInput):
+    """A search would compare more query x gallery faces than the server allows at once."""
+
+    status_code = 413
+    code = "search_too_large"
+
+
 class BodyTooLarge(BadInput):
     status_code = 413
     code = "body_too_large"

@@ -6,7 +6,8 @@ import numpy as np
 from conftest import Server, package_photo, read_bgr, shared_path
 from helpers import b64
 
-from facerest.pipeline import FINE_LANDMARKS_PX, ExtractOptions
+from facerest.pipeline import ExtractOptions
+from facerest.pipeline.analyzer import FINE_LANDMARKS_PX
 
 
 def detected(analyzer, path):  # type: ignore[no-untyped-def]

@@ -13,23 +13,35 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError, WithJsonSchema
 
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.schemas import Images, Name
+from facerest.api.serialize import MSGPACK_TYPES
 from facerest.api.state import AppState
-from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable
+from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable, TooManyEmbeddings
 from facerest.gallery import gallery_url, open_store
 from facerest.gallery.people import UNSORTED
-from facerest.gallery.service import FoundFace, GalleryService
+from facerest.gallery.service import FoundFace, GalleryService, check_embedding_count
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
 
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
 ErrorRate = Annotated[float, Field(gt=0.0, lt=1.0)]
-Embeddings = list[list[float]]
+#: embedding lists are only counted while the body is parsed (on the event loop); their numbers
+#: are validated in the worker thread (`_vectors`), so 40,000 posted vectors cost the loop nothing
+Embeddings = Annotated[
+    list[Any],
+    WithJsonSchema({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}),
+]
+_VECTORS = TypeAdapter(list[list[float]])
+#: no recognizer gives longer embeddings; a longer list is refused before its numbers are read
+MAX_EMBEDDING_VALUES = 4096
+#: JSON arrays a gallery body holds besides its embeddings (the embeddings list, images, urls)
+MAX_OTHER_ARRAYS = 8
 
 
 class EnrolRequest(BaseModel):
@@ -129,6 +141,41 @@ def _quality(face: FoundFace, asked: bool) -> dict[str, Any]:
     return {"quality": face.quality.to_json()}
 
 
+async def _parse(request: Request, state: AppState, model: type[BaseModel]) -> Any:
+    """`parse_body`, after a cheap look at a JSON body: each posted embedding is one `[` (base64
+    and plain text hold none), so a body of 40,000 embeddings is refused before the JSON parser
+    spends seconds (holding the interpreter) building 20 million numbers."""
+    raw = await request.body()  # read once; parse_body gets it from the request's cache
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in MSGPACK_TYPES:
+        arrays = raw.count(b"[")
+        if arrays - MAX_OTHER_ARRAYS > state.settings.max_embeddings_per_body:
+            raise TooManyEmbeddings(
+                f"the body holds {arrays} JSON arrays: more embeddings than the limit of "
+                f"{state.settings.max_embeddings_per_body}"
+            )
+    return await parse_body(request, model)
+
+
+def _counted(state: AppState, embeddings: list[Any] | None) -> list[Any]:
+    """The posted embeddings, their count and lengths checked (cheap: nothing is converted)."""
+    embeddings = embeddings or []
+    check_embedding_count(len(embeddings), state.settings)
+    for i, vector in enumerate(embeddings):
+        if not isinstance(vector, list) or len(vector) > MAX_EMBEDDING_VALUES:
+            raise BadInput(f"embedding {i} must be a list of at most {MAX_EMBEDDING_VALUES} numbers")
+    return embeddings
+
+
+def _vectors(embeddings: list[Any]) -> list[list[float]]:
+    """The posted embeddings as numbers (in the worker thread: it is the costly part)."""
+    try:
+        return _VECTORS.validate_python(embeddings)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", "embeddings", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from exc
+
+
 def _box(face: FoundFace) -> dict[str, Any]:
     bbox = None if face.bbox is None else [round(v) for v in face.bbox]
     return {"bbox": bbox, "prob": face.prob}
@@ -175,11 +222,13 @@ async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
     listed in `failed`.
     """
     state, service = _service(request)
-    req: EnrolRequest = await parse_body(request, EnrolRequest)
+    req: EnrolRequest = await _parse(request, state, EnrolRequest)
+    embeddings = _counted(state, req.embeddings)
 
     def work():  # type: ignore[no-untyped-def]
+        vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, subject, images, req.embeddings or [], req.all_faces, req.force)
+        return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force)
 
     done = await state.run(work)
     return JSONResponse(
@@ -287,13 +336,13 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
     `data` holds one entry per image (request order), then one per posted embedding.
     """
     state, service = _service(request)
-    req: SearchRequest = await parse_body(request, SearchRequest)
+    req: SearchRequest = await _parse(request, state, SearchRequest)
+    embeddings = _counted(state, req.embeddings)
 
     def work():  # type: ignore[no-untyped-def]
+        vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.search(
-            gallery, images, req.embeddings or [], req.top_k, req.threshold, req.fmr, req.fpir
-        )
+        return service.search(gallery, images, vectors, req.top_k, req.threshold, req.fmr, req.fpir)
 
     decision, results = await state.run(work)
     data: list[dict[str, Any]] = []
@@ -334,9 +383,10 @@ async def verify(request: Request) -> JSONResponse:
     """Compares the largest face of each image (or the posted embeddings); against a subject, its
     closest face counts. `same` is `similarity >= threshold`."""
     state, service = _service(request)
-    req: VerifyRequest = await parse_body(request, VerifyRequest)
+    req: VerifyRequest = await _parse(request, state, VerifyRequest)
+    embeddings = _counted(state, req.embeddings)
     image_count = len(req.images.data or []) + len(req.images.urls or []) if req.images else 0
-    inputs = image_count + len(req.embeddings or [])
+    inputs = image_count + len(embeddings)
     with_subject = req.gallery is not None or req.subject is not None
     if with_subject and (req.gallery is None or req.subject is None):
         raise BadInput("verify against a subject needs both `gallery` and `subject`")
@@ -348,8 +398,9 @@ async def verify(request: Request) -> JSONResponse:
         )
 
     def work() -> float:
+        posted = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        vectors = service.one_face(images) + service.embeddings(req.embeddings or [])
+        vectors = service.one_face(images) + service.embeddings(posted)
         if with_subject:
             return service.subject_similarity(req.gallery or "", req.subject or "", vectors[0])
         return float(vectors[0] @ vectors[1])

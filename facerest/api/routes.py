@@ -134,7 +134,7 @@ async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Res
 
     def work():  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
-        images = load_images(req.images.data, req.images.urls, state.settings, req.img_req_headers)
+        images = load_images(req.images.data, req.images.urls, state.settings, req.img_req_headers, deadline)
         timings.extra["read_imgs_ms"] = (time.perf_counter() - t0) * 1000
         return state.analyzer.process(images, options, timings, deadline)
 
@@ -367,6 +367,13 @@ async def info(request: Request) -> JSONResponse:
                 "max_body_bytes": s.max_body_bytes,
                 "max_faces_per_image": s.max_faces_per_image,
                 "queue_size": s.queue_size,
+                "max_request_pixels": s.max_request_pixels,
+                "request_timeout_s": s.request_timeout_s,
+                "max_jpeg_scans": s.max_jpeg_scans,
+                "max_detector_pixels": s.max_detector_pixels,
+                "max_faces_per_request": s.max_faces_per_request,
+                "max_embeddings_per_body": s.max_embeddings_per_body,
+                "max_search_comparisons": s.max_search_comparisons,
             },
             # enforced per connection, before a route or the API key check (api/http_protocol.py)
             "http_limits": {

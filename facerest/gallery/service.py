@@ -20,7 +20,9 @@ from facerest.errors import (
     ModelMismatch,
     NoFace,
     NotFound,
+    SearchTooLarge,
     StorageUnavailable,
+    TooManyEmbeddings,
 )
 from facerest.gallery import calibration as calib
 from facerest.gallery.calibration import Calibration, Decision
@@ -30,6 +32,7 @@ from facerest.gallery.store import (
     GalleryStore,
     ModelTag,
     NewFace,
+    SearchResult,
     StoredFace,
     SubjectMatch,
     mismatch_message,
@@ -67,11 +70,38 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+#: queries x gallery faces compared per call into the store: bounds the similarity matrix of
+#: one search to 16 MB however many queries it holds (FACEREST_MAX_SEARCH_COMPARISONS bounds the work)
+SEARCH_CHUNK_COMPARISONS = 4_000_000
+
+
 def check_name(kind: str, name: str) -> str:
     problem = name_problem(name)
     if problem is not None:
         raise BadInput(f"{kind} name {problem}")
     return name
+
+
+def check_embedding_count(count: int, settings: Settings) -> None:
+    if count > settings.max_embeddings_per_body:
+        raise TooManyEmbeddings(
+            f"{count} embeddings in one body; the limit is {settings.max_embeddings_per_body}"
+        )
+
+
+def unit_vector(values: Sequence[float]) -> np.ndarray | None:
+    """`values` scaled to unit length, as float32; None when zero or not finite.
+
+    Computed in float64 after dividing by the largest component, so finite vectors of any
+    magnitude (1e20 overflows a float32 norm, 1e-30 underflows it) normalise correctly."""
+    array = np.asarray(values, np.float64)
+    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+        return None
+    largest = float(np.abs(array).max())
+    if largest == 0.0:
+        return None
+    array = array / largest
+    return (array / np.linalg.norm(array)).astype(np.float32)
 
 
 def image_hash(image: np.ndarray) -> str:
@@ -222,15 +252,15 @@ class GalleryService:
     def embeddings(self, vectors: Sequence[Sequence[float]]) -> list[np.ndarray]:
         """Posted embeddings, checked against the recognizer in use and scaled to unit length."""
         dim = self._model().dim
+        check_embedding_count(len(vectors), self.settings)
         out = []
         for i, vector in enumerate(vectors):
-            array = np.asarray(vector, np.float32)
-            if array.shape != (dim,):
-                raise BadInput(f"embedding {i} has {array.size} values; {self._model().name} gives {dim}")
-            norm = float(np.linalg.norm(array))
-            if not np.isfinite(norm) or norm == 0.0:
+            if len(vector) != dim:
+                raise BadInput(f"embedding {i} has {len(vector)} values; {self._model().name} gives {dim}")
+            unit = unit_vector(vector)
+            if unit is None:
                 raise BadInput(f"embedding {i} is zero or not finite")
-            out.append(array / norm)
+            out.append(unit)
         return out
 
     def detect(self, images: Sequence[ImageInput], largest_only: bool) -> list[ImageFaces]:
@@ -353,9 +383,7 @@ class GalleryService:
         inputs += [ImageFaces([FoundFace(v, None, None)]) for v in self.embeddings(embeddings)]
         queries = [face for found in inputs for face in found.faces]
         # one more than asked: unsorted faces (one reserved subject) are never a match
-        results = (
-            self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k + 1) if queries else []
-        )
+        results = self._search(gallery, info.faces, [f.embedding for f in queries], top_k + 1)
         hashes = {found.image_hash for found in inputs if found.image_hash is not None}
         # "not X" feedback; a server that never took any (no people.db) reads nothing, so search
         # works on a read-only data folder too
@@ -424,6 +452,24 @@ class GalleryService:
             raise BadInput("a face cannot be a different person from itself")
         self.people.add_different(gallery, different)
         self.people.add_not(gallery, [(i, subject, faces[i].image_hash) for i, subject in not_subject])
+
+    def _search(
+        self, gallery: str, gallery_faces: int, queries: list[np.ndarray], top_k: int
+    ) -> list[SearchResult]:
+        """The store's search, the work bounded and the similarity matrix made in slices."""
+        if not queries:
+            return []
+        comparisons = len(queries) * gallery_faces
+        if comparisons > self.settings.max_search_comparisons:
+            raise SearchTooLarge(
+                f"{len(queries)} queries against {gallery_faces} faces are {comparisons} comparisons; "
+                f"the limit is {self.settings.max_search_comparisons}: send fewer queries per search"
+            )
+        step = max(1, SEARCH_CHUNK_COMPARISONS // max(1, gallery_faces))
+        results: list[SearchResult] = []
+        for start in range(0, len(queries), step):
+            results += self.store.search(gallery, np.stack(queries[start : start + step]), top_k)
+        return results
 
     def subject_similarity(self, gallery: str, subject: str, vector: np.ndarray) -> float:
         """Similarity of `vector` to the subject's closest face."""

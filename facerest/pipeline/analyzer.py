@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from facerest.models.faces import Face, ImageResult
 from facerest.pipeline.scheduler import InferenceScheduler
 
 log = logging.getLogger(__name__)
+
+#: face-model batches a request keeps queued at once (crops are made as they are needed)
+FACE_JOBS_IN_FLIGHT = 4
 
 #: with the `single_face` hint, a face this sure is still taken when none clears the threshold
 SINGLE_FACE_THRESHOLD = 0.3
@@ -136,6 +140,9 @@ class FaceAnalyzer:
         self.scheduler = InferenceScheduler(settings.batch_wait_ms / 1000.0)
         self.admission = Admission(settings.queue_size)
         self.timeout_s = settings.request_timeout_s
+        # an image keeps at most MAX_FACES_PER_IMAGE faces (the largest): NMS can stop once it
+        # has twice that many, the most confident, to choose from (ordinary images have far fewer)
+        models.detector.max_detections = 2 * settings.max_faces_per_image
 
     # --- public entry points (blocking; call from a worker thread, never the event loop) ---
 
@@ -204,30 +211,52 @@ class FaceAnalyzer:
         second pass on a small, centred, padded canvas where faces that fill the frame fall in
         the detector's trained range; the passes are merged with NMS."""
         detector = self.models.detector
-        first = {i: self._submit(image, self._plan(image, options), deadline) for i, image in pixels.items()}
-        passes: dict[int, list[tuple[DetectorInput, dict[str, np.ndarray]]]] = {}
+        # canvases are made just in time: a request keeps at most `window` detector inputs
+        # queued, not one per image (64 images x a large canvas would be gigabytes)
+        window = max(2, min(detector.max_batch, self.settings.det_batch_size))
+        fallback = options.single_face and options.threshold > SINGLE_FACE_THRESHOLD
         found: dict[int, Detections] = {}
-        closeups: dict[int, tuple[DetectorInput, Future]] = {}
-        for i, (plan, future) in first.items():
+        candidates: dict[int, Detections] = {}  # at SINGLE_FACE_THRESHOLD, for `single_face`
+        todo = iter(pixels.items())
+        queued: deque[tuple[int, DetectorInput, Future, bool]] = deque()
+
+        def refill() -> None:
+            while len(queued) < window:
+                entry = next(todo, None)
+                if entry is None:
+                    return
+                i, image = entry
+                queued.append((i, *self._submit(image, self._plan(image, options), deadline), False))
+
+        refill()
+        while queued:
+            i, plan, future, closeup = queued.popleft()
             outputs = self._wait(future, deadline)
-            passes[i] = [(plan, outputs)]
-            found[i] = self._decode(outputs, plan, options.threshold)
-            if self.settings.closeup_pass and self._doubtful(found[i], pixels[i]):
+            self._check(deadline)  # decoding (NMS over every anchor at threshold 0) costs too
+            dets = self._decode(outputs, plan, options.threshold)
+            found[i] = self._merge(found[i], dets) if closeup else dets
+            if fallback:
+                low = self._decode(outputs, plan, SINGLE_FACE_THRESHOLD)
+                candidates[i] = self._merge(candidates[i], low) if closeup else low
+            del outputs
+            if not closeup and self.settings.closeup_pass and self._doubtful(dets, pixels[i]):
                 h, w = pixels[i].shape[:2]
-                closeup = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
-                closeups[i] = self._submit(pixels[i], closeup, deadline)
-        for i, (plan, future) in closeups.items():
-            outputs = self._wait(future, deadline)
-            passes[i].append((plan, outputs))
-            found[i] = self._merge(found[i], self._decode(outputs, plan, options.threshold))
-        if options.single_face and options.threshold > SINGLE_FACE_THRESHOLD:
+                closeup_plan = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
+                queued.append((i, *self._submit(pixels[i], closeup_plan, deadline), True))
+            refill()
+        if fallback:
             # the client says there is a face: take the best candidate the passes saw, if any
             for i, dets in found.items():
                 if len(dets) == 0:
-                    for plan, outputs in passes[i]:
-                        dets = self._merge(dets, self._decode(outputs, plan, SINGLE_FACE_THRESHOLD))
-                    found[i] = dets
-        return {i: self._select(dets, options) for i, dets in found.items()}
+                    found[i] = candidates[i]
+        # faces per request are bounded as well as per image: images in request order, each
+        # keeping its largest faces, until the request's budget is spent
+        budget = self.settings.max_faces_per_request
+        selected = {}
+        for i in pixels:
+            selected[i] = self._select(found[i], options, budget)
+            budget -= len(selected[i])
+        return selected
 
     def _marked_faces(
         self,
@@ -289,7 +318,9 @@ class FaceAnalyzer:
         detector = self.models.detector
         tensor = detector.prepare(letterbox(image, plan))
         max_batch = min(detector.max_batch, self.settings.det_batch_size)
-        future = self.scheduler.submit(detector.name, detector.infer, tensor[None], max_batch)
+        future = self.scheduler.submit(
+            detector.name, detector.infer, tensor[None], max_batch, owner=deadline, expires=deadline.at
+        )
         return plan, deadline.track(future)
 
     def _decode(self, outputs: dict[str, np.ndarray], plan: DetectorInput, threshold: float) -> Detections:
@@ -379,9 +410,10 @@ class FaceAnalyzer:
             fixed=detector.fixed_input,
             stride=detector.stride,
             max_upscale=self.settings.max_upscale,
+            max_pixels=self.settings.max_detector_pixels,
         )
 
-    def _select(self, dets: Detections, options: ExtractOptions) -> list[Face]:
+    def _select(self, dets: Detections, options: ExtractOptions, budget: int = 1 << 30) -> list[Face]:
         widths = dets.boxes[:, 2] - dets.boxes[:, 0]
         keep = (
             np.flatnonzero(widths >= options.min_face_size)
@@ -390,10 +422,12 @@ class FaceAnalyzer:
         )
         dets = dets.take(keep)
         limit = min(
-            options.limit_faces or self.settings.max_faces_per_image, self.settings.max_faces_per_image
+            options.limit_faces or self.settings.max_faces_per_image,
+            self.settings.max_faces_per_image,
+            max(0, budget),
         )
         if options.single_face:
-            limit = 1
+            limit = min(1, max(0, budget))
         if len(dets) > limit:
             areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
             largest = np.sort(np.argsort(-areas, kind="stable")[:limit])
@@ -442,23 +476,59 @@ class FaceAnalyzer:
         owners = [(i, face) for i, r in enumerate(results) if r.ok for face in r.faces]
         if not owners:
             return
-        submitted: list[tuple[FaceModel, Future]] = []
+        # one job per batch of faces, made just in time: the scheduler serves requests in turn
+        # between batches, and a request past its deadline withdraws the batches not yet run
+        chunks: list[tuple[FaceModel, list[tuple[int, Face]], bool, int]] = []
         for model in self._face_models(options):
-            crops = np.stack([model.crop(pixels[i], face) for i, face in owners])
-            if model is self.models.recognizer and options.return_face_data:
-                for (_, face), crop in zip(owners, crops, strict=True):
-                    face.crop = crop
             run = model is not self.models.recognizer or options.extract_embedding or options.embed_only
-            if run:
-                max_batch = model.max_batch
-                if model is self.models.recognizer:
-                    max_batch = min(max_batch, self.settings.rec_batch_size)
-                future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), max_batch)
-                submitted.append((model, deadline.track(future)))
-        for model, future in submitted:
-            rows = self._wait(future, deadline)
-            for (_, face), row in zip(owners, rows, strict=True):
-                model.apply(face, row)
+            max_batch = model.max_batch
+            if model is self.models.recognizer:
+                max_batch = min(max_batch, self.settings.rec_batch_size)
+            max_batch = max(1, max_batch)
+            for start in range(0, len(owners), max_batch):
+                chunks.append((model, owners[start : start + max_batch], run, max_batch))
+        todo = iter(chunks)
+        in_flight: deque[tuple[FaceModel, list[tuple[int, Face]], Future | None]] = deque()
+
+        def refill() -> None:
+            while len(in_flight) < FACE_JOBS_IN_FLIGHT:
+                chunk = next(todo, None)
+                if chunk is None:
+                    return
+                model, part, run, max_batch = chunk
+                self._check(deadline)
+                crops = np.stack([model.crop(pixels[i], face) for i, face in part])
+                if model is self.models.recognizer and options.return_face_data:
+                    for (_, face), crop in zip(part, crops, strict=True):
+                        face.crop = crop
+                future = None
+                if run:
+                    future = deadline.track(
+                        self.scheduler.submit(
+                            model.name,
+                            model.infer,
+                            model.prepare(crops),
+                            max_batch,
+                            owner=deadline,
+                            expires=deadline.at,
+                        )
+                    )
+                in_flight.append((model, part, future))
+
+        refill()
+        while in_flight:
+            model, part, future = in_flight.popleft()
+            if future is not None:
+                rows = self._wait(future, deadline)
+                for (_, face), row in zip(part, rows, strict=True):
+                    model.apply(face, row)
+            refill()
+
+    def _check(self, deadline: Deadline) -> None:
+        """Between steps: past the deadline, withdraw what is queued and answer 504."""
+        if time.monotonic() > deadline.at:
+            deadline.expire()
+            raise RequestTimeout(f"the request took longer than {self.timeout_s} s")
 
     @staticmethod
     def _assess(pixels: dict[int, np.ndarray], results: list[ImageResult]) -> None:
@@ -479,6 +549,6 @@ class FaceAnalyzer:
     def _wait(self, future: Future, deadline: Deadline):  # type: ignore[no-untyped-def]
         try:
             return future.result(timeout=max(0.0, deadline.at - time.monotonic()))
-        except FutureTimeout as exc:
+        except (FutureTimeout, CancelledError) as exc:  # cancelled: the scheduler saw it expire
             deadline.expire()
             raise RequestTimeout(f"the request took longer than {self.timeout_s} s") from exc
