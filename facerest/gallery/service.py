@@ -230,6 +230,7 @@ class GalleryService:
         embeddings: Sequence[Sequence[float]] = (),
         top_k: int = 5,
         threshold: float | None = None,
+        exact: bool = False,
     ) -> list[list[Identified] | FaceRestError]:
         """One entry per image, then one per posted embedding: its faces identified, or its error."""
         self.require(gallery)
@@ -238,7 +239,9 @@ class GalleryService:
         inputs += [ImageFaces([FoundFace(v, None, None)]) for v in self.embeddings(embeddings)]
         queries = [face for found in inputs for face in found.faces]
         results = (
-            self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k) if queries else []
+            self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k, exact)
+            if queries
+            else []
         )
         answers = iter(results)
         out: list[list[Identified] | FaceRestError] = []
