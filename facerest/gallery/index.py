@@ -95,8 +95,8 @@ class FaceIndex:
         """Candidate face ids per query, roughly best first."""
         self._index.expansion_search = max(expansion or self.options.expansion_search, count)
         found = self._index.search(np.asarray(queries, np.float32), count, threads=1)
-        if len(queries) == 1 and found.keys.ndim == 1:
-            return [np.asarray(found.keys[: found.count], np.int64)]
+        if not hasattr(found, "counts"):  # one query: usearch answers a single match list
+            return [np.asarray(found.keys[: len(found)], np.int64)]
         return [np.asarray(keys[:n], np.int64) for keys, n in zip(found.keys, found.counts, strict=True)]
 
     def memory_bytes(self) -> int:
