@@ -43,7 +43,9 @@ def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
 
 
-def timed_search(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple[np.ndarray, float, float]:
+def timed_search(
+    search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray
+) -> tuple[np.ndarray, float, float]:
     for q in queries[:10]:
         search(q)
     found, lat = [], []
@@ -55,7 +57,9 @@ def timed_search(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray
     return np.array(found), float(p50), float(p95)
 
 
-def bench_usearch(vectors: np.ndarray, dtype: str, threads: int, ef_values: list[int], queries: dict, truth: dict):
+def bench_usearch(
+    vectors: np.ndarray, dtype: str, threads: int, ef_values: list[int], queries: dict, truth: dict
+):
     from usearch.index import Index
 
     index = Index(ndim=vectors.shape[1], metric="ip", dtype=dtype, connectivity=16, expansion_add=128)
@@ -76,15 +80,27 @@ def bench_usearch(vectors: np.ndarray, dtype: str, threads: int, ef_values: list
         for kind, q in queries.items():
             found, p50, p95 = timed_search(lambda v: index.search(v, 10, threads=1).keys, q)
             rows.append(
-                {"library": f"usearch {dtype}", "ef": ef, "queries": kind, "build s": build,
-                 "index MiB": size / 2**20, "save s": save, "load s": load, "p50 ms": p50, "p95 ms": p95,
-                 "recall@1": recall(found, truth[kind], 1), "recall@10": recall(found, truth[kind], 10)}
+                {
+                    "library": f"usearch {dtype}",
+                    "ef": ef,
+                    "queries": kind,
+                    "build s": build,
+                    "index MiB": size / 2**20,
+                    "save s": save,
+                    "load s": load,
+                    "p50 ms": p50,
+                    "p95 ms": p95,
+                    "recall@1": recall(found, truth[kind], 1),
+                    "recall@10": recall(found, truth[kind], 10),
+                }
             )
     path.unlink()
     return rows
 
 
-def bench_faiss(vectors: np.ndarray, kind_name: str, threads: int, ef_values: list[int], queries: dict, truth: dict):
+def bench_faiss(
+    vectors: np.ndarray, kind_name: str, threads: int, ef_values: list[int], queries: dict, truth: dict
+):
     import faiss
 
     dim = vectors.shape[1]
@@ -115,9 +131,19 @@ def bench_faiss(vectors: np.ndarray, kind_name: str, threads: int, ef_values: li
         for kind, q in queries.items():
             found, p50, p95 = timed_search(lambda v: index.search(v[None], 10)[1][0], q)
             rows.append(
-                {"library": f"faiss HNSW {kind_name}", "ef": ef, "queries": kind, "build s": build,
-                 "index MiB": size / 2**20, "save s": save, "load s": load, "p50 ms": p50, "p95 ms": p95,
-                 "recall@1": recall(found, truth[kind], 1), "recall@10": recall(found, truth[kind], 10)}
+                {
+                    "library": f"faiss HNSW {kind_name}",
+                    "ef": ef,
+                    "queries": kind,
+                    "build s": build,
+                    "index MiB": size / 2**20,
+                    "save s": save,
+                    "load s": load,
+                    "p50 ms": p50,
+                    "p95 ms": p95,
+                    "recall@1": recall(found, truth[kind], 1),
+                    "recall@10": recall(found, truth[kind], 10),
+                }
             )
     path.unlink()
     faiss.omp_set_num_threads(threads)
@@ -125,7 +151,9 @@ def bench_faiss(vectors: np.ndarray, kind_name: str, threads: int, ef_values: li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--faces", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
@@ -143,7 +171,9 @@ def main() -> None:
         t0 = time.perf_counter()
         np.argmax(vectors @ q)
         exact_lat.append((time.perf_counter() - t0) * 1000)
-    print(f"{args.faces:,} faces; exact scan (numpy, float32) p50 {np.median(exact_lat):.2f} ms; pid {os.getpid()}")
+    print(
+        f"{args.faces:,} faces; exact scan (numpy, float32) p50 {np.median(exact_lat):.2f} ms; pid {os.getpid()}"
+    )
     ef_values = [int(e) for e in args.ef.split(",")]
     rows = []
     for spec in args.only.split(","):
@@ -156,7 +186,11 @@ def main() -> None:
     headers = list(rows[0])
     print("\n| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
     for row in rows:
-        print("| " + " | ".join(f"{row[h]:.3f}" if isinstance(row[h], float) else str(row[h]) for h in headers) + " |")
+        print(
+            "| "
+            + " | ".join(f"{row[h]:.3f}" if isinstance(row[h], float) else str(row[h]) for h in headers)
+            + " |"
+        )
 
 
 if __name__ == "__main__":
