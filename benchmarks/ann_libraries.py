@@ -172,7 +172,8 @@ def main() -> None:
         np.argmax(vectors @ q)
         exact_lat.append((time.perf_counter() - t0) * 1000)
     print(
-        f"{args.faces:,} faces; exact scan (numpy, float32) p50 {np.median(exact_lat):.2f} ms; pid {os.getpid()}"
+        f"{args.faces:,} faces; exact scan (numpy, float32) p50 {np.median(exact_lat):.2f} ms; "
+        f"pid {os.getpid()}"
     )
     ef_values = [int(e) for e in args.ef.split(",")]
     rows = []

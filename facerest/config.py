@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     )
     # issue 16: approximate search at scale
     gallery_index_min_faces: int = Field(
-        20_000,
+        5_000,
         ge=0,
         description="SQLite galleries of at least this many faces are searched through an HNSW index "
         "(candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: never index.",

@@ -33,7 +33,7 @@ FORMAT = 1
 class IndexOptions:
     """How galleries are indexed; `min_faces` 0 turns the index off (exact scan always)."""
 
-    min_faces: int = 20_000
+    min_faces: int = 5_000
     dtype: str = "f16"
     connectivity: int = 16
     expansion_add: int = 128
