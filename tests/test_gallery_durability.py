@@ -152,3 +152,35 @@ def test_unreachable_storage_leaves_the_rest_of_the_service_up(models_dir: Path,
             assert http.get("/info").status_code == 200
     finally:
         stop_server(server)
+
+
+@pytest.mark.slow
+def test_two_replicas_on_one_postgresql_see_each_others_writes(models_dir: Path, tmp_path: Path) -> None:
+    """Two API servers on one database: an enrolment or deletion through one is seen by the other at once."""
+    url = postgres_url()
+    env = {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_GALLERY_URL": url}
+    first = start_server(env, tmp_path / "first.log")
+    try:
+        second = start_server(env, tmp_path / "second.log")
+        try:
+            with first.client() as a, second.client() as b:
+                faces = request_vectors(7, 7)
+                r = a.post("/gallery/shared/subjects/alice/faces", json={"embeddings": faces.tolist()})
+                assert r.status_code == 200, r.text
+                probe = {"embeddings": [faces[0].tolist()]}
+                hit = b.post("/gallery/shared/search", json=probe).json()["data"][0]["faces"][0]
+                assert hit["subject"] == "alice", hit
+                r = b.post("/gallery/shared/subjects/bob/faces", json={"embeddings": [(-faces[0]).tolist()]})
+                assert r.status_code == 200, r.text
+                assert {s["subject"] for s in a.get("/gallery/shared/subjects").json()["subjects"]} == {
+                    "alice",
+                    "bob",
+                }
+                assert b.delete("/gallery/shared/subjects/alice").status_code == 200
+                hit = a.post("/gallery/shared/search", json=probe).json()["data"][0]["faces"][0]
+                assert all(m["subject"] != "alice" for m in hit["matches"]), hit
+                assert hit["subject"] is None
+        finally:
+            stop_server(second)
+    finally:
+        stop_server(first)
