@@ -216,3 +216,19 @@ def test_small_galleries_are_scanned(tmp_path: Path) -> None:
     store.add_faces("g", "s49", MODEL, [NewFace(faces[49])])
     assert "g" in store._indexes and len(store._indexes["g"]) == 50
     store.close()
+
+
+def test_a_face_the_index_leaves_unnamed_is_searched_exactly(forced_store: GalleryStore) -> None:
+    """`floor`: below it the approximate answer is replaced by the exact one (the service passes
+    its threshold), here forced for every query by a floor no similarity reaches."""
+    store = forced_store
+    faces = unit(np.random.default_rng(11), 300)
+    for s in range(300):
+        store.add_faces("f", f"s{s}", MODEL, [NewFace(faces[s])])
+    indexed(store, "f", planned=False)
+    queries = unit(np.random.default_rng(12), 20)  # nobody enrolled: nothing near
+    exact = store.search("f", queries, 100, exact=True)
+    floored = store.search("f", queries, 100, floor=1.01)
+    assert [[m.subject for m in r.matches] for r in floored] == [
+        [m.subject for m in r.matches] for r in exact
+    ]

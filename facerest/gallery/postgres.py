@@ -297,7 +297,7 @@ class PostgresStore(GalleryStore):
         return bool(deleted)
 
     def search(
-        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False
+        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False, floor: float | None = None
     ) -> list[SearchResult]:
         results = []
         queries = np.asarray(queries, np.float32)
@@ -313,18 +313,19 @@ class PostgresStore(GalleryStore):
             )
             for query in queries:
                 # <#> is the negative inner product: the cosine of unit vectors, negated
-                if exact:
-                    sql = (
-                        "SELECT subject, MAX(-(embedding <#> %(q)s)) AS similarity FROM facerest_faces "
-                        "WHERE gallery = %(gallery)s GROUP BY subject ORDER BY similarity DESC, subject "
-                        "LIMIT %(k)s"
-                    )
-                else:
-                    sql = (
-                        f"SELECT subject, MAX(similarity) AS best FROM ({candidates_sql(dim)}) AS nearest "
-                        "GROUP BY subject ORDER BY best DESC, subject LIMIT %(k)s"
-                    )
-                rows = conn.execute(sql, {"q": query, "gallery": gallery, "n": count, "k": top_k}).fetchall()  # type: ignore[arg-type]
+                exact_sql = (
+                    "SELECT subject, MAX(-(embedding <#> %(q)s)) AS similarity FROM facerest_faces "
+                    "WHERE gallery = %(gallery)s GROUP BY subject ORDER BY similarity DESC, subject "
+                    "LIMIT %(k)s"
+                )
+                nearest_sql = (
+                    f"SELECT subject, MAX(similarity) AS best FROM ({candidates_sql(dim)}) AS nearest "
+                    "GROUP BY subject ORDER BY best DESC, subject LIMIT %(k)s"
+                )
+                args = {"q": query, "gallery": gallery, "n": count, "k": top_k}
+                rows = conn.execute(exact_sql if exact else nearest_sql, args).fetchall()  # type: ignore[arg-type]
+                if not exact and floor is not None and (not rows or rows[0][1] < floor):
+                    rows = conn.execute(exact_sql, args).fetchall()  # type: ignore[arg-type]
                 results.append(SearchResult([SubjectMatch(r[0], float(r[1])) for r in rows]))
         return results
 

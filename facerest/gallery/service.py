@@ -238,8 +238,10 @@ class GalleryService:
         inputs: list[ImageFaces] = self.detect(images, largest_only=False)
         inputs += [ImageFaces([FoundFace(v, None, None)]) for v in self.embeddings(embeddings)]
         queries = [face for found in inputs for face in found.faces]
+        # a face the index would leave unnamed is searched again exactly: an index miss never
+        # turns a known face into an unknown one
         results = (
-            self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k, exact)
+            self.store.search(gallery, np.stack([f.embedding for f in queries]), top_k, exact, floor=limit)
             if queries
             else []
         )

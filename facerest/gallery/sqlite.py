@@ -422,7 +422,7 @@ class SQLiteStore(GalleryStore):
         return bool(deleted)
 
     def search(
-        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False
+        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False, floor: float | None = None
     ) -> list[SearchResult]:
         queries = np.asarray(queries, np.float32)
         with self._lock:
@@ -434,10 +434,15 @@ class SQLiteStore(GalleryStore):
             if index is None:
                 return matrix.search(queries, top_k)
             count = max(self.index_options.candidates, 10 * top_k)
-            return [
+            results = [
                 matrix.rerank(query, candidates, top_k)
                 for query, candidates in zip(queries, index.search(queries, count), strict=True)
             ]
+            if floor is not None:
+                for i, result in enumerate(results):
+                    if not result.matches or result.matches[0].similarity < floor:
+                        [results[i]] = matrix.search(queries[i : i + 1], top_k)
+            return results
 
     def close(self) -> None:
         with self._lock:

@@ -109,12 +109,14 @@ class GalleryStore(ABC):
 
     @abstractmethod
     def search(
-        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False
+        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False, floor: float | None = None
     ) -> list[SearchResult]:
         """For each row of `queries` (N, D), the `top_k` closest subjects by their closest face.
 
         Large galleries are searched through an approximate index unless `exact`; small ones, and
-        every one with `exact`, by comparing every face.
+        every one with `exact`, by comparing every face. `floor`: a query whose best approximate
+        match is below it (nobody would be named) is searched again exactly, so an index miss
+        can never turn a known face into an unknown one.
         """
 
     @abstractmethod
