@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from gallery_pg import postgres_url
 from test_gallery import SETS, calibrated_threshold, embeddings, identities
@@ -38,7 +39,8 @@ def unit(rng: np.random.Generator, n: int, dim: int = 512) -> np.ndarray:
 
 def wait_for_pg_index(store: PostgresStore, dim: int = 512, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    with store._pool.connection() as conn:
+    # autocommit: an open transaction's snapshot would make CREATE INDEX CONCURRENTLY wait for it
+    with psycopg.connect(store._url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
