@@ -37,7 +37,7 @@ class IndexOptions:
     dtype: str = "f16"
     connectivity: int = 16
     expansion_add: int = 128
-    expansion_search: int = 96
+    expansion_search: int = 320
     #: faces re-ranked exactly per query (at least 10 per subject asked for)
     candidates: int = 100
     threads: int = 0
@@ -188,14 +188,15 @@ def options_dict(options: IndexOptions) -> dict[str, object]:
     return asdict(options)
 
 
-#: (recall@1 asked for, HNSW search breadth that reached it on 512-d unit vectors, M=16), from
-#: benchmarks/ann_libraries.py and gallery_bench.py (docs/performance.md); the breadth for a recall
-#: between two rows is the larger one's
-RECALL_TO_EF = ((0.90, 32), (0.95, 48), (0.98, 64), (0.99, 96), (0.995, 160), (0.999, 320))
+#: (recall@1 asked for, HNSW search breadth that reached it): usearch, M=16, float16, 100,000
+#: "facelike" 512-d unit vectors with 100 candidates re-ranked (benchmarks/gallery_bench.py's
+#: gallery; docs/performance.md: ef 96 -> 0.965, 160 -> 0.985, 320 -> 0.995, 640 -> 1.000). Larger
+#: galleries need more for the same recall. A recall between two rows gets the larger breadth.
+RECALL_TO_EF = ((0.90, 64), (0.96, 96), (0.98, 160), (0.995, 320), (0.999, 640))
 
 
 def ef_for_recall(recall: float) -> int:
     for reached, ef in RECALL_TO_EF:
         if recall <= reached:
             return ef
-    return 640
+    return 1000
