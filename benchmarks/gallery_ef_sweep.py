@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gallery_bench import new_faces, spectrum, synthetic  # noqa: E402
+from gallery_bench import new_faces, spectrum, synthetic
 
-from facerest.gallery.index import IndexOptions  # noqa: E402
-from facerest.gallery.sqlite import SQLiteStore  # noqa: E402
+from facerest.gallery.index import IndexOptions
+from facerest.gallery.sqlite import SQLiteStore
 
 
 def main() -> None:
