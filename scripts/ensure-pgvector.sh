@@ -9,7 +9,8 @@
 # own source package (trixie's, fetched with `apt-get source` through a deb-src entry), with
 # OPTFLAGS="" (pgvector's Makefile otherwise adds -march=native) and -DDISABLE_DISPATCH (no
 # AVX-512/F16C code paths chosen at run time either): plain x86-64 (SSE2) machine code, which
-# tests/test_pgvector_generic.py checks with objdump.
+# tests/test_pgvector_generic.py checks with objdump, and by running it under qemu-user emulating
+# an AMD Zen 3 (`qemu-x86_64 -cpu EPYC-Milan`: AVX2, no AVX-512).
 set -u
 PG_MAJOR="${PG_MAJOR:-15}"
 PGVECTOR_VERSION="${PGVECTOR_VERSION:-0.8.0-1}"
@@ -49,7 +50,7 @@ if [ ! -f "$SOURCES" ]; then
 fi
 if ! { $SUDO apt-get $APT_WAIT update -qq \
         && $SUDO apt-get $APT_WAIT install -y -qq --no-install-recommends \
-            "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" gcc make dpkg-dev binutils; } >>"$LOG" 2>&1; then
+            "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" gcc make dpkg-dev binutils qemu-user; } >>"$LOG" 2>&1; then
     say "apt-get failed (see $LOG); the PostgreSQL tests will skip"
     exit 0
 fi
