@@ -97,6 +97,12 @@ browser:
 readme-config: $(VENV)/.installed
 	$(BIN)/facerest config --markdown --update README.md
 
+# --- galleries (issue 16): Debian's PostgreSQL + pgvector built for any x86-64 CPU (no AVX-512) ---
+.PHONY: pgvector
+test: pgvector
+pgvector:
+	@bash scripts/ensure-pgvector.sh
+
 # --- deployment (issue 8) ---
 # The Triton tests run a real tritonserver from nvidia-pytriton, which pins numpy<2: it gets an
 # environment of its own beside the project's (deploy/triton/pytriton_onnx.py runs in it).

@@ -178,6 +178,24 @@ class Settings(BaseSettings):
         description="Gallery storage: sqlite:///PATH or postgresql://... (pgvector, for several replicas); "
         "empty: sqlite in data_dir/gallery.db.",
     )
+    # issue 16: approximate search at scale
+    gallery_index_min_faces: int = Field(
+        5_000,
+        ge=0,
+        description="SQLite galleries of at least this many faces are searched through an HNSW index "
+        "(candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: never index.",
+    )
+    gallery_index_dtype: Literal["f32", "f16", "i8"] = Field(
+        "f16",
+        description="How the SQLite galleries' HNSW index holds vectors (the exact copy stays float32).",
+    )
+    gallery_recall: float = Field(
+        0.99,
+        ge=0.5,
+        le=0.999,
+        description="Share of exact rank-1 answers the HNSW search aims for (both backends); sets its "
+        "breadth (usearch expansion, pgvector hnsw.ef_search). Requests can ask for `exact: true`.",
+    )
 
     # --- hardening (issue 4) ---
     max_request_pixels: int = Field(

@@ -22,9 +22,10 @@ from facerest.api.schemas import Images, Name
 from facerest.api.serialize import MSGPACK_TYPES
 from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable, TooManyEmbeddings
-from facerest.gallery import gallery_url, open_store
+from facerest.gallery import gallery_url, index_options, open_store
 from facerest.gallery.people import UNSORTED
 from facerest.gallery.service import FoundFace, GalleryService, check_embedding_count
+from facerest.gallery.store import MAX_TOP_K
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,12 @@ class SearchRequest(BaseModel):
 
     images: Images | None = None
     embeddings: Embeddings | None = None
-    top_k: int = Field(5, ge=1, le=100, description="Subjects listed per face.")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description=f"Subjects listed per face (at most {MAX_TOP_K}).")
+    exact: StrictBool = Field(
+        False,
+        description="Search every face exhaustively instead of through the gallery's approximate index "
+        "(slower on large galleries; the same answer on small ones, which are always scanned).",
+    )
     threshold: Similarity | None = Field(
         None,
         description="Cosine similarity at or above which the best subject is named (default: "
@@ -105,7 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     url = gallery_url(state.settings)
     store, reason = None, ""
     try:
-        store = await anyio.to_thread.run_sync(open_store, url)
+        store = await anyio.to_thread.run_sync(open_store, url, index_options(state.settings))
         log.info("gallery storage: %s", url.split("://")[0])
     except (FaceRestError, OSError, sqlite3.Error) as exc:
         # the rest of the service works without its gallery; gallery requests say why not
@@ -342,7 +348,9 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
     def work():  # type: ignore[no-untyped-def]
         vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.search(gallery, images, vectors, req.top_k, req.threshold, req.fmr, req.fpir)
+        return service.search(
+            gallery, images, vectors, req.top_k, req.threshold, req.fmr, req.fpir, req.exact
+        )
 
     decision, results = await state.run(work)
     data: list[dict[str, Any]] = []

@@ -373,6 +373,7 @@ class GalleryService:
         threshold: float | None = None,
         fmr: float | None = None,
         fpir: float | None = None,
+        exact: bool = False,
     ) -> tuple[Decision, list[list[Identified] | FaceRestError]]:
         """The decision point in force, and one entry per image, then one per posted embedding:
         its faces identified, or its error."""
@@ -382,8 +383,10 @@ class GalleryService:
         inputs: list[ImageFaces] = self.detect(images, largest_only=False)
         inputs += [ImageFaces([FoundFace(v, None, None)]) for v in self.embeddings(embeddings)]
         queries = [face for found in inputs for face in found.faces]
-        # one more than asked: unsorted faces (one reserved subject) are never a match
-        results = self._search(gallery, info.faces, [f.embedding for f in queries], top_k + 1)
+        # one more than asked: unsorted faces (one reserved subject) are never a match. A face the
+        # index would leave unnamed is searched again exactly: an index miss never turns a known
+        # face into an unknown one
+        results = self._search(gallery, info.faces, [f.embedding for f in queries], top_k + 1, exact, limit)
         hashes = {found.image_hash for found in inputs if found.image_hash is not None}
         # "not X" feedback; a server that never took any (no people.db) reads nothing, so search
         # works on a read-only data folder too
@@ -454,7 +457,13 @@ class GalleryService:
         self.people.add_not(gallery, [(i, subject, faces[i].image_hash) for i, subject in not_subject])
 
     def _search(
-        self, gallery: str, gallery_faces: int, queries: list[np.ndarray], top_k: int
+        self,
+        gallery: str,
+        gallery_faces: int,
+        queries: list[np.ndarray],
+        top_k: int,
+        exact: bool = False,
+        floor: float | None = None,
     ) -> list[SearchResult]:
         """The store's search, the work bounded and the similarity matrix made in slices."""
         if not queries:
@@ -468,7 +477,9 @@ class GalleryService:
         step = max(1, SEARCH_CHUNK_COMPARISONS // max(1, gallery_faces))
         results: list[SearchResult] = []
         for start in range(0, len(queries), step):
-            results += self.store.search(gallery, np.stack(queries[start : start + step]), top_k)
+            results += self.store.search(
+                gallery, np.stack(queries[start : start + step]), top_k, exact, floor=floor
+            )
         return results
 
     def subject_similarity(self, gallery: str, subject: str, vector: np.ndarray) -> float:
