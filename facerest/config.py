@@ -231,6 +231,14 @@ class Settings(BaseSettings):
         "then differ slightly from the reference pipeline's).",
     )
 
+    detect_scale: Literal["adaptive", "reference", "native"] = Field(
+        "adaptive",
+        description="Detector scale policy (facerest/pipeline/scale.py). adaptive: detect at the image's "
+        "own size, and again at the reference scale only when that finds nothing or faces near the "
+        "detector's smallest reliable size. reference: fit max_size as InsightFace does (embeddings equal "
+        "its own). native: never enlarge.",
+    )
+
     # --- large faces (issue 9) ---
     closeup_pass: bool = Field(
         True,

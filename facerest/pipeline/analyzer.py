@@ -15,12 +15,13 @@ import numpy as np
 
 from facerest.config import Settings
 from facerest.errors import FaceRestError, FeatureUnavailable, Overloaded, RequestTimeout
-from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup, plan_input
+from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup
 from facerest.models import LoadedModels
 from facerest.models.base import FaceModel
 from facerest.models.detection.base import Detections
 from facerest.models.detection.nms import nms
 from facerest.models.faces import Face, ImageResult
+from facerest.pipeline.scale import ScalePlan, ScalePolicy, plan_scale
 from facerest.pipeline.scheduler import InferenceScheduler
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ExtractOptions:
     min_face_size: float = 0
     max_size: tuple[int, int] | None = None  # None: the server's; (0, 0): no resize
     single_face: bool = False
+    detect_scale: ScalePolicy | None = None  # None: the server's FACEREST_DETECT_SCALE
 
 
 @dataclass(slots=True)
@@ -160,23 +162,32 @@ class FaceAnalyzer:
     def detect(
         self, pixels: dict[int, np.ndarray], options: ExtractOptions, deadline: Deadline
     ) -> dict[int, list[Face]]:
-        """Faces per image: one detector pass at the reference scale, and for images where that
-        pass has reason to doubt (nothing found, or a large face cut by the image's edge) a
-        second pass on a small, centred, padded canvas where faces that fill the frame fall in
-        the detector's trained range; the passes are merged with NMS."""
-        detector = self.models.detector
-        first = {i: self._submit(image, self._plan(image, options), deadline) for i, image in pixels.items()}
+        """Faces per image: one detector pass at the scale policy's scale (pipeline/scale.py); under
+        `adaptive`, where that pass saw nothing or faces near the detector's smallest reliable size
+        and the reference would enlarge the image, a pass at the reference scale that replaces it;
+        then for images where the passes have reason to doubt (nothing found, or a large face cut
+        by the image's edge) a pass on a small, centred, padded canvas where faces that fill the
+        frame fall in the detector's trained range, merged with NMS."""
+        plans = {i: self._plan(image, options) for i, image in pixels.items()}
+        first = {i: self._submit(pixels[i], plan.first, deadline) for i, plan in plans.items()}
         passes: dict[int, list[tuple[DetectorInput, dict[str, np.ndarray]]]] = {}
         found: dict[int, Detections] = {}
+        enlarged: dict[int, tuple[DetectorInput, Future]] = {}
         closeups: dict[int, tuple[DetectorInput, Future]] = {}
         for i, (plan, future) in first.items():
             outputs = self._wait(future, deadline)
             passes[i] = [(plan, outputs)]
             found[i] = self._decode(outputs, plan, options.threshold)
+            if plans[i].needs_reference_pass(found[i]):
+                enlarged[i] = self._submit(pixels[i], plans[i].reference, deadline)
+            elif self.settings.closeup_pass and self._doubtful(found[i], pixels[i]):
+                closeups[i] = self._submit_closeup(pixels[i], deadline)
+        for i, (plan, future) in enlarged.items():
+            outputs = self._wait(future, deadline)
+            passes[i].append((plan, outputs))
+            found[i] = self._decode(outputs, plan, options.threshold)
             if self.settings.closeup_pass and self._doubtful(found[i], pixels[i]):
-                h, w = pixels[i].shape[:2]
-                closeup = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
-                closeups[i] = self._submit(pixels[i], closeup, deadline)
+                closeups[i] = self._submit_closeup(pixels[i], deadline)
         for i, (plan, future) in closeups.items():
             outputs = self._wait(future, deadline)
             passes[i].append((plan, outputs))
@@ -189,6 +200,12 @@ class FaceAnalyzer:
                         dets = self._merge(dets, self._decode(outputs, plan, SINGLE_FACE_THRESHOLD))
                     found[i] = dets
         return {i: self._select(dets, options) for i, dets in found.items()}
+
+    def _submit_closeup(self, image: np.ndarray, deadline: Deadline) -> tuple[DetectorInput, Future]:
+        detector = self.models.detector
+        h, w = image.shape[:2]
+        plan = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
+        return self._submit(image, plan, deadline)
 
     def _submit(
         self, image: np.ndarray, plan: DetectorInput, deadline: Deadline
@@ -275,16 +292,18 @@ class FaceAnalyzer:
                     f"{feature} needs a model this server was not started with (set {setting})"
                 )
 
-    def _plan(self, image: np.ndarray, options: ExtractOptions) -> DetectorInput:
+    def _plan(self, image: np.ndarray, options: ExtractOptions) -> ScalePlan:
         detector = self.models.detector
         h, w = image.shape[:2]
         max_size = options.max_size or tuple(self.settings.max_size)
-        return plan_input(
+        return plan_scale(
             w,
             h,
             max_size,
+            policy=options.detect_scale or self.settings.detect_scale,
             fixed=detector.fixed_input,
             stride=detector.stride,
+            family=detector.entry.family,
             max_upscale=self.settings.max_upscale,
         )
 
