@@ -208,3 +208,23 @@ def test_reference_pass_only_for_small_or_no_faces(analyzer: FaceAnalyzer) -> No
     )
     assert plan.needs_reference_pass(nothing) and plan.needs_reference_pass(small)
     assert not plan.needs_reference_pass(big)
+
+
+def test_detector_runs_per_policy(analyzer: FaceAnalyzer) -> None:
+    """A portrait costs one native-scale run; small faces add the reference run; nothing found adds
+    the close-up pass after both. The reference policy never runs the native scale."""
+    portrait = read_bgr(package_photo("yaoming.jpg"))  # 233x287, one face of about 100 px
+    players = read_bgr(package_photo("players.jpg"))
+    crowd = cv2.resize(players, (players.shape[1] // 3, players.shape[0] // 3), interpolation=cv2.INTER_AREA)
+    blank = np.full((200, 300, 3), 127, np.uint8)
+    runs = analyzer.scheduler.stats.by_model.setdefault(analyzer.models.detector.name, [0, 0])
+
+    def detector_items(image: np.ndarray, policy: str) -> int:
+        before = runs[1]
+        options = ExtractOptions(extract_embedding=False, detect_scale=policy)  # type: ignore[arg-type]
+        analyzer.process([image], options)
+        return runs[1] - before
+
+    assert [detector_items(portrait, p) for p in POLICIES] == [1, 1, 1]
+    assert [detector_items(crowd, p) for p in POLICIES] == [1, 2, 1]
+    assert [detector_items(blank, p) for p in POLICIES] == [2, 3, 2]
