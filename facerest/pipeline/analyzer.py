@@ -180,7 +180,9 @@ class FaceAnalyzer:
             found[i] = self._decode(outputs, plan, options.threshold)
             if plans[i].needs_reference_pass(found[i]):
                 enlarged[i] = self._submit(pixels[i], plans[i].reference, deadline)
-            elif self.settings.closeup_pass and self._doubtful(found[i], pixels[i]):
+            elif self.settings.closeup_pass and self._doubtful(
+                found[i], pixels[i], plan.scale < plans[i].reference.scale
+            ):
                 closeups[i] = self._submit_closeup(pixels[i], deadline)
         for i, (plan, future) in enlarged.items():
             outputs = self._wait(future, deadline)
@@ -190,8 +192,13 @@ class FaceAnalyzer:
                 closeups[i] = self._submit_closeup(pixels[i], deadline)
         for i, (plan, future) in closeups.items():
             outputs = self._wait(future, deadline)
+            # at the reference scale a face filling the frame is beyond the first pass's anchors and
+            # the passes are merged by score, as they always were; a pass below that scale finds it
+            # in reach but cut by the edge, where the close-up's view (context all round) wins
+            native = passes[i][-1][0].scale < plans[i].reference.scale
             passes[i].append((plan, outputs))
-            found[i] = self._merge(found[i], self._decode(outputs, plan, options.threshold))
+            closeup = self._decode(outputs, plan, options.threshold)
+            found[i] = self._merge(found[i], closeup, prefer_second=native)
         if options.single_face and options.threshold > SINGLE_FACE_THRESHOLD:
             # the client says there is a face: take the best candidate the passes saw, if any
             for i, dets in found.items():
@@ -228,23 +235,28 @@ class FaceAnalyzer:
         )
 
     @staticmethod
-    def _doubtful(dets: Detections, image: np.ndarray) -> bool:
-        """Nothing found, or a face as big as half the image reaching past its edge."""
+    def _doubtful(dets: Detections, image: np.ndarray, below_reference: bool = False) -> bool:
+        """Nothing found, or a face as big as half the image reaching past its edge; from a pass below
+        the reference scale, also one that reaches its edge (a tight crop: found there, but with no
+        context above or left, so its landmarks are the close-up's to give)."""
         if len(dets) == 0:
             return True
         h, w = image.shape[:2]
         boxes = dets.boxes
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         large = np.maximum(bw / w, bh / h) >= 0.5
+        reach = 0.05 if below_reference else -0.05  # how far inside the edge counts as cut
         cut = (
-            (boxes[:, 0] < -0.05 * bw)
-            | (boxes[:, 1] < -0.05 * bh)
-            | (boxes[:, 2] > w + 0.05 * bw)
-            | (boxes[:, 3] > h + 0.05 * bh)
+            (boxes[:, 0] < reach * bw)
+            | (boxes[:, 1] < reach * bh)
+            | (boxes[:, 2] > w - reach * bw)
+            | (boxes[:, 3] > h - reach * bh)
         )
         return bool((large & cut).any())
 
-    def _merge(self, a: Detections, b: Detections) -> Detections:
+    def _merge(self, a: Detections, b: Detections, *, prefer_second: bool = False) -> Detections:
+        """Both passes' faces, overlapping ones reduced by NMS: the higher score wins, or with
+        `prefer_second` any face of `b` wins over the faces of `a` it overlaps."""
         if len(a) == 0:
             return b
         if len(b) == 0:
@@ -258,7 +270,11 @@ class FaceAnalyzer:
             landmarks,
             {k: np.concatenate([a.extra[k], b.extra[k]]) for k in a.extra.keys() & b.extra.keys()},
         )
-        return both.take(nms(both.boxes, both.scores, self.models.detector.nms_threshold))
+        order = both.scores
+        if prefer_second:  # above every score of `a`, in the same order among themselves
+            order = np.concatenate([a.scores, b.scores + 2.0])
+        keep = nms(both.boxes, order, self.models.detector.nms_threshold)
+        return both.take(keep[np.argsort(-both.scores[keep], kind="stable")])
 
     def warmup(self, image: np.ndarray) -> list[ImageResult]:
         options = ExtractOptions(

@@ -6,7 +6,8 @@ detector's smallest anchors. `adaptive` (the default) detects at the image's own
 to max_size when larger, never enlarged) and runs the reference-scale pass only where enlarging
 can reveal faces: the image would be enlarged by the reference AND the first pass found nothing,
 or found a face narrower than RELIABLE_FACE_PX (the faces beside it may be smaller still and
-missed). That pass then replaces the first, so such images get the reference's faces exactly.
+missed) or less sure than UNSURE_SCORE. That pass then replaces the first, so such images get
+the reference's faces exactly.
 Images the reference enlarges less than DIRECT_GAIN are detected at the reference scale at once.
 `reference` is the reference pipeline's scale, bit for bit; `native` never enlarges.
 
@@ -28,9 +29,14 @@ ScalePolicy = Literal["adaptive", "reference", "native"]
 
 #: a face found at least this wide (canvas pixels) at native scale is found, and its landmarks
 #: placed, close enough to the reference scale's; narrower ones mean smaller faces may have been
-#: missed and their embeddings move most (masked 58 px faces: cosine 0.87 to the reference's;
-#: measured on the shared, package and downscaled crowd photos, tests/test_detect_scale.py)
-RELIABLE_FACE_PX = 64.0
+#: missed and their embeddings move most (players.jpg at 1/3: 13 px faces at cosine 0.80-0.95 to
+#: the reference's; measured on the shared, package and downscaled crowd photos with
+#: tests/test_detect_scale.py)
+RELIABLE_FACE_PX = 32.0
+#: a face found at native scale less sure than this is one the detector hesitates on, and its
+#: landmarks with it (mask.jpg's masked faces: scores 0.66-0.69, cosine 0.87 to the reference's, one
+#: face the reference does not find); every face at or above it embedded within 0.95 of the reference
+UNSURE_SCORE = 0.75
 #: when the reference enlarges an image less than this, its canvas costs at most 1.56x the native
 #: one, less than a native pass plus a reference pass, so the reference scale is used directly
 #: (players.jpg at 1/2, enlarged 1.035x: 20 px faces at cosine 0.955 to the reference natively)
@@ -55,7 +61,7 @@ class ScalePlan:
         if len(found) == 0:
             return True
         widths = (found.boxes[:, 2] - found.boxes[:, 0]) * self.first.scale
-        return bool(widths.min() < RELIABLE_FACE_PX)
+        return bool(widths.min() < RELIABLE_FACE_PX or found.scores.min() < UNSURE_SCORE)
 
 
 def plan_scale(
