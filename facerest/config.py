@@ -239,6 +239,13 @@ class Settings(BaseSettings):
         "its own). native: never enlarge.",
     )
 
+    detect_refine: bool = Field(
+        False,
+        description="Under the adaptive or native scale, re-detect each face found below the reference "
+        "scale on a small crop at the reference scale, for landmarks (hence embeddings) nearer the "
+        "reference's; costs a detector run per face.",
+    )
+
     # --- large faces (issue 9) ---
     closeup_pass: bool = Field(
         True,

@@ -228,3 +228,33 @@ def test_detector_runs_per_policy(analyzer: FaceAnalyzer) -> None:
     assert [detector_items(portrait, p) for p in POLICIES] == [1, 1, 1]
     assert [detector_items(crowd, p) for p in POLICIES] == [1, 2, 1]
     assert [detector_items(blank, p) for p in POLICIES] == [2, 3, 2]
+
+
+def test_refined_landmarks_come_nearer_the_reference(settings: Settings) -> None:
+    """FACEREST_DETECT_REFINE: faces found at native scale re-detected on a crop at the reference
+    scale embed nearer the same face in the full photo than native-scale landmarks do."""
+    from facerest.preparation import load_models
+
+    root = SHARED / "verify" / "facerec_ageitgey" / "images"
+    if not root.exists():
+        pytest.skip(f"{root} is absent")
+    refined_settings = settings.model_copy(update={"detect_refine": True})
+    plain, refining = (FaceAnalyzer(load_models(s), s) for s in (settings, refined_settings))
+    try:
+        photos = [read_bgr(p) for p in sorted(root.iterdir())]
+        full = _run(plain, photos, "reference")
+        small = [cv2.resize(p, None, fx=200 / max(p.shape[:2]), fy=200 / max(p.shape[:2])) for p in photos]
+        gains = []
+        for big, native, refined in zip(
+            full, _run(plain, small, "native"), _run(refining, small, "native"), strict=True
+        ):
+            if len(big.faces) == 1 and len(native.faces) == 1 and len(refined.faces) == 1:
+                target = big.faces[0].embedding
+                gains.append(float(refined.faces[0].embedding @ target - native.faces[0].embedding @ target))
+        print(
+            f"\nrefined - native cosine to the full photo over {len(gains)} faces: mean {np.mean(gains):+.4f}"
+        )
+        assert len(gains) >= 10 and np.mean(gains) > 0
+    finally:
+        plain.close()
+        refining.close()

@@ -21,10 +21,19 @@ from facerest.models.base import FaceModel
 from facerest.models.detection.base import Detections
 from facerest.models.detection.nms import nms
 from facerest.models.faces import Face, ImageResult
-from facerest.pipeline.scale import ScalePlan, ScalePolicy, plan_scale
+from facerest.pipeline.scale import ScalePlan, ScalePolicy, plan_refine, plan_scale
 from facerest.pipeline.scheduler import InferenceScheduler
 
 log = logging.getLogger(__name__)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
+
 
 #: with the `single_face` hint, a face this sure is still taken when none clears the threshold
 SINGLE_FACE_THRESHOLD = 0.3
@@ -199,6 +208,11 @@ class FaceAnalyzer:
             passes[i].append((plan, outputs))
             closeup = self._decode(outputs, plan, options.threshold)
             found[i] = self._merge(found[i], closeup, prefer_second=native)
+        if self.settings.detect_refine:
+            below = [
+                i for i in found if i not in closeups and passes[i][-1][0].scale < plans[i].reference.scale
+            ]
+            self._refine({i: pixels[i] for i in below}, found, plans, options, deadline)
         if options.single_face and options.threshold > SINGLE_FACE_THRESHOLD:
             # the client says there is a face: take the best candidate the passes saw, if any
             for i, dets in found.items():
@@ -207,6 +221,40 @@ class FaceAnalyzer:
                         dets = self._merge(dets, self._decode(outputs, plan, SINGLE_FACE_THRESHOLD))
                     found[i] = dets
         return {i: self._select(dets, options) for i, dets in found.items()}
+
+    def _refine(
+        self,
+        pixels: dict[int, np.ndarray],
+        found: dict[int, Detections],
+        plans: dict[int, ScalePlan],
+        options: ExtractOptions,
+        deadline: Deadline,
+    ) -> None:
+        """Each face's box and landmarks from a crop around it at the reference scale, where one is
+        found there (IoU > 0.5 with the face); in place."""
+        detector = self.models.detector
+        jobs = []
+        for i, image in pixels.items():
+            h, w = image.shape[:2]
+            for k, box in enumerate(found[i].boxes):
+                crop = plan_refine(box, w, h, plans[i].reference.scale, detector.stride)
+                (x0, y0), (cw, ch) = crop.origin, crop.size
+                jobs.append(
+                    (i, k, crop, self._submit(image[y0 : y0 + ch, x0 : x0 + cw], crop.plan, deadline))
+                )
+        for i, k, crop, (plan, future) in jobs:
+            dets = self._decode(
+                self._wait(future, deadline), plan, min(options.threshold, SINGLE_FACE_THRESHOLD)
+            )
+            if len(dets) == 0 or found[i].landmarks is None or dets.landmarks is None:
+                continue
+            origin = np.asarray(crop.origin, np.float32)
+            boxes = dets.boxes + np.tile(origin, 2)
+            overlap = _iou(found[i].boxes[k], boxes)
+            best = int(np.argmax(overlap))
+            if overlap[best] > 0.5:
+                found[i].boxes[k] = boxes[best]
+                found[i].landmarks[k] = dets.landmarks[best] + origin
 
     def _submit_closeup(self, image: np.ndarray, deadline: Deadline) -> tuple[DetectorInput, Future]:
         detector = self.models.detector

@@ -19,10 +19,13 @@ the reference scale whatever the policy.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
-from facerest.imaging.resize import DetectorInput, plan_input
+import numpy as np
+
+from facerest.imaging.resize import EDGE_MARGIN, DetectorInput, plan_input
 from facerest.models.detection.base import Detections
 
 ScalePolicy = Literal["adaptive", "reference", "native"]
@@ -86,3 +89,26 @@ def plan_scale(
     if policy == "adaptive" and reference.scale < first.scale * DIRECT_GAIN:
         first = reference
     return ScalePlan(first, reference, policy)
+
+
+#: context kept around a face when its landmarks are refined, in face sizes on each side
+REFINE_CONTEXT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RefineCrop:
+    origin: tuple[int, int]  # (x, y) of the crop in the image
+    size: tuple[int, int]  # (w, h) of the crop in the image
+    plan: DetectorInput  # the crop at the reference scale, top-left in its canvas
+
+
+def plan_refine(box: np.ndarray, width: int, height: int, scale: float, stride: int) -> RefineCrop:
+    """A crop around one face (REFINE_CONTEXT of its size on each side, inside the image) and its
+    canvas at the reference `scale`, bordered right and below as the reference canvas is."""
+    side = REFINE_CONTEXT * float(max(box[2] - box[0], box[3] - box[1]))
+    x0, y0 = max(0, math.floor(box[0] - side)), max(0, math.floor(box[1] - side))
+    x1, y1 = min(width, math.ceil(box[2] + side)), min(height, math.ceil(box[3] + side))
+    crop = (max(1, x1 - x0), max(1, y1 - y0))
+    resized = (max(1, round(crop[0] * scale)), max(1, round(crop[1] * scale)))
+    canvas = tuple(math.ceil((r + EDGE_MARGIN) / stride) * stride for r in resized)
+    return RefineCrop((x0, y0), crop, DetectorInput(resized[1] / crop[1], resized, (canvas[0], canvas[1])))
