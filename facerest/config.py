@@ -178,6 +178,24 @@ class Settings(BaseSettings):
         description="Gallery storage: sqlite:///PATH or postgresql://... (pgvector, for several replicas); "
         "empty: sqlite in data_dir/gallery.db.",
     )
+    # issue 16: approximate search at scale
+    gallery_index_min_faces: int = Field(
+        5_000,
+        ge=0,
+        description="SQLite galleries of at least this many faces are searched through an HNSW index "
+        "(candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: never index.",
+    )
+    gallery_index_dtype: Literal["f32", "f16", "i8"] = Field(
+        "f16",
+        description="How the SQLite galleries' HNSW index holds vectors (the exact copy stays float32).",
+    )
+    gallery_recall: float = Field(
+        0.99,
+        ge=0.5,
+        le=0.999,
+        description="Share of exact rank-1 answers the HNSW search aims for (both backends); sets its "
+        "breadth (usearch expansion, pgvector hnsw.ef_search). Requests can ask for `exact: true`.",
+    )
 
     # --- hardening (issue 4) ---
     max_request_pixels: int = Field(
@@ -220,6 +238,34 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         description="Open connections per server process; a new one past it is answered 503 and closed.",
+    )
+
+    # --- cost bounds per request (issue 14) ---
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans in one JPEG (progressive files hold 2-20); a decoder passes over the "
+        "whole image once per scan, so more fail alone: image_too_large.",
+    )
+    max_detector_pixels: int = Field(
+        4_194_304,
+        ge=4096,
+        description="Largest detector canvas, in pixels (default 2048x2048): an image that max_size "
+        "(the server's or the request's) would scale past it is scaled to fit it.",
+    )
+    max_faces_per_request: int = Field(
+        1024,
+        ge=1,
+        description="Most faces of one request, all images together (the largest of each image "
+        "kept, in request order); bounds the recognizer's work per request.",
+    )
+    max_embeddings_per_body: int = Field(
+        1000, ge=1, description="Most embeddings in one gallery or /verify body; more: 413."
+    )
+    max_search_comparisons: int = Field(
+        10_000_000,
+        ge=1,
+        description="Most query x gallery-face comparisons in one search; more: 413.",
     )
 
     # --- throughput (issue 3) ---
@@ -316,6 +362,54 @@ class Settings(BaseSettings):
     )
     video_job_events: int = Field(
         1000, ge=1, description="Track events a job keeps for its listeners (the oldest go first)."
+    )
+
+    # --- decisions in error rates, quality, clustering (issue 20) ---
+    calibration_file: Path | None = Field(
+        None,
+        description="Calibration of the recognizer (`facerest calibrate`) that overrides the one the "
+        "catalogue ships for it.",
+    )
+    verify_fmr: float = Field(
+        1e-3,
+        gt=0.0,
+        lt=1.0,
+        description="Default decision point of /verify: the false-match rate per comparison.",
+    )
+    search_fpir: float = Field(
+        1e-2,
+        gt=0.0,
+        lt=1.0,
+        description="Default decision point of gallery search and clustering: the chance that a stranger "
+        "is matched to anyone (FPIR); the per-comparison FMR follows the gallery's number of subjects "
+        "(clustering: of faces).",
+    )
+
+    enrol_min_sharpness: float = Field(
+        40.0,
+        ge=0.0,
+        description="Enrolment refuses faces whose aligned crop is less sharp than this (variance of "
+        "its Laplacian; the shared test photos: 183 and up, a 1-pixel blur of a 55-pixel face: 38); "
+        "0: no check. `force` overrides every floor.",
+    )
+    enrol_min_face_size: float = Field(
+        24.0, ge=0.0, description="Enrolment refuses faces narrower than this many pixels; 0: no check."
+    )
+    enrol_max_yaw: float = Field(
+        60.0,
+        ge=0.0,
+        le=90.0,
+        description="Enrolment refuses faces turned further than this (degrees, from the 5 landmarks).",
+    )
+    enrol_max_cut: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="Enrolment refuses faces with a larger share outside the image (a face cut at a quarter "
+        "of its width: about 0.2).",
+    )
+    enrol_min_quality: float = Field(
+        0.0, ge=0.0, le=1.0, description="Enrolment refuses faces whose quality score is lower; 0: no check."
     )
 
     @field_validator(

@@ -21,6 +21,13 @@ class BadInput(FaceRestError):
     code = "bad_input"
 
 
+class OutsideCalibration(BadInput):
+    """An error rate the recognizer's calibration has too little data to turn into a threshold."""
+
+    status_code = 422
+    code = "outside_calibration"
+
+
 class ImageDecodeError(BadInput):
     code = "image_decode_error"
 
@@ -33,6 +40,18 @@ class ImageTooLarge(BadInput):
 class TooManyImages(BadInput):
     status_code = 413
     code = "too_many_images"
+
+
+class TooManyEmbeddings(BadInput):
+    status_code = 413
+    code = "too_many_embeddings"
+
+
+class SearchTooLarge(BadInput):
+    """A search would compare more query x gallery faces than the server allows at once."""
+
+    status_code = 413
+    code = "search_too_large"
 
 
 class BodyTooLarge(BadInput):

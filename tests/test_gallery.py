@@ -12,18 +12,24 @@ import pytest
 from conftest import Server, package_photo, read_bgr, shared_path
 from helpers import b64
 
+from facerest.config import Settings
+from facerest.gallery.calibration import shipped
 from facerest.gallery.sqlite import SQLiteStore
 from facerest.gallery.store import ModelTag, NewFace
 from facerest.models.catalog import Catalog
 from facerest.pipeline import ExtractOptions
 
 SETS = ["deepface", "facerec_ageitgey"]
+DEFAULT_FMR = Settings.model_fields["verify_fmr"].default
 
 
 def calibrated_threshold() -> float:
+    """The server's default /verify decision: the shipped calibration's threshold at FMR 1e-3."""
     entry = Catalog.load().get("w600k_mbf")
-    assert entry is not None and entry.verify_threshold is not None
-    return entry.verify_threshold
+    assert entry is not None and entry.verify_threshold is not None  # the fallback without one
+    calibration = shipped("w600k_mbf")
+    assert calibration is not None
+    return calibration.threshold_for(DEFAULT_FMR)
 
 
 def identities(set_name: str) -> tuple[Path, list[tuple[str, str]]]:
@@ -62,7 +68,7 @@ def pairwise_accuracy(set_name: str, vectors: dict[str, np.ndarray], threshold: 
 
 
 def test_calibrated_threshold_separates_the_shared_sets(embeddings) -> None:  # type: ignore[no-untyped-def]
-    """The catalogue's verify_threshold for w600k_mbf sits in the gap between same and different pairs."""
+    """The calibrated threshold for w600k_mbf sits in the gap between same and different pairs."""
     threshold = calibrated_threshold()
     for set_name in SETS:
         vectors = embeddings[set_name]
@@ -95,7 +101,11 @@ def test_identification_rank1_and_unknowns(set_name, server: Server, embeddings)
             assert len(r.json()["added"]) == 1 and r.json()["failed"] == []
         r = client.post(
             f"/gallery/{gallery}/search",
-            json={"images": {"data": [b64(root / img) for img, _ in probes]}, "top_k": len(reference)},
+            json={
+                "images": {"data": [b64(root / img) for img, _ in probes]},
+                "top_k": len(reference),
+                "fmr": DEFAULT_FMR,
+            },
         )
         assert r.status_code == 200, r.text
         answer = r.json()

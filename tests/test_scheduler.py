@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import CancelledError
 
 import numpy as np
 import pytest
@@ -99,5 +100,49 @@ def test_batch_wait_only_when_another_request_can_join():
             second = scheduler.submit("m", runner, np.ones((1, 3), np.float32), max_batch=8)
             first.result(10), second.result(10)
         assert runner.batch_sizes == [1, 2]
+    finally:
+        scheduler.close()
+
+
+def test_a_small_request_goes_ahead_of_a_big_one_queued_before_it():
+    """Issue 14: jobs are taken per request, the least served first, not in arrival order."""
+    scheduler = InferenceScheduler()
+    runner = GatedRunner()
+    try:
+        scheduler.submit("m", runner, np.zeros((8, 3), np.float32), max_batch=8, owner="big")
+        assert runner.started.wait(10)
+        big = [
+            scheduler.submit("m", runner, np.ones((8, 3), np.float32), max_batch=8, owner="big")
+            for _ in range(20)
+        ]
+        small = scheduler.submit("m", runner, np.ones((1, 3), np.float32), max_batch=8, owner="small")
+        runner.gate.set()
+        small.result(10)
+        for future in big:
+            future.result(10)
+        # the batch running when it came, then its own: the big request's 20 batches wait
+        assert runner.batch_sizes == [8, 1] + [8] * 20
+    finally:
+        scheduler.close()
+
+
+def test_jobs_past_their_deadline_are_withdrawn_unrun():
+    scheduler = InferenceScheduler()
+    runner = GatedRunner()
+    try:
+        first = scheduler.submit("m", runner, np.zeros((8, 3), np.float32), max_batch=8)
+        assert runner.started.wait(10)
+        soon = time.monotonic() + 0.05
+        late = [
+            scheduler.submit("m", runner, np.ones((8, 3), np.float32), max_batch=8, owner="r", expires=soon)
+            for _ in range(5)
+        ]
+        time.sleep(0.1)
+        runner.gate.set()
+        first.result(10)
+        for future in late:
+            with pytest.raises(CancelledError):
+                future.result(10)
+        assert runner.batch_sizes == [8]  # only the batch that was running
     finally:
         scheduler.close()

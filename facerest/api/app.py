@@ -19,6 +19,7 @@ from facerest.api.gallery import router as gallery_router
 from facerest.api.metrics import Metrics
 from facerest.api.metrics import router as metrics_router
 from facerest.api.middleware import HardeningMiddleware
+from facerest.api.people import router as people_router
 from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
 from facerest.api.video import router as video_router
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(demo_router)  # /demo (issue 7)
     app.include_router(gallery_router)
+    app.include_router(people_router)
     app.include_router(metrics_router)
     app.include_router(video_router)  # /video/..., /multipart/video/extract (issue 17)
     _document_bodies(app)

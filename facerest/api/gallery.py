@@ -13,21 +13,36 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError, WithJsonSchema
 
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.schemas import Images, Name
+from facerest.api.serialize import MSGPACK_TYPES
 from facerest.api.state import AppState
-from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable
-from facerest.gallery import gallery_url, open_store
-from facerest.gallery.service import FoundFace, GalleryService
+from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable, TooManyEmbeddings
+from facerest.gallery import gallery_url, index_options, open_store
+from facerest.gallery.people import UNSORTED
+from facerest.gallery.service import FoundFace, GalleryService, check_embedding_count
+from facerest.gallery.store import MAX_TOP_K
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
 
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
-Embeddings = list[list[float]]
+ErrorRate = Annotated[float, Field(gt=0.0, lt=1.0)]
+#: embedding lists are only counted while the body is parsed (on the event loop); their numbers
+#: are validated in the worker thread (`_vectors`), so 40,000 posted vectors cost the loop nothing
+Embeddings = Annotated[
+    list[Any],
+    WithJsonSchema({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}),
+]
+_VECTORS = TypeAdapter(list[list[float]])
+#: no recognizer gives longer embeddings; a longer list is refused before its numbers are read
+MAX_EMBEDDING_VALUES = 4096
+#: JSON arrays a gallery body holds besides its embeddings (the embeddings list, images, urls)
+MAX_OTHER_ARRAYS = 8
 
 
 class EnrolRequest(BaseModel):
@@ -36,6 +51,10 @@ class EnrolRequest(BaseModel):
     images: Images | None = None
     all_faces: StrictBool = Field(False, description="Enrol every face found, not only the largest.")
     embeddings: Embeddings | None = Field(None, description="Embeddings of the server's recognizer.")
+    force: StrictBool = Field(
+        False, description="Enrol faces below the quality floors (FACEREST_ENROL_*) too."
+    )
+    return_quality: StrictBool = Field(False, description="Add each added face's quality.")
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -44,11 +63,26 @@ class SearchRequest(BaseModel):
 
     images: Images | None = None
     embeddings: Embeddings | None = None
-    top_k: int = Field(5, ge=1, le=100, description="Subjects listed per face.")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description=f"Subjects listed per face (at most {MAX_TOP_K}).")
+    exact: StrictBool = Field(
+        False,
+        description="Search every face exhaustively instead of through the gallery's approximate index "
+        "(slower on large galleries; the same answer on small ones, which are always scanned).",
+    )
     threshold: Similarity | None = Field(
         None,
-        description="Cosine similarity at or above which the best subject is named (default: calibrated).",
+        description="Cosine similarity at or above which the best subject is named (default: "
+        "from FACEREST_SEARCH_FPIR).",
     )
+    fmr: ErrorRate | None = Field(
+        None, description="Decision point as a false-match rate per comparison (e.g. 1e-3), not a cosine."
+    )
+    fpir: ErrorRate | None = Field(
+        None,
+        description="Decision point as the chance a stranger is matched to anyone in the gallery; turned "
+        "into the per-comparison FMR for its current number of subjects.",
+    )
+    return_quality: StrictBool = Field(False, description="Add each probe face's quality.")
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -60,6 +94,9 @@ class VerifyRequest(BaseModel):
     gallery: Name | None = None
     subject: Name | None = None
     threshold: Similarity | None = None
+    fmr: ErrorRate | None = Field(
+        None, description="Decision point as a false-match rate (default FACEREST_VERIFY_FMR)."
+    )
     img_req_headers: dict[str, str] = Field(default_factory=dict)
 
 
@@ -74,7 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     url = gallery_url(state.settings)
     store, reason = None, ""
     try:
-        store = await anyio.to_thread.run_sync(open_store, url)
+        store = await anyio.to_thread.run_sync(open_store, url, index_options(state.settings))
         log.info("gallery storage: %s", url.split("://")[0])
     except (FaceRestError, OSError, sqlite3.Error) as exc:
         # the rest of the service works without its gallery; gallery requests say why not
@@ -102,6 +139,47 @@ def _images(state: AppState, images: Images | None, headers: dict[str, str]) -> 
     if images is None:
         return []
     return load_images(images.data, images.urls, state.settings, headers)
+
+
+def _quality(face: FoundFace, asked: bool) -> dict[str, Any]:
+    if not asked or face.quality is None:
+        return {}
+    return {"quality": face.quality.to_json()}
+
+
+async def _parse(request: Request, state: AppState, model: type[BaseModel]) -> Any:
+    """`parse_body`, after a cheap look at a JSON body: each posted embedding is one `[` (base64
+    and plain text hold none), so a body of 40,000 embeddings is refused before the JSON parser
+    spends seconds (holding the interpreter) building 20 million numbers."""
+    raw = await request.body()  # read once; parse_body gets it from the request's cache
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in MSGPACK_TYPES:
+        arrays = raw.count(b"[")
+        if arrays - MAX_OTHER_ARRAYS > state.settings.max_embeddings_per_body:
+            raise TooManyEmbeddings(
+                f"the body holds {arrays} JSON arrays: more embeddings than the limit of "
+                f"{state.settings.max_embeddings_per_body}"
+            )
+    return await parse_body(request, model)
+
+
+def _counted(state: AppState, embeddings: list[Any] | None) -> list[Any]:
+    """The posted embeddings, their count and lengths checked (cheap: nothing is converted)."""
+    embeddings = embeddings or []
+    check_embedding_count(len(embeddings), state.settings)
+    for i, vector in enumerate(embeddings):
+        if not isinstance(vector, list) or len(vector) > MAX_EMBEDDING_VALUES:
+            raise BadInput(f"embedding {i} must be a list of at most {MAX_EMBEDDING_VALUES} numbers")
+    return embeddings
+
+
+def _vectors(embeddings: list[Any]) -> list[list[float]]:
+    """The posted embeddings as numbers (in the worker thread: it is the costly part)."""
+    try:
+        return _VECTORS.validate_python(embeddings)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", "embeddings", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from exc
 
 
 def _box(face: FoundFace) -> dict[str, Any]:
@@ -134,6 +212,7 @@ async def delete_gallery(request: Request, gallery: Name) -> JSONResponse:
     state, service = _service(request)
     if not await state.run(lambda: service.store.delete_gallery(gallery)):
         raise NotFound(f"no gallery {gallery!r}")
+    await state.run(lambda: service.people.forget(gallery))
     return JSONResponse({"gallery": gallery, "deleted": True})
 
 
@@ -149,18 +228,23 @@ async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
     listed in `failed`.
     """
     state, service = _service(request)
-    req: EnrolRequest = await parse_body(request, EnrolRequest)
+    req: EnrolRequest = await _parse(request, state, EnrolRequest)
+    embeddings = _counted(state, req.embeddings)
 
     def work():  # type: ignore[no-untyped-def]
+        vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, subject, images, req.embeddings or [], req.all_faces)
+        return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force)
 
     done = await state.run(work)
     return JSONResponse(
         {
             "gallery": gallery,
             "subject": subject,
-            "added": [{"face_id": face_id, **_box(face)} for face_id, face in done.added],
+            "added": [
+                {"face_id": face_id, **_box(face), **_quality(face, req.return_quality)}
+                for face_id, face in done.added
+            ],
             "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
         }
     )
@@ -175,7 +259,8 @@ async def list_subjects(request: Request, gallery: Name) -> JSONResponse:
         return service.store.subjects(gallery)
 
     subjects = await state.run(work)
-    return JSONResponse({"gallery": gallery, "subjects": [{"subject": s, "faces": n} for s, n in subjects]})
+    listed = [{"subject": s, "faces": n} for s, n in subjects if s != UNSORTED]
+    return JSONResponse({"gallery": gallery, "subjects": listed})
 
 
 @router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject")
@@ -257,13 +342,17 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
     `data` holds one entry per image (request order), then one per posted embedding.
     """
     state, service = _service(request)
-    req: SearchRequest = await parse_body(request, SearchRequest)
+    req: SearchRequest = await _parse(request, state, SearchRequest)
+    embeddings = _counted(state, req.embeddings)
 
     def work():  # type: ignore[no-untyped-def]
+        vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.search(gallery, images, req.embeddings or [], req.top_k, req.threshold)
+        return service.search(
+            gallery, images, vectors, req.top_k, req.threshold, req.fmr, req.fpir, req.exact
+        )
 
-    results = await state.run(work)
+    decision, results = await state.run(work)
     data: list[dict[str, Any]] = []
     for result in results:
         if isinstance(result, FaceRestError):
@@ -273,13 +362,24 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
             {
                 **_box(hit.face),
                 "subject": hit.subject,
+                "unknown": hit.subject is None,
+                # below the enrolment floors: a match (or none) means less than for a good face
+                "low_quality": bool(hit.face.issues),
+                "quality_issues": hit.face.issues,
+                **_quality(hit.face, req.return_quality),
                 "similarity": hit.matches[0].similarity if hit.matches else None,
-                "matches": [{"subject": m.subject, "similarity": m.similarity} for m in hit.matches],
+                "fmr": hit.fmrs[0] if hit.fmrs else None,
+                "matches": [
+                    {"subject": m.subject, "similarity": m.similarity, "fmr": fmr}
+                    for m, fmr in zip(hit.matches, hit.fmrs, strict=True)
+                ],
             }
             for hit in result
         ]
         data.append({"status": "ok", "faces": faces})
-    return JSONResponse({"gallery": gallery, "threshold": service.threshold(req.threshold), "data": data})
+    return JSONResponse(
+        {"gallery": gallery, "threshold": decision.threshold, "decision": decision.to_json(), "data": data}
+    )
 
 
 @router.post(
@@ -291,9 +391,10 @@ async def verify(request: Request) -> JSONResponse:
     """Compares the largest face of each image (or the posted embeddings); against a subject, its
     closest face counts. `same` is `similarity >= threshold`."""
     state, service = _service(request)
-    req: VerifyRequest = await parse_body(request, VerifyRequest)
+    req: VerifyRequest = await _parse(request, state, VerifyRequest)
+    embeddings = _counted(state, req.embeddings)
     image_count = len(req.images.data or []) + len(req.images.urls or []) if req.images else 0
-    inputs = image_count + len(req.embeddings or [])
+    inputs = image_count + len(embeddings)
     with_subject = req.gallery is not None or req.subject is not None
     if with_subject and (req.gallery is None or req.subject is None):
         raise BadInput("verify against a subject needs both `gallery` and `subject`")
@@ -305,19 +406,22 @@ async def verify(request: Request) -> JSONResponse:
         )
 
     def work() -> float:
+        posted = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        vectors = service.one_face(images) + service.embeddings(req.embeddings or [])
+        vectors = service.one_face(images) + service.embeddings(posted)
         if with_subject:
             return service.subject_similarity(req.gallery or "", req.subject or "", vectors[0])
         return float(vectors[0] @ vectors[1])
 
+    decision = service.decision(threshold=req.threshold, fmr=req.fmr)  # a bad fmr: 422 before any work
     similarity = await state.run(work)
-    threshold = service.threshold(req.threshold)
     return JSONResponse(
         {
             "similarity": similarity,
-            "same": similarity >= threshold,
-            "threshold": threshold,
+            "same": similarity >= decision.threshold,
+            "threshold": decision.threshold,
+            "fmr": service.fmr_at(similarity),
+            "decision": decision.to_json(),
             "model": service.model.name if service.model else None,
         }
     )

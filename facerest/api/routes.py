@@ -18,12 +18,13 @@ from starlette.responses import Response
 
 from facerest import __version__
 from facerest.api.responses import JSONResponse, body_response
-from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions
+from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions, Images
 from facerest.api.serialize import MSGPACK_TYPES, encode_jpeg, v1_body, v2_body
 from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, ImageTooLarge
 from facerest.imaging.draw import draw_faces
 from facerest.imaging.loader import load_images
+from facerest.imaging.marks import FaceMark
 from facerest.pipeline import ExtractOptions, Timings
 
 router = APIRouter()
@@ -102,7 +103,26 @@ def _extract_options(req: ExtractRequest, state: AppState) -> ExtractOptions:
         extract_ga=req.extract_ga,
         detect_masks=req.detect_masks,
         dense_landmarks=req.return_dense_landmarks,
+        marks=face_marks(req.images),
+        return_quality=req.return_quality,
     )
+
+
+def face_marks(images: Images) -> list[list[FaceMark] | None] | None:
+    if images.faces is None:
+        return None
+    return [
+        None
+        if marks is None
+        else [
+            FaceMark(
+                None if m.bbox is None else np.asarray(m.bbox, np.float32),
+                None if m.landmarks is None else np.asarray(m.landmarks, np.float32),
+            )
+            for m in marks
+        ]
+        for marks in images.faces
+    ]
 
 
 async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Response:
@@ -114,7 +134,7 @@ async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Res
 
     def work():  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
-        images = load_images(req.images.data, req.images.urls, state.settings, req.img_req_headers)
+        images = load_images(req.images.data, req.images.urls, state.settings, req.img_req_headers, deadline)
         timings.extra["read_imgs_ms"] = (time.perf_counter() - t0) * 1000
         return state.analyzer.process(images, options, timings, deadline)
 
@@ -347,6 +367,13 @@ async def info(request: Request) -> JSONResponse:
                 "max_body_bytes": s.max_body_bytes,
                 "max_faces_per_image": s.max_faces_per_image,
                 "queue_size": s.queue_size,
+                "max_request_pixels": s.max_request_pixels,
+                "request_timeout_s": s.request_timeout_s,
+                "max_jpeg_scans": s.max_jpeg_scans,
+                "max_detector_pixels": s.max_detector_pixels,
+                "max_faces_per_request": s.max_faces_per_request,
+                "max_embeddings_per_body": s.max_embeddings_per_body,
+                "max_search_comparisons": s.max_search_comparisons,
             },
             # enforced per connection, before a route or the API key check (api/http_protocol.py)
             "http_limits": {
@@ -358,8 +385,29 @@ async def info(request: Request) -> JSONResponse:
                 "max_connections": s.max_connections,
             },
             "threads": s.threads,
+            "decisions": _decisions(state),
         }
     )
+
+
+def _decisions(state: AppState) -> dict[str, Any]:
+    """The default decision points and the recognizer's calibration behind them (issue 20)."""
+    from facerest.gallery.calibration import row_json
+
+    calibration = state.gallery.calibration if state.gallery is not None else None
+    return {
+        "verify_fmr": state.settings.verify_fmr,
+        "search_fpir": state.settings.search_fpir,
+        "calibration": None
+        if calibration is None
+        else {
+            "source": calibration.source,
+            "model": calibration.model,
+            "impostor_pairs": calibration.impostor_pairs,
+            "calibrated_fmr_range": [calibration.min_fmr, calibration.max_fmr],
+            "thresholds": [row_json(row) for row in calibration.table()],
+        },
+    }
 
 
 @router.get("/health", summary="Ready when the models are loaded and answer")

@@ -37,6 +37,36 @@ Name = Annotated[
 ]
 
 
+Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class FaceMarkIn(BaseModel):
+    """A face marked by hand: its box, its 5 landmarks, or both (image pixels)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bbox: Annotated[list[Coordinate], Field(min_length=4, max_length=4)] | None = Field(
+        None, description="x1, y1, x2, y2."
+    )
+    landmarks: (
+        Annotated[
+            list[Annotated[list[Coordinate], Field(min_length=2, max_length=2)]],
+            Field(min_length=5, max_length=5),
+        ]
+        | None
+    ) = Field(
+        None,
+        description="[x, y] of the left eye, right eye, nose tip, left and right mouth corner "
+        "(the order the detector returns them in).",
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> FaceMarkIn:
+        if self.bbox is None and self.landmarks is None:
+            raise ValueError("a face mark needs `bbox` or `landmarks`")
+        return self
+
+
 class Images(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -45,6 +75,19 @@ class Images(BaseModel):
         description="Base64 images (a `data:...;base64,` prefix is allowed); raw bytes in msgpack bodies.",
     )
     urls: list[str] | None = Field(None, description="http(s) URLs to fetch the images from.")
+    faces: list[list[FaceMarkIn] | None] | None = Field(
+        None,
+        description="/extract only: per image (`data` first, then `urls`), the faces marked by hand, "
+        "embedded instead of detected ones; null for an image: detect as usual.",
+    )
+
+    @model_validator(mode="after")
+    def _one_entry_per_image(self) -> Images:
+        if self.faces is not None:
+            count = len(self.data or []) + len(self.urls or [])
+            if len(self.faces) != count:
+                raise ValueError(f"images.faces has {len(self.faces)} entries for {count} images")
+        return self
 
 
 class ImageOptions(BaseModel):
@@ -92,6 +135,11 @@ class ExtractRequest(ImageOptions):
     extract_embedding: StrictBool = Field(True, description="Compute embeddings (`vec`, `norm`).")
     extract_ga: StrictBool = Field(False, description="Estimate gender and age.")
     detect_masks: StrictBool = Field(False, description="Classify masks; needs FACEREST_MASK_NAME.")
+    return_quality: StrictBool = Field(
+        False,
+        description="Add each face's `quality`: score and parts (size, detector score, sharpness, pose, "
+        "cut by the edge).",
+    )
     verbose_timings: StrictBool = Field(False, description="Add per-stage timings to `took`.")
     msgpack: StrictBool = Field(False, description="Answer in msgpack.")
     img_req_headers: dict[str, str] = Field(

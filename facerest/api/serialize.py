@@ -49,6 +49,10 @@ def face_dict(
         out["facedata"] = data if binary else base64.b64encode(data).decode("ascii")
     if face.whole_image:
         out["whole_image"] = True
+    if face.quality is not None:
+        out["quality"] = face.quality.to_json()
+    if face.marked is not None:
+        out["marked"] = face.marked
     return out
 
 

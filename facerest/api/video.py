@@ -109,15 +109,24 @@ def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
         service.require(gallery)
         if not embeddings:
             return []
-        found = service.search(gallery, embeddings=[e.tolist() for e in embeddings], top_k=1, threshold=limit)
+        # the gallery's default decision (an FPIR) unless the request gives a raw threshold
+        _, found = service.search(
+            gallery, embeddings=[e.tolist() for e in embeddings], top_k=1, threshold=limit
+        )
         out = []
         for entry in found:
             if isinstance(entry, FaceRestError) or not entry:
-                out.append({"subject": None, "similarity": None})
+                out.append({"subject": None, "unknown": True, "similarity": None})
                 continue
             match = entry[0]
             best = match.matches[0].similarity if match.matches else None
-            out.append({"subject": match.subject, "similarity": None if best is None else round(best, 4)})
+            out.append(
+                {
+                    "subject": match.subject,
+                    "unknown": match.subject is None,
+                    "similarity": None if best is None else round(best, 4),
+                }
+            )
         return out
 
     return identify

@@ -26,9 +26,9 @@ def _progress() -> Progress:
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from facerest.gallery import gallery_url, open_store
+    from facerest.gallery import gallery_url, index_options, open_store
 
-    return open_store(gallery_url(settings))
+    return open_store(gallery_url(settings), index_options(settings))
 
 
 def _service(settings: Settings):  # type: ignore[no-untyped-def]

@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from facerest.cli import calibrate as cli_calibrate
+from facerest.cli import cluster as cli_cluster
 from facerest.cli import config as cli_config
 from facerest.cli import extract as cli_extract
 from facerest.cli import models as cli_models
@@ -36,6 +38,8 @@ def _settings_epilog() -> str:
 app.add_typer(cli_models.app, name="models")
 app.add_typer(cli_extract.app)
 app.add_typer(cli_video.app)  # `facerest video` (issue 17)
+app.add_typer(cli_calibrate.app)
+app.add_typer(cli_cluster.app)
 app.add_typer(cli_config.app)
 app.add_typer(gallery_app, name="gallery")
 app.add_typer(bench_app, name="bench")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from facerest.config import Settings
 from facerest.errors import BackendUnavailable
+from facerest.gallery.index import IndexOptions, ef_for_recall
 from facerest.gallery.store import GalleryStore
 
 
@@ -14,16 +15,26 @@ def gallery_url(settings: Settings) -> str:
     return settings.gallery_url or f"sqlite:///{(settings.data_dir / 'gallery.db').resolve()}"
 
 
-def open_store(url: str) -> GalleryStore:
+def index_options(settings: Settings) -> IndexOptions:
+    """How galleries are indexed and how broadly the index is searched, from the settings."""
+    return IndexOptions(
+        min_faces=settings.gallery_index_min_faces,
+        dtype=settings.gallery_index_dtype,
+        expansion_search=ef_for_recall(settings.gallery_recall),
+    )
+
+
+def open_store(url: str, options: IndexOptions | None = None) -> GalleryStore:
     """sqlite:///PATH (a relative PATH after three slashes, an absolute one after four) or postgresql://..."""
+    options = options or IndexOptions()
     if url.startswith("sqlite:///"):
         from facerest.gallery.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")), options)
     if url.startswith(("postgresql://", "postgres://")):
         from facerest.gallery.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, ef_search=options.expansion_search)
     raise BackendUnavailable(
         f"FACEREST_GALLERY_URL must start with sqlite:/// or postgresql://, not {url.split(':')[0]!r}"
     )

@@ -1,13 +1,18 @@
 """The embedded backend: SQLite in WAL mode on disk, every gallery also held as a matrix in memory.
 
-Search is an exact matrix product over the in-memory copy; SQLite is the durable record. Other
-processes writing the same file (several workers) are noticed through `PRAGMA data_version`, and
-the in-memory copy is then read again.
+SQLite is the durable record. Small galleries are searched by an exact matrix product over the
+in-memory copy; from `IndexOptions.min_faces` faces on (the measured crossover), an HNSW index
+(facerest/gallery/index.py, files beside the database) proposes candidate faces that are then
+re-ranked exactly against the same copy. Other processes writing the same file (several
+workers) are noticed through `PRAGMA data_version`: the in-memory copy is read again and the
+index caught up with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from facerest.errors import ModelMismatch
+from facerest.gallery.index import FaceIndex, IndexOptions, reconcile
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
@@ -29,6 +35,8 @@ from facerest.gallery.store import (
     mismatch_message,
     top_subjects,
 )
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS galleries (
@@ -98,12 +106,14 @@ class _Matrix:
             self.row_of[int(self.ids[row])] = row
         self.count = last
 
-    def delete_subject(self, subject: str) -> None:
+    def delete_subject(self, subject: str) -> list[int]:
         code = self.code_of.get(subject)
         if code is None:
-            return
-        for face_id in self.ids[: self.count][self.codes[: self.count] == code].tolist():
+            return []
+        gone = self.ids[: self.count][self.codes[: self.count] == code].tolist()
+        for face_id in gone:
             self.delete(face_id)
+        return gone
 
     def rename(self, subject: str, new_name: str) -> None:
         code = self.code_of.pop(subject, None)
@@ -118,15 +128,29 @@ class _Matrix:
         codes = self.codes[: self.count]
         return [top_subjects(row, codes, self.names, top_k) for row in similarities]
 
+    def rerank(self, query: np.ndarray, candidates: np.ndarray, top_k: int) -> SearchResult:
+        """The exact answer over the candidate faces that still exist (deleted ones drop out here)."""
+        rows = np.fromiter(
+            (row for face_id in candidates.tolist() if (row := self.row_of.get(face_id)) is not None),
+            np.int64,
+        )
+        if len(rows) == 0:
+            return SearchResult()
+        return top_subjects(self.vectors[rows] @ query, self.codes[rows], self.names, top_k)
+
 
 def _bbox_text(bbox: list[float] | None) -> str | None:
     return None if bbox is None else json.dumps([round(float(v), 2) for v in bbox])
 
 
 class SQLiteStore(GalleryStore):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, index_options: IndexOptions | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.index_options = index_options or IndexOptions()
+        self._index_dir = path.with_name(path.name + "-index")
+        self._indexes: dict[str, FaceIndex] = {}
+        self._changes_since_save: dict[str, int] = {}
         # one connection shared by the worker threads under one lock: SQLite writes are serial
         # anyway, and searches read the in-memory matrices
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -183,6 +207,58 @@ class SQLiteStore(GalleryStore):
             self._load(matrices, batch)
         self._matrices = matrices
         self._data_version = version
+        for name in list(self._indexes):
+            if name not in matrices:
+                self._drop_index(name)
+        for name in matrices:
+            self._sync_index(name, from_disk=name not in self._indexes)
+
+    # --- the index of each large gallery ---
+
+    def _index_path(self, gallery: str) -> Path:
+        return self._index_dir / f"{hashlib.sha256(gallery.encode()).hexdigest()[:24]}.usearch"
+
+    def _sync_index(self, gallery: str, from_disk: bool) -> None:
+        """Index `gallery` when it is large enough: the saved file caught up with SQLite, or built."""
+        matrix = self._matrices[gallery]
+        options = self.index_options
+        if options.min_faces <= 0 or matrix.count < options.min_faces:
+            self._indexes.pop(gallery, None)
+            return
+        path = self._index_path(gallery)
+        dim = matrix.vectors.shape[1]
+        current = FaceIndex.load(path, dim, options) if from_disk else self._indexes.get(gallery)
+        index, what = reconcile(
+            current, matrix.ids[: matrix.count], matrix.vectors[: matrix.count], dim, options
+        )
+        log.info("gallery %r index: %s", gallery, what)
+        self._indexes[gallery] = index
+        if index.dirty:
+            self._save_index(gallery)
+
+    def _save_index(self, gallery: str) -> None:
+        try:
+            self._indexes[gallery].save(self._index_path(gallery))
+        except OSError as exc:  # derived data: a failed save costs a catch-up at the next start
+            log.warning("could not save the index of gallery %r: %s", gallery, exc)
+        self._changes_since_save[gallery] = 0
+
+    def _indexed(self, gallery: str, changed: int) -> FaceIndex | None:
+        """The gallery's index after a write of `changed` faces; saved every tenth of its size."""
+        index = self._indexes.get(gallery)
+        if index is None:
+            return None
+        done = self._changes_since_save.get(gallery, 0) + changed
+        self._changes_since_save[gallery] = done
+        if done > max(len(index) // 10, 1000):
+            self._save_index(gallery)
+        return index
+
+    def _drop_index(self, gallery: str) -> None:
+        self._indexes.pop(gallery, None)
+        path = self._index_path(gallery)
+        for leftover in (path, path.with_name(path.name + ".json")):
+            leftover.unlink(missing_ok=True)
 
     @staticmethod
     def _load(matrices: dict[str, _Matrix], batch: list[tuple[str, str, int, bytes]]) -> None:
@@ -248,6 +324,11 @@ class SQLiteStore(GalleryStore):
             matrix = self._matrices.setdefault(gallery, _Matrix(model.dim))
             if vectors is not None:
                 matrix.add(subject, ids, vectors)
+                if gallery in self._indexes:
+                    self._indexes[gallery].add(np.asarray(ids, np.int64), vectors)
+                    self._indexed(gallery, len(ids))
+                elif 0 < self.index_options.min_faces <= matrix.count:
+                    self._sync_index(gallery, from_disk=True)
         return ids
 
     def subjects(self, gallery: str) -> list[tuple[str, int]]:
@@ -310,7 +391,11 @@ class SQLiteStore(GalleryStore):
                     "DELETE FROM faces WHERE gallery = ? AND subject = ?", (gallery, subject)
                 ).rowcount
             if matrix := self._matrices.get(gallery):
-                matrix.delete_subject(subject)
+                gone = matrix.delete_subject(subject)
+                if gone and (index := self._indexed(gallery, len(gone))):
+                    index.remove(gone)
+                    if index.worn():
+                        self._sync_index(gallery, from_disk=False)
         return deleted
 
     def delete_face(self, gallery: str, face_id: int) -> bool:
@@ -321,6 +406,10 @@ class SQLiteStore(GalleryStore):
                 ).rowcount
             if matrix := self._matrices.get(gallery):
                 matrix.delete(face_id)
+                if deleted and (index := self._indexed(gallery, 1)):
+                    index.remove([face_id])
+                    if index.worn():
+                        self._sync_index(gallery, from_disk=False)
         return bool(deleted)
 
     def delete_gallery(self, gallery: str) -> bool:
@@ -329,16 +418,35 @@ class SQLiteStore(GalleryStore):
                 db.execute("DELETE FROM faces WHERE gallery = ?", (gallery,))
                 deleted = db.execute("DELETE FROM galleries WHERE name = ?", (gallery,)).rowcount
             self._matrices.pop(gallery, None)
+            self._drop_index(gallery)
         return bool(deleted)
 
-    def search(self, gallery: str, queries: np.ndarray, top_k: int) -> list[SearchResult]:
+    def search(
+        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False, floor: float | None = None
+    ) -> list[SearchResult]:
+        queries = np.asarray(queries, np.float32)
         with self._lock:
             self._refresh()
             matrix = self._matrices.get(gallery)
             if matrix is None:
                 return [SearchResult() for _ in queries]
-            return matrix.search(np.asarray(queries, np.float32), top_k)
+            index = None if exact else self._indexes.get(gallery)
+            if index is None:
+                return matrix.search(queries, top_k)
+            count = max(self.index_options.candidates, 10 * top_k)
+            results = [
+                matrix.rerank(query, candidates, top_k)
+                for query, candidates in zip(queries, index.search(queries, count), strict=True)
+            ]
+            if floor is not None:
+                for i, result in enumerate(results):
+                    if not result.matches or result.matches[0].similarity < floor:
+                        [results[i]] = matrix.search(queries[i : i + 1], top_k)
+            return results
 
     def close(self) -> None:
         with self._lock:
+            for gallery, index in self._indexes.items():
+                if index.dirty:
+                    self._save_index(gallery)
             self._db.close()

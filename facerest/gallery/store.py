@@ -61,8 +61,12 @@ class SearchResult:
     matches: list[SubjectMatch] = field(default_factory=list)
 
 
+#: most subjects one search lists per face (the API's documented limit)
+MAX_TOP_K = 100
+
+
 class GalleryStore(ABC):
-    """Galleries of subjects, each with faces; exact cosine search by subject.
+    """Galleries of subjects, each with faces; cosine search by subject.
 
     Every write is one transaction: once a method returns, what it wrote survives a crash of the
     process, and a write interrupted by one leaves nothing behind. Methods are blocking and safe
@@ -104,8 +108,16 @@ class GalleryStore(ABC):
     def delete_gallery(self, gallery: str) -> bool: ...
 
     @abstractmethod
-    def search(self, gallery: str, queries: np.ndarray, top_k: int) -> list[SearchResult]:
-        """For each row of `queries` (N, D), the `top_k` closest subjects by their closest face."""
+    def search(
+        self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False, floor: float | None = None
+    ) -> list[SearchResult]:
+        """For each row of `queries` (N, D), the `top_k` closest subjects by their closest face.
+
+        Large galleries are searched through an approximate index unless `exact`; small ones, and
+        every one with `exact`, by comparing every face. `floor`: a query whose best approximate
+        match is below it (nobody would be named) is searched again exactly, so an index miss
+        can never turn a known face into an unknown one.
+        """
 
     @abstractmethod
     def close(self) -> None: ...

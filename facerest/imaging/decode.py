@@ -12,6 +12,8 @@ from facerest.errors import ImageDecodeError, ImageTooLarge
 
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: progressive JPEGs from cameras and encoders hold 2 to about 20 scans (FACEREST_MAX_JPEG_SCANS)
+DEFAULT_MAX_JPEG_SCANS = 100
 
 # EXIF orientation -> operations that bring the pixels upright
 _ORIENT_OPS = {
@@ -82,9 +84,8 @@ def image_size(data: bytes) -> tuple[int, int] | None:
             return None
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         return struct.unpack("<HH", data[6:10])
-    if data[:2] == b"BM" and len(data) >= 26:
-        width, height = struct.unpack("<ii", data[18:26])
-        return abs(width), abs(height)
+    if data[:2] == b"BM":
+        return _bmp_size(data)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
         kind = data[12:16]
         if kind == b"VP8X":
@@ -98,6 +99,62 @@ def image_size(data: bytes) -> tuple[int, int] | None:
             bits = int.from_bytes(data[21:25], "little")
             return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    """A BMP's size by its DIB header: OS/2 1.x (BITMAPCOREHEADER, 12 bytes) holds 16-bit
+    unsigned sides; every later header (16, 40, 52, 56, 64, 108, 124 bytes) 32-bit signed ones,
+    a negative height meaning rows stored top-down."""
+    if len(data) < 18:
+        return None
+    header = struct.unpack("<I", data[14:18])[0]
+    if header == 12 and len(data) >= 22:
+        return struct.unpack("<HH", data[18:22])
+    if header >= 16 and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
+    return None
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans (SOS markers) the first image of a JPEG holds, without decoding it.
+
+    A progressive decoder passes over every coefficient of the image once per scan, so a tiny
+    file with thousands of empty scans costs seconds per megapixel. The header segments are walked
+    up to the first scan (their payloads, EXIF thumbnails included, may hold any bytes); past it
+    a marker byte pair cannot occur inside entropy-coded data (0xFF is stuffed), so the scans are
+    the SOS pairs up to the first end-of-image (a phone's second, appended picture is not ours)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return 0
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:
+            end = data.find(b"\xff\xd9", pos)
+            return data.count(b"\xff\xda", pos, end if end >= 0 else len(data))
+        if marker == 0xD9:
+            return 0
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    return 0
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray | None:
+    """libjpeg-turbo (simplejpeg), recovering what it can of a damaged file; None when it cannot
+    even read the header (a JPEG variant it lacks), so that OpenCV may try. Once the header is
+    read the first decoder has the last word: a file it gave up on after decoding its scans is
+    not decoded a second time by OpenCV (twice the cost, for a file that is broken)."""
+    try:
+        simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None
+    try:
+        image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False)
+    except (ValueError, RuntimeError) as exc:
+        raise ImageDecodeError(f"the JPEG data cannot be decoded: {exc}") from exc
+    return apply_orientation(image, exif_orientation(data))
 
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:
@@ -121,7 +178,7 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int, max_scans: int = DEFAULT_MAX_JPEG_SCANS) -> np.ndarray:
     """Decode an encoded image to (H, W, 3) uint8 BGR, upright; raises a BadInput subclass."""
     if not data:
         raise ImageDecodeError("empty image")
@@ -132,14 +189,16 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         )
     image: np.ndarray | None = None
     if data.startswith(JPEG_MAGIC):
-        try:
-            image = simplejpeg.decode_jpeg(data, colorspace="BGR")
-            image = apply_orientation(image, exif_orientation(data))
-        except (ValueError, RuntimeError):
-            image = None  # CMYK, lossless or damaged JPEGs: OpenCV's libjpeg copes with more
+        scans = jpeg_scans(data)
+        if scans > max_scans:
+            raise ImageTooLarge(f"the JPEG holds {scans} scans, more than the limit of {max_scans}")
+        image = _decode_jpeg(data)
     if image is None:
         buffer = np.frombuffer(data, dtype=np.uint8)
-        flags = cv2.IMREAD_UNCHANGED if not data.startswith(JPEG_MAGIC) else cv2.IMREAD_COLOR
+        flags = cv2.IMREAD_UNCHANGED
+        # OpenCV reads an OS/2 1.x BMP unchanged as one grey channel; in colour it reads it right
+        if data.startswith(JPEG_MAGIC) or (data[:2] == b"BM" and data[14:18] == b"\x0c\x00\x00\x00"):
+            flags = cv2.IMREAD_COLOR
         try:
             image = cv2.imdecode(buffer, flags)
         except cv2.error:

@@ -18,7 +18,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from facerest.config import Settings
-from facerest.errors import FaceRestError, ImageDecodeError, ImageTooLarge, TooManyImages, UrlFetchFailed
+from facerest.errors import (
+    FaceRestError,
+    ImageDecodeError,
+    ImageTooLarge,
+    RequestTimeout,
+    TooManyImages,
+    UrlFetchFailed,
+)
 from facerest.imaging.decode import decode_image, image_size
 from facerest.imaging.sources import FetchPolicy, decode_base64, load_source
 
@@ -92,7 +99,7 @@ def _decode(data: bytes | FaceRestError, settings: Settings, budget: _PixelBudge
                 f"image is {len(data)} bytes, more than the limit of {settings.max_image_bytes}"
             )
         budget.admit(data)
-        return decode_image(data, max_pixels=settings.max_image_pixels)
+        return decode_image(data, max_pixels=settings.max_image_pixels, max_scans=settings.max_jpeg_scans)
     except FaceRestError as exc:
         return exc
 
@@ -102,8 +109,13 @@ def load_images(
     urls: Sequence[str] | None,
     settings: Settings,
     headers: dict[str, str] | None = None,
+    deadline: float | None = None,
 ) -> list[Loaded]:
-    """Decoded images in request order: `data` entries first, then `urls`."""
+    """Decoded images in request order: `data` entries first, then `urls`.
+
+    `deadline` (time.monotonic()) is when the request must be done (default: REQUEST_TIMEOUT_S
+    from now): downloads share it, and no image is decoded past it (RequestTimeout, a 504)."""
+    phase_ends = deadline if deadline is not None else time.monotonic() + settings.request_timeout_s
     data, urls = list(data or []), list(urls or [])
     check_count(len(data) + len(urls), settings)
     raw: list[bytes | FaceRestError] = []
@@ -118,7 +130,6 @@ def load_images(
         policy = fetch_policy(settings)
         # all downloads of a request share its time limit: 64 slow URLs fetched 8 at a time must
         # not hold a place in the pipeline for 8 rounds of URL_TIMEOUT_S
-        phase_ends = time.monotonic() + settings.request_timeout_s
 
         def fetch(url: str) -> bytes | FaceRestError:
             left = phase_ends - time.monotonic()
@@ -136,4 +147,13 @@ def load_images(
         with ThreadPoolExecutor(max_workers=min(8, len(urls))) as pool:
             raw.extend(pool.map(lambda context, url: context.run(fetch, url), contexts, urls))
     budget = _PixelBudget(settings)
-    return [_decode(entry, settings, budget) for entry in raw]
+    decoded = []
+    for entry in raw:
+        # one image's decode is bounded by its pixels and scans; the request's by its deadline
+        # (an entry that already failed, e.g. a download the deadline cut, costs nothing more)
+        if not isinstance(entry, FaceRestError) and time.monotonic() > phase_ends:
+            raise RequestTimeout(
+                f"the request took longer than {settings.request_timeout_s} s (decoding its images)"
+            )
+        decoded.append(_decode(entry, settings, budget))
+    return decoded

@@ -36,6 +36,7 @@ def plan_input(
     fixed: tuple[int, int] | None = None,
     stride: int = 32,
     max_upscale: float = 0.0,
+    max_pixels: int = 0,
 ) -> DetectorInput:
     """Choose the detector canvas for an image of `width` x `height`.
 
@@ -46,6 +47,10 @@ def plan_input(
     a padded square: a wide image costs fewer FLOPs. Fixed-shape detectors get their own size.
     `max_upscale` > 0 caps the enlargement of small images (fewer FLOPs, but landmarks, hence
     embeddings, then differ from the reference's: cosine 0.96-0.99; off by default).
+    `max_pixels` > 0 bounds the canvas (a dynamic-shape detector's memory and time grow with it):
+    an image that `max_size` would scale past it (a 1x1 picture with max_size 8192, or any picture
+    with max_size 0) is scaled down until the canvas fits. Images fitting a box up to about
+    sqrt(max_pixels) on a side are untouched, so ordinary requests keep the reference's results.
     """
     box_w, box_h = fixed if fixed is not None else max_size
     if box_w <= 0 or box_h <= 0:  # "do not resize": the canvas grows around the image
@@ -61,12 +66,26 @@ def plan_input(
     if fixed is not None:
         canvas = fixed
     else:
-        canvas = (
-            min(math.ceil(box_w / stride), math.ceil((resized[0] + EDGE_MARGIN) / stride)) * stride,
-            min(math.ceil(box_h / stride), math.ceil((resized[1] + EDGE_MARGIN) / stride)) * stride,
-        )
+        canvas = _dynamic_canvas(resized, (box_w, box_h), stride)
+        if max_pixels > 0 and canvas[0] * canvas[1] > max_pixels:
+            # shrink the image until its canvas (margin and rounding included) fits the bound
+            factor = math.sqrt(max_pixels / (canvas[0] * canvas[1]))
+            base = resized
+            while canvas[0] * canvas[1] > max_pixels and resized != (1, 1):
+                resized = (max(1, int(base[0] * factor)), max(1, int(base[1] * factor)))
+                canvas = _dynamic_canvas(resized, (box_w, box_h), stride)
+                factor *= 0.97
     # the scale actually applied, after truncation, maps canvas coordinates back exactly
     return DetectorInput(resized[1] / height, resized, canvas)
+
+
+def _dynamic_canvas(resized: tuple[int, int], box: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The canvas around a resized image: its sides plus EDGE_MARGIN, rounded up to `stride`,
+    never beyond the `box` (rounded up to `stride`)."""
+    return (
+        min(math.ceil(box[0] / stride), math.ceil((resized[0] + EDGE_MARGIN) / stride)) * stride,
+        min(math.ceil(box[1] / stride), math.ceil((resized[1] + EDGE_MARGIN) / stride)) * stride,
+    )
 
 
 #: second pass for close-ups: the image's longer side in canvas pixels. SCRFD's anchors are

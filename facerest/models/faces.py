@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+
+
+@dataclass(slots=True)
+class Quality:
+    score: float  # 0..1, the product of the factors below
+    face_size: float  # box width, pixels of the image
+    eye_distance: float | None  # pixels between the eyes (None without landmarks)
+    detector_score: float
+    sharpness: float  # variance of the Laplacian of the aligned 112x112 grey crop
+    yaw: float | None  # degrees, + when the face turns to the image's left (rough: 5 points)
+    pitch: float | None  # degrees, + when the face looks down (rough)
+    roll: float | None  # degrees of the eye line from horizontal
+    cut: float  # share of the face outside the image (0: whole), from its box and landmarks
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(slots=True)
@@ -22,6 +39,8 @@ class Face:
     landmarks_dense: np.ndarray | None = None  # (106, 2) when a dense landmark model ran
     crop: np.ndarray | None = None  # (112, 112, 3) BGR aligned crop when asked for
     whole_image: bool = False  # True when `single_face` fell back to the whole image
+    quality: Quality | None = None  # when asked for (`return_quality`)
+    marked: str | None = None  # a face the client marked: "landmarks", "box" or "box only" (no landmarks)
 
     @property
     def width(self) -> float:

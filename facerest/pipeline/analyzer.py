@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,9 +16,20 @@ import numpy as np
 
 from facerest.config import Settings
 from facerest.errors import FaceRestError, FeatureUnavailable, Overloaded, RequestTimeout
+from facerest.imaging.marks import (
+    MIN_OVERLAP,
+    BadMark,
+    FaceMark,
+    box_of_landmarks,
+    check_mark,
+    iou,
+    search_region,
+)
+from facerest.imaging.quality import assess
 from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup
 from facerest.models import LoadedModels
-from facerest.models.base import FaceModel
+from facerest.models.align import norm_crop
+from facerest.models.base import FaceModel, box_crop
 from facerest.models.detection.base import Detections
 from facerest.models.detection.nms import nms
 from facerest.models.faces import Face, ImageResult
@@ -35,8 +47,14 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
 
 
+#: face-model batches a request keeps queued at once (crops are made as they are needed)
+FACE_JOBS_IN_FLIGHT = 4
+
+
 #: with the `single_face` hint, a face this sure is still taken when none clears the threshold
 SINGLE_FACE_THRESHOLD = 0.3
+#: a marked face narrower than this at the detector's input gets its landmarks from its box enlarged
+FINE_LANDMARKS_PX = 16
 
 
 @dataclass(slots=True)
@@ -54,6 +72,9 @@ class ExtractOptions:
     max_size: tuple[int, int] | None = None  # None: the server's; (0, 0): no resize
     single_face: bool = False
     detect_scale: ScalePolicy | None = None  # None: the server's FACEREST_DETECT_SCALE
+    # per input, the faces the client marked (None: detect them); see facerest/imaging/marks.py
+    marks: list[list[FaceMark] | None] | None = None
+    return_quality: bool = False
 
 
 @dataclass(slots=True)
@@ -81,6 +102,20 @@ class Deadline:
     def expire(self) -> None:
         for future in self.pending:
             future.cancel()  # a job already running finishes; queued ones are skipped
+
+
+def best_overlap(box: np.ndarray, candidates: list[Face], shift: np.ndarray) -> Face | None:
+    """The candidate (coordinates + `shift` = image's) that overlaps a marked box most, if enough."""
+    candidates = [c for c in candidates if c.landmarks is not None]
+    if not candidates:
+        return None
+    boxes = np.stack([c.bbox for c in candidates]) + np.tile(shift, 2)
+    overlap = iou(np.asarray(box, np.float32), boxes)
+    best = int(np.argmax(overlap))
+    if overlap[best] < MIN_OVERLAP:
+        return None
+    found = candidates[best]
+    return Face(boxes[best], found.score, found.landmarks + shift, 0)  # type: ignore[operator]
 
 
 class Admission:
@@ -117,6 +152,9 @@ class FaceAnalyzer:
         self.scheduler = InferenceScheduler(settings.batch_wait_ms / 1000.0)
         self.admission = Admission(settings.queue_size)
         self.timeout_s = settings.request_timeout_s
+        # an image keeps at most MAX_FACES_PER_IMAGE faces (the largest): NMS can stop once it
+        # has twice that many, the most confident, to choose from (ordinary images have far fewer)
+        models.detector.max_detections = 2 * settings.max_faces_per_image
 
     # --- public entry points (blocking; call from a worker thread, never the event loop) ---
 
@@ -154,14 +192,23 @@ class FaceAnalyzer:
                 results[i].faces = [Face(np.array([0, 0, w, h], np.float32), 1.0, None, 0)]
         else:
             t0 = time.perf_counter()
-            found = self.detect(pixels, options, limit)
-            timings.detect_ms += (time.perf_counter() - t0) * 1000
+            marks = options.marks or []
+            marked = {i: marks[i] for i in ok if i < len(marks) and marks[i] is not None}
+            found = self.detect({i: p for i, p in pixels.items() if i not in marked}, options, limit)
             for i, faces in found.items():
                 if options.single_face:
                     faces = faces[:1] if faces else [self._whole_image_face(pixels[i])]
                 results[i].faces = faces
+            for i, faces_or_error in self._marked_faces(pixels, marked, options, limit).items():
+                if isinstance(faces_or_error, str):
+                    results[i].error, results[i].error_code = faces_or_error, "bad_face_mark"
+                else:
+                    results[i].faces = faces_or_error
+            timings.detect_ms += (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         self._run_face_models(pixels, results, options, limit)
+        if options.return_quality:
+            self._assess(pixels, results)
         timings.faces_ms += (time.perf_counter() - t0) * 1000
         total = (time.perf_counter() - started) * 1000
         for result in results:
@@ -177,50 +224,132 @@ class FaceAnalyzer:
         then for images where the passes have reason to doubt (nothing found, or a large face cut
         by the image's edge) a pass on a small, centred, padded canvas where faces that fill the
         frame fall in the detector's trained range, merged with NMS."""
-        plans = {i: self._plan(image, options) for i, image in pixels.items()}
-        first = {i: self._submit(pixels[i], plan.first, deadline) for i, plan in plans.items()}
-        passes: dict[int, list[tuple[DetectorInput, dict[str, np.ndarray]]]] = {}
+        detector = self.models.detector
+        # canvases are made just in time: a request keeps at most `window` detector inputs
+        # queued, not one per image (64 images x a large canvas would be gigabytes)
+        window = max(2, min(detector.max_batch, self.settings.det_batch_size))
+        fallback = options.single_face and options.threshold > SINGLE_FACE_THRESHOLD
+        plans: dict[int, ScalePlan] = {}
         found: dict[int, Detections] = {}
-        enlarged: dict[int, tuple[DetectorInput, Future]] = {}
-        closeups: dict[int, tuple[DetectorInput, Future]] = {}
-        for i, (plan, future) in first.items():
+        candidates: dict[int, Detections] = {}  # at SINGLE_FACE_THRESHOLD, for `single_face`
+        last_scale: dict[int, float] = {}  # the scale of the pass whose faces are kept
+        closeups: set[int] = set()
+        todo = iter(pixels.items())
+        queued: deque[tuple[int, DetectorInput, Future, str]] = deque()
+
+        def refill() -> None:
+            while len(queued) < window:
+                entry = next(todo, None)
+                if entry is None:
+                    return
+                i, image = entry
+                plans[i] = self._plan(image, options)
+                queued.append((i, *self._submit(image, plans[i].first, deadline), "first"))
+
+        def closeup(i: int) -> None:
+            closeups.add(i)
+            queued.append((i, *self._submit_closeup(pixels[i], deadline), "closeup"))
+
+        refill()
+        while queued:
+            i, plan, future, stage = queued.popleft()
             outputs = self._wait(future, deadline)
-            passes[i] = [(plan, outputs)]
-            found[i] = self._decode(outputs, plan, options.threshold)
-            if plans[i].needs_reference_pass(found[i]):
-                enlarged[i] = self._submit(pixels[i], plans[i].reference, deadline)
-            elif self.settings.closeup_pass and self._doubtful(
-                found[i], pixels[i], plan.scale < plans[i].reference.scale
-            ):
-                closeups[i] = self._submit_closeup(pixels[i], deadline)
-        for i, (plan, future) in enlarged.items():
-            outputs = self._wait(future, deadline)
-            passes[i].append((plan, outputs))
-            found[i] = self._decode(outputs, plan, options.threshold)
-            if self.settings.closeup_pass and self._doubtful(found[i], pixels[i]):
-                closeups[i] = self._submit_closeup(pixels[i], deadline)
-        for i, (plan, future) in closeups.items():
-            outputs = self._wait(future, deadline)
-            # at the reference scale a face filling the frame is beyond the first pass's anchors and
-            # the passes are merged by score, as they always were; a pass below that scale finds it
-            # in reach but cut by the edge, where the close-up's view (context all round) wins
-            native = passes[i][-1][0].scale < plans[i].reference.scale
-            passes[i].append((plan, outputs))
-            closeup = self._decode(outputs, plan, options.threshold)
-            found[i] = self._merge(found[i], closeup, prefer_second=native)
+            self._check(deadline)  # decoding (NMS over every anchor at threshold 0) costs too
+            dets = self._decode(outputs, plan, options.threshold)
+            if fallback:  # every pass's candidates: the client says there is a face
+                low = self._decode(outputs, plan, SINGLE_FACE_THRESHOLD)
+                candidates[i] = self._merge(candidates[i], low) if i in candidates else low
+            del outputs
+            reference = plans[i].reference
+            if stage == "closeup":
+                # at the reference scale a face filling the frame is beyond the first pass's
+                # anchors and the passes are merged by score, as they always were; a pass below
+                # that scale finds it in reach but cut by the edge, where the close-up's view
+                # (context all round) wins
+                found[i] = self._merge(found[i], dets, prefer_second=last_scale[i] < reference.scale)
+            else:
+                found[i], last_scale[i] = dets, plan.scale  # a reference pass replaces the first
+                if stage == "first" and plans[i].needs_reference_pass(dets):
+                    queued.append((i, *self._submit(pixels[i], reference, deadline), "reference"))
+                elif self.settings.closeup_pass and self._doubtful(
+                    dets, pixels[i], stage == "first" and plan.scale < reference.scale
+                ):
+                    closeup(i)
+            refill()
         if self.settings.detect_refine:
-            below = [
-                i for i in found if i not in closeups and passes[i][-1][0].scale < plans[i].reference.scale
-            ]
+            below = [i for i in found if i not in closeups and last_scale[i] < plans[i].reference.scale]
             self._refine({i: pixels[i] for i in below}, found, plans, options, deadline)
-        if options.single_face and options.threshold > SINGLE_FACE_THRESHOLD:
+        if fallback:
             # the client says there is a face: take the best candidate the passes saw, if any
             for i, dets in found.items():
                 if len(dets) == 0:
-                    for plan, outputs in passes[i]:
-                        dets = self._merge(dets, self._decode(outputs, plan, SINGLE_FACE_THRESHOLD))
-                    found[i] = dets
-        return {i: self._select(dets, options) for i, dets in found.items()}
+                    found[i] = candidates[i]
+        # faces per request are bounded as well as per image: images in request order, each
+        # keeping its largest faces, until the request's budget is spent
+        budget = self.settings.max_faces_per_request
+        selected = {}
+        for i in pixels:
+            selected[i] = self._select(found[i], options, budget)
+            budget -= len(selected[i])
+        return selected
+
+    def _marked_faces(
+        self,
+        pixels: dict[int, np.ndarray],
+        marked: dict[int, list[FaceMark]],
+        options: ExtractOptions,
+        deadline: Deadline,
+    ) -> dict[int, list[Face] | str]:
+        """The faces the client marked, per image, or why the image's marks name no face.
+
+        Landmarks are taken as given; a box alone gets the landmarks of the face the detector finds
+        in and around it (the one overlapping it most), or none (its box is then resized)."""
+        out: dict[int, list[Face] | str] = {}
+        # (image, face, box, region) of each box marked without landmarks
+        searches: list[tuple[int, int, np.ndarray, tuple[int, int, int, int]]] = []
+        for i, marks in marked.items():
+            h, w = pixels[i].shape[:2]
+            faces = []
+            try:
+                for n, mark in enumerate(marks):
+                    check_mark(mark, w, h, n)
+                    if mark.landmarks is not None:
+                        box = mark.bbox if mark.bbox is not None else box_of_landmarks(mark.landmarks)
+                        faces.append(
+                            Face(np.asarray(box, np.float32), 1.0, mark.landmarks, n, marked="landmarks")
+                        )
+                    else:
+                        assert mark.bbox is not None
+                        faces.append(Face(np.asarray(mark.bbox, np.float32), 0.0, None, n, marked="box only"))
+                        searches.append((i, n, mark.bbox, search_region(mark.bbox, w, h)))
+            except BadMark as exc:
+                out[i] = str(exc)
+                continue
+            out[i] = faces
+        # a box is first matched to the faces a detection of the whole image finds (at a low score
+        # threshold): those landmarks are the ones an unmarked request would embed
+        wide = ExtractOptions(
+            threshold=min(options.threshold, SINGLE_FACE_THRESHOLD), detect_scale=options.detect_scale
+        )
+        at_scale = ExtractOptions(
+            threshold=wide.threshold, max_size=options.max_size, detect_scale=options.detect_scale
+        )
+        images = {i for i, _, _, _ in searches if not isinstance(out[i], str)}
+        whole = self.detect({i: pixels[i] for i in images}, at_scale, deadline) if images else {}
+        for i, n, box, region in searches:
+            faces = out[i]
+            if isinstance(faces, str):
+                continue
+            found = best_overlap(box, whole[i], np.zeros(2, np.float32))
+            scale = self._plan(pixels[i], options).first.scale
+            if found is None or found.width * scale < FINE_LANDMARKS_PX:
+                # missed at the image's scale, or too small there for exact landmarks: the box, enlarged
+                crop = np.ascontiguousarray(pixels[i][region[1] : region[3], region[0] : region[2]])
+                shift = np.array(region[:2], np.float32)
+                found = best_overlap(box, self.detect({0: crop}, wide, deadline)[0], shift) or found
+            if found is not None:
+                faces[n].landmarks, faces[n].score, faces[n].marked = found.landmarks, found.score, "box"
+        return out
 
     def _refine(
         self,
@@ -268,7 +397,9 @@ class FaceAnalyzer:
         detector = self.models.detector
         tensor = detector.prepare(letterbox(image, plan))
         max_batch = min(detector.max_batch, self.settings.det_batch_size)
-        future = self.scheduler.submit(detector.name, detector.infer, tensor[None], max_batch)
+        future = self.scheduler.submit(
+            detector.name, detector.infer, tensor[None], max_batch, owner=deadline, expires=deadline.at
+        )
         return plan, deadline.track(future)
 
     def _decode(self, outputs: dict[str, np.ndarray], plan: DetectorInput, threshold: float) -> Detections:
@@ -369,9 +500,10 @@ class FaceAnalyzer:
             stride=detector.stride,
             family=detector.entry.family,
             max_upscale=self.settings.max_upscale,
+            max_pixels=self.settings.max_detector_pixels,
         )
 
-    def _select(self, dets: Detections, options: ExtractOptions) -> list[Face]:
+    def _select(self, dets: Detections, options: ExtractOptions, budget: int = 1 << 30) -> list[Face]:
         widths = dets.boxes[:, 2] - dets.boxes[:, 0]
         keep = (
             np.flatnonzero(widths >= options.min_face_size)
@@ -380,10 +512,12 @@ class FaceAnalyzer:
         )
         dets = dets.take(keep)
         limit = min(
-            options.limit_faces or self.settings.max_faces_per_image, self.settings.max_faces_per_image
+            options.limit_faces or self.settings.max_faces_per_image,
+            self.settings.max_faces_per_image,
+            max(0, budget),
         )
         if options.single_face:
-            limit = 1
+            limit = min(1, max(0, budget))
         if len(dets) > limit:
             areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
             largest = np.sort(np.argsort(-areas, kind="stable")[:limit])
@@ -432,27 +566,79 @@ class FaceAnalyzer:
         owners = [(i, face) for i, r in enumerate(results) if r.ok for face in r.faces]
         if not owners:
             return
-        submitted: list[tuple[FaceModel, Future]] = []
+        # one job per batch of faces, made just in time: the scheduler serves requests in turn
+        # between batches, and a request past its deadline withdraws the batches not yet run
+        chunks: list[tuple[FaceModel, list[tuple[int, Face]], bool, int]] = []
         for model in self._face_models(options):
-            crops = np.stack([model.crop(pixels[i], face) for i, face in owners])
-            if model is self.models.recognizer and options.return_face_data:
-                for (_, face), crop in zip(owners, crops, strict=True):
-                    face.crop = crop
             run = model is not self.models.recognizer or options.extract_embedding or options.embed_only
-            if run:
-                max_batch = model.max_batch
-                if model is self.models.recognizer:
-                    max_batch = min(max_batch, self.settings.rec_batch_size)
-                future = self.scheduler.submit(model.name, model.infer, model.prepare(crops), max_batch)
-                submitted.append((model, deadline.track(future)))
-        for model, future in submitted:
-            rows = self._wait(future, deadline)
-            for (_, face), row in zip(owners, rows, strict=True):
-                model.apply(face, row)
+            max_batch = model.max_batch
+            if model is self.models.recognizer:
+                max_batch = min(max_batch, self.settings.rec_batch_size)
+            max_batch = max(1, max_batch)
+            for start in range(0, len(owners), max_batch):
+                chunks.append((model, owners[start : start + max_batch], run, max_batch))
+        todo = iter(chunks)
+        in_flight: deque[tuple[FaceModel, list[tuple[int, Face]], Future | None]] = deque()
+
+        def refill() -> None:
+            while len(in_flight) < FACE_JOBS_IN_FLIGHT:
+                chunk = next(todo, None)
+                if chunk is None:
+                    return
+                model, part, run, max_batch = chunk
+                self._check(deadline)
+                crops = np.stack([model.crop(pixels[i], face) for i, face in part])
+                if model is self.models.recognizer and options.return_face_data:
+                    for (_, face), crop in zip(part, crops, strict=True):
+                        face.crop = crop
+                future = None
+                if run:
+                    future = deadline.track(
+                        self.scheduler.submit(
+                            model.name,
+                            model.infer,
+                            model.prepare(crops),
+                            max_batch,
+                            owner=deadline,
+                            expires=deadline.at,
+                        )
+                    )
+                in_flight.append((model, part, future))
+
+        refill()
+        while in_flight:
+            model, part, future = in_flight.popleft()
+            if future is not None:
+                rows = self._wait(future, deadline)
+                for (_, face), row in zip(part, rows, strict=True):
+                    model.apply(face, row)
+            refill()
+
+    def _check(self, deadline: Deadline) -> None:
+        """Between steps: past the deadline, withdraw what is queued and answer 504."""
+        if time.monotonic() > deadline.at:
+            deadline.expire()
+            raise RequestTimeout(f"the request took longer than {self.timeout_s} s")
+
+    @staticmethod
+    def _assess(pixels: dict[int, np.ndarray], results: list[ImageResult]) -> None:
+        """Each face's quality, measured on the crop the recognizer sees (facerest/imaging/quality.py)."""
+        for i, result in enumerate(results):
+            if not result.ok:
+                continue
+            image = pixels[i]
+            h, w = image.shape[:2]
+            for face in result.faces:
+                crop = (
+                    norm_crop(image, face.landmarks, 112)
+                    if face.landmarks is not None
+                    else box_crop(image, face.bbox, 112)
+                )
+                face.quality = assess(crop, face.bbox, face.landmarks, face.score, w, h)
 
     def _wait(self, future: Future, deadline: Deadline):  # type: ignore[no-untyped-def]
         try:
             return future.result(timeout=max(0.0, deadline.at - time.monotonic()))
-        except FutureTimeout as exc:
+        except (FutureTimeout, CancelledError) as exc:  # cancelled: the scheduler saw it expire
             deadline.expire()
             raise RequestTimeout(f"the request took longer than {self.timeout_s} s") from exc

@@ -77,15 +77,21 @@ def plan_scale(
     stride: int,
     family: str,
     max_upscale: float = 0.0,
+    max_pixels: int = 0,
 ) -> ScalePlan:
     """The first pass's canvas under `policy`, and the reference's (FACEREST_MAX_UPSCALE applies to
-    the reference scale as it always has; the native scale never enlarges past it either)."""
-    reference = plan_input(width, height, max_size, fixed=fixed, stride=stride, max_upscale=max_upscale)
+    the reference scale as it always has; the native scale never enlarges past it either;
+    `max_pixels` bounds both canvases, FACEREST_MAX_DETECTOR_PIXELS)."""
+    reference = plan_input(
+        width, height, max_size, fixed=fixed, stride=stride, max_upscale=max_upscale, max_pixels=max_pixels
+    )
     unscaled = min(max_size) <= 0  # "do not resize": every policy detects at the image's size
     if policy == "reference" or fixed is not None or family == "mtcnn" or unscaled:
         return ScalePlan(reference, reference, "reference")
     native_cap = min(1.0, max_upscale) if max_upscale > 0 else 1.0
-    first = plan_input(width, height, max_size, fixed=fixed, stride=stride, max_upscale=native_cap)
+    first = plan_input(
+        width, height, max_size, fixed=fixed, stride=stride, max_upscale=native_cap, max_pixels=max_pixels
+    )
     if policy == "adaptive" and reference.scale < first.scale * DIRECT_GAIN:
         first = reference
     return ScalePlan(first, reference, policy)

@@ -1,9 +1,15 @@
 """One inference thread that forms batches across requests.
 
-Request threads submit jobs (a stack of inputs for one model); the inference thread runs the
-oldest waiting model with every job of the same model and input shape that fits in its batch,
-so 8 concurrent one-face requests become one batch of 8 instead of 8 calls. One thread, one
-session per model: the cores go to the model's own intra-op threads and never oversubscribe.
+Request threads submit jobs (a stack of inputs for one model and input shape); the inference
+thread runs one model at a time on a batch of jobs from several requests, so 8 concurrent
+one-face requests become one batch of 8 instead of 8 calls. One thread, one session per model:
+the cores go to the model's own intra-op threads and never oversubscribe.
+
+Requests are served in turn (issue 14): the next batch is for the request (`owner`) served
+least so far, in inputs, across all models, and is filled with one job per request in that
+order, so a request with 100 batches queued delays a one-face request by the batch already
+running, not by 100. A job past its deadline (`expires`) is withdrawn when the next batch is
+formed, even if its request has not yet noticed.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ Runner = Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]]
 class _Job:
     items: np.ndarray
     future: Future
+    expires: float = float("inf")
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -36,7 +43,53 @@ class _Job:
 class _Queue:
     runner: Runner
     max_batch: int
-    jobs: deque[_Job] = field(default_factory=deque)
+    # per owner (a request), its jobs in order; owners in the order they are next served
+    owners: dict[Hashable, deque[_Job]] = field(default_factory=dict)
+    # inputs run per owner, shared by every queue of the scheduler: a request's detector work
+    # counts when its recognizer work is ordered against other requests'
+    served: dict[Hashable, int] = field(default_factory=dict)
+
+    def items(self) -> int:
+        return sum(len(j.items) for jobs in self.owners.values() for j in jobs)
+
+    def first(self) -> tuple[int, float] | None:
+        """(inputs served, time queued) of the job this queue would run first: the job of the
+        owner served least, oldest first; None when empty."""
+        return min(
+            ((self.served.get(o, 0), jobs[0].enqueued) for o, jobs in self.owners.items()), default=None
+        )
+
+    def withdraw_expired(self, now: float) -> None:
+        for owner in list(self.owners):
+            jobs = self.owners[owner]
+            kept = deque(j for j in jobs if j.expires > now or not j.future.cancel())
+            if kept:
+                self.owners[owner] = kept
+            else:
+                del self.owners[owner]
+
+    def take(self) -> list[_Job]:
+        """One batch: a job from each owner in turn while they fit, the owner served least so far
+        (in inputs) first, so a new one-face request goes ahead of requests with 100 batches."""
+        jobs: list[_Job] = []
+        count = 0
+        progressed = True
+        while self.owners and count < self.max_batch and progressed:
+            progressed = False
+            for owner in sorted(self.owners, key=lambda o: self.served.get(o, 0)):
+                queue = self.owners[owner]
+                if jobs and count + len(queue[0].items) > self.max_batch:
+                    continue
+                job = queue.popleft()
+                jobs.append(job)
+                count += len(job.items)
+                self.served[owner] = self.served.get(owner, 0) + len(job.items)
+                progressed = True
+                if not queue:
+                    del self.owners[owner]
+                if count >= self.max_batch:
+                    break
+        return jobs
 
 
 @dataclass(slots=True)
@@ -67,12 +120,24 @@ class InferenceScheduler:
         self._cond = threading.Condition()
         self._queues: dict[Hashable, _Queue] = {}
         self._requests = 0  # requests inside the pipeline, see `request`
+        self._served: dict[Hashable, int] = {}  # inputs run per owner, see `_Queue.take`
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="facerest-inference", daemon=True)
         self._thread.start()
 
-    def submit(self, model: str, runner: Runner, items: np.ndarray, max_batch: int) -> Future:
-        """Queue `items` (N, ...) for `runner`; the future gets the N output rows."""
+    def submit(
+        self,
+        model: str,
+        runner: Runner,
+        items: np.ndarray,
+        max_batch: int,
+        owner: Hashable | None = None,
+        expires: float = float("inf"),
+    ) -> Future:
+        """Queue `items` (N, ...) for `runner`; the future gets the N output rows.
+
+        `owner` (the request) is who the job is served for in turn; past `expires`
+        (time.monotonic()) a job not yet run is cancelled."""
         future: Future = Future()
         if len(items) == 0:
             future.set_result(np.zeros((0,), np.float32))
@@ -83,8 +148,9 @@ class InferenceScheduler:
                 raise RuntimeError("the inference scheduler is stopped")
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = _Queue(runner, max(1, max_batch))
-            queue.jobs.append(_Job(items, future))
+                queue = self._queues[key] = _Queue(runner, max(1, max_batch), served=self._served)
+            owner = future if owner is None else owner
+            queue.owners.setdefault(owner, deque()).append(_Job(items, future, expires))
             self._cond.notify()
         return future
 
@@ -105,14 +171,14 @@ class InferenceScheduler:
         steps can (cropping faces before the recognizer, say): a request with a job queued waits
         for it, and one in detection waits for this very thread. With every request accounted for
         by a queued job, e.g. a single client, the wait would only add latency."""
-        if self.batch_wait_s <= 0 or sum(len(j.items) for j in queue.jobs) >= queue.max_batch:
+        if self.batch_wait_s <= 0 or queue.items() >= queue.max_batch:
             return False
-        queued = sum(len(q.jobs) for q in self._queues.values())
-        return self._requests > queued
+        queued = {owner for q in self._queues.values() for owner in q.owners}
+        return self._requests > len(queued)
 
     def depth(self) -> int:
         with self._cond:
-            return sum(len(j.items) for q in self._queues.values() for j in q.jobs)
+            return sum(q.items() for q in self._queues.values())
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the queued work, then stop the thread."""
@@ -124,23 +190,26 @@ class InferenceScheduler:
     def _take(self) -> tuple[Hashable, _Queue, list[_Job]] | None:
         with self._cond:
             while True:
-                waiting = [(q.jobs[0].enqueued, k) for k, q in self._queues.items() if q.jobs]
+                now = time.monotonic()
+                for q in self._queues.values():
+                    q.withdraw_expired(now)
+                waiting = [(t, k) for k, q in self._queues.items() if (t := q.first()) is not None]
                 if waiting:
                     break
                 if self._stopping:
                     return None
                 self._cond.wait()
+            # the model whose next job is for the request served least (then the oldest job)
             key = min(waiting, key=lambda pair: pair[0])[1]
             queue = self._queues[key]
+            owners = {o for q in self._queues.values() for o in q.owners}
+            if len(self._served) > 4 * len(owners) + 256:
+                # owners that queue in bursts keep their count between bursts; the gone are forgotten
+                for owner in [o for o in self._served if o not in owners]:
+                    del self._served[owner]
             if self._worth_waiting(queue):
                 self._cond.wait(self.batch_wait_s)
-            jobs: list[_Job] = []
-            count = 0
-            while queue.jobs and (not jobs or count + len(queue.jobs[0].items) <= queue.max_batch):
-                job = queue.jobs.popleft()
-                jobs.append(job)
-                count += len(job.items)
-            return key, queue, jobs
+            return key, queue, queue.take()
 
     def _loop(self) -> None:
         while True:

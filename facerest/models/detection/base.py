@@ -65,6 +65,9 @@ class Detector(ABC):
         self.entry = entry
         self.session = session
         self.nms_threshold = nms_threshold
+        #: most detections kept per image, best scores first (0: all). At threshold 0 every
+        #: anchor is a candidate: thousands survive NMS, each costing a pass over the rest
+        self.max_detections = 0
         self.input_name = session.inputs[0].name
         shape = session.inputs[0].shape
         # a graph with fixed spatial dims forces that canvas; dynamic graphs follow the image

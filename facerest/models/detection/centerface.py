@@ -53,5 +53,5 @@ class CenterFaceDetector(Detector):
             [lmk[:, :, 1] * box_w[:, None] + x1[:, None], lmk[:, :, 0] * box_h[:, None] + y1[:, None]],
             axis=-1,
         ).astype(np.float32)
-        keep = nms(boxes, scores, self.nms_threshold)
+        keep = nms(boxes, scores, self.nms_threshold, max_keep=self.max_detections)
         return Detections(boxes[keep], scores[keep], landmarks[keep])

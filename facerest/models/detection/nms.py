@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, by_min: bool = False) -> np.ndarray:
-    """Indices of the boxes kept, best score first.
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, by_min: bool = False, max_keep: int = 0
+) -> np.ndarray:
+    """Indices of the boxes kept, best score first; at most `max_keep` (0: no limit).
 
     Areas use the +1 pixel convention of the reference SCRFD/RetinaFace code, so the same boxes
     survive as in InsightFace. `by_min`: overlap over the smaller box instead of the union
@@ -18,7 +20,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, by_min: 
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(-scores, kind="stable")
     keep = []
-    while order.size > 0:
+    while order.size > 0 and (max_keep <= 0 or len(keep) < max_keep):
         i = order[0]
         keep.append(i)
         rest = order[1:]

@@ -106,6 +106,6 @@ class RetinaFaceDetector(Detector):
         boxes = np.concatenate(boxes_all).astype(np.float32)
         scores = np.concatenate(scores_all).astype(np.float32)
         landmarks = np.concatenate(lmk_all).astype(np.float32)
-        keep = nms(boxes, scores, self.nms_threshold)
+        keep = nms(boxes, scores, self.nms_threshold, max_keep=self.max_detections)
         extra = {"mask": np.concatenate(mask_all).astype(np.float32)[keep]} if self.masks else {}
         return Detections(boxes[keep], scores[keep], landmarks[keep], extra)

@@ -88,5 +88,5 @@ class ScrfdDetector(Detector):
         boxes = np.concatenate(boxes_all).astype(np.float32)
         scores = np.concatenate(scores_all).astype(np.float32)
         landmarks = np.concatenate(kps_all).astype(np.float32) if kps_all else None
-        keep = nms(boxes, scores, self.nms_threshold)
+        keep = nms(boxes, scores, self.nms_threshold, max_keep=self.max_detections)
         return Detections(boxes[keep], scores[keep], None if landmarks is None else landmarks[keep])

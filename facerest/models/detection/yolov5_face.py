@@ -74,5 +74,5 @@ class YoloV5FaceDetector(Detector):
         boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
         landmarks = rows[:, 5:15].reshape(-1, 5, 2).astype(np.float32)
         scores = scores.astype(np.float32)
-        keep = nms(boxes, scores, self.nms_threshold)
+        keep = nms(boxes, scores, self.nms_threshold, max_keep=self.max_detections)
         return Detections(boxes[keep], scores[keep], landmarks[keep])

@@ -1,0 +1,129 @@
+"""People in a gallery (issue 20): faces enrolled without a subject, grouped by clustering, and
+feedback on who is who. Parsing and serialising only: the work runs in `GalleryService`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from facerest.api.gallery import FACE_ID_MAX, EnrolRequest, ErrorRate, Similarity, _box, _images, _service
+from facerest.api.responses import JSONResponse
+from facerest.api.routes import parse_body, parsed_body
+from facerest.gallery.store import StoredFace
+
+FaceId = Annotated[int, Field(ge=1, le=FACE_ID_MAX)]
+
+
+class ClusterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Similarity | None = Field(None, description="Decision point as a cosine.")
+    fmr: ErrorRate | None = Field(
+        None,
+        description="Decision point as a false-match rate (default: FACEREST_SEARCH_FPIR over the faces).",
+    )
+    recluster: StrictBool = Field(
+        False, description="Cluster every face afresh instead of adding new faces to the last clusters."
+    )
+
+
+class NotSubject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    face_id: FaceId
+    subject: str
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    different: list[Annotated[list[FaceId], Field(min_length=2, max_length=2)]] = Field(
+        default_factory=list, description="Pairs of face ids that are different people."
+    )
+    not_: list[NotSubject] = Field(
+        default_factory=list, alias="not", description="Faces that are not the named subject."
+    )
+
+
+router = APIRouter(tags=["gallery"])
+
+
+def _face(face: StoredFace) -> dict[str, Any]:
+    return {"face_id": face.face_id, "bbox": None if face.bbox is None else [round(v) for v in face.bbox]}
+
+
+@router.post(
+    "/gallery/{gallery}/faces",
+    openapi_extra=parsed_body(EnrolRequest),
+    summary="Enrol faces without a subject (for clustering)",
+)
+async def enrol_unsorted(request: Request, gallery: str) -> JSONResponse:
+    """As enrolling into a subject, with the subject left open: `POST /gallery/{gallery}/cluster`
+    groups these faces into people."""
+    state, service = _service(request)
+    req: EnrolRequest = await parse_body(request, EnrolRequest)
+
+    def work():  # type: ignore[no-untyped-def]
+        images = _images(state, req.images, req.img_req_headers)
+        return service.enrol(gallery, None, images, req.embeddings or [], req.all_faces, req.force)
+
+    done = await state.run(work)
+    return JSONResponse(
+        {
+            "gallery": gallery,
+            "subject": None,
+            "added": [{"face_id": face_id, **_box(face)} for face_id, face in done.added],
+            "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
+        }
+    )
+
+
+@router.post(
+    "/gallery/{gallery}/cluster",
+    openapi_extra=parsed_body(ClusterRequest),
+    summary="Group the faces enrolled without a subject into people",
+)
+async def cluster(request: Request, gallery: str) -> JSONResponse:
+    """Clusters (largest first) of the unsorted faces, each with its most central faces and the
+    enrolled subject it matches at the decision point, if any. New faces join the last clusters
+    (cluster ids stay put) unless `recluster`; "different" feedback always holds."""
+    state, service = _service(request)
+    req: ClusterRequest = await parse_body(request, ClusterRequest)
+    decision, clusters = await state.run(
+        lambda: service.cluster(gallery, req.threshold, req.fmr, req.recluster)
+    )
+    return JSONResponse(
+        {
+            "gallery": gallery,
+            "decision": decision.to_json(),
+            "clusters": [
+                {
+                    "cluster_id": c.cluster_id,
+                    "faces": [_face(f) for f in c.faces],
+                    "representatives": [_face(f) for f in c.representatives],
+                    "suggested_subject": c.suggested_subject,
+                    "similarity": c.similarity,
+                }
+                for c in clusters
+            ],
+        }
+    )
+
+
+@router.post(
+    "/gallery/{gallery}/feedback",
+    openapi_extra=parsed_body(FeedbackRequest),
+    summary='Say "these faces are different people" or "this face is not X"',
+)
+async def feedback(request: Request, gallery: str) -> JSONResponse:
+    """Kept for the gallery: later clustering never groups a "different" pair, never suggests X
+    for a cluster holding a face that is "not X", and search never names X for a probe of the same
+    picture. Unknown faces or subjects: 404, nothing stored."""
+    state, service = _service(request)
+    req: FeedbackRequest = await parse_body(request, FeedbackRequest)
+    different = [(a, b) for a, b in req.different]
+    not_subject = [(n.face_id, n.subject) for n in req.not_]
+    await state.run(lambda: service.feedback(gallery, different, not_subject))
+    return JSONResponse({"gallery": gallery, "different": len(different), "not": len(not_subject)})
