@@ -277,6 +277,21 @@ class Settings(BaseSettings):
         "then differ slightly from the reference pipeline's).",
     )
 
+    detect_scale: Literal["adaptive", "reference", "native"] = Field(
+        "adaptive",
+        description="Detector scale policy (facerest/pipeline/scale.py). adaptive: detect at the image's "
+        "own size, and again at the reference scale only when that finds nothing or faces near the "
+        "detector's smallest reliable size. reference: fit max_size as InsightFace does (embeddings equal "
+        "its own). native: never enlarge.",
+    )
+
+    detect_refine: bool = Field(
+        False,
+        description="Under the adaptive or native scale, re-detect each face found below the reference "
+        "scale on a small crop at the reference scale, for landmarks (hence embeddings) nearer the "
+        "reference's; costs a detector run per face.",
+    )
+
     # --- large faces (issue 9) ---
     closeup_pass: bool = Field(
         True,

@@ -39,7 +39,7 @@ def test_marked_landmarks_and_boxes_embed_the_detected_faces(server: Server, ana
         got = np.array([f["vec"] for f in answer["faces"]], np.float32)
         # faces under FINE_LANDMARKS_PX at the detector's input take their landmarks from the
         # box enlarged, not from the whole image's detection: compared in the test below instead
-        scale = analyzer._plan(read_bgr(path), ExtractOptions()).scale
+        scale = analyzer._plan(read_bgr(path), ExtractOptions()).first.scale
         large = np.array([f.width * scale >= FINE_LANDMARKS_PX for f in faces])
         cosines = np.sum(got * reference, axis=1)
         from_boxes += list(cosines[large])

@@ -26,19 +26,30 @@ from facerest.imaging.marks import (
     search_region,
 )
 from facerest.imaging.quality import assess
-from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup, plan_input
+from facerest.imaging.resize import DetectorInput, letterbox, plan_closeup
 from facerest.models import LoadedModels
 from facerest.models.align import norm_crop
 from facerest.models.base import FaceModel, box_crop
 from facerest.models.detection.base import Detections
 from facerest.models.detection.nms import nms
 from facerest.models.faces import Face, ImageResult
+from facerest.pipeline.scale import ScalePlan, ScalePolicy, plan_refine, plan_scale
 from facerest.pipeline.scheduler import InferenceScheduler
 
 log = logging.getLogger(__name__)
 
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
+
+
 #: face-model batches a request keeps queued at once (crops are made as they are needed)
 FACE_JOBS_IN_FLIGHT = 4
+
 
 #: with the `single_face` hint, a face this sure is still taken when none clears the threshold
 SINGLE_FACE_THRESHOLD = 0.3
@@ -60,6 +71,7 @@ class ExtractOptions:
     min_face_size: float = 0
     max_size: tuple[int, int] | None = None  # None: the server's; (0, 0): no resize
     single_face: bool = False
+    detect_scale: ScalePolicy | None = None  # None: the server's FACEREST_DETECT_SCALE
     # per input, the faces the client marked (None: detect them); see facerest/imaging/marks.py
     marks: list[list[FaceMark] | None] | None = None
     return_quality: bool = False
@@ -206,19 +218,24 @@ class FaceAnalyzer:
     def detect(
         self, pixels: dict[int, np.ndarray], options: ExtractOptions, deadline: Deadline
     ) -> dict[int, list[Face]]:
-        """Faces per image: one detector pass at the reference scale, and for images where that
-        pass has reason to doubt (nothing found, or a large face cut by the image's edge) a
-        second pass on a small, centred, padded canvas where faces that fill the frame fall in
-        the detector's trained range; the passes are merged with NMS."""
+        """Faces per image: one detector pass at the scale policy's scale (pipeline/scale.py); under
+        `adaptive`, where that pass saw nothing or faces near the detector's smallest reliable size
+        and the reference would enlarge the image, a pass at the reference scale that replaces it;
+        then for images where the passes have reason to doubt (nothing found, or a large face cut
+        by the image's edge) a pass on a small, centred, padded canvas where faces that fill the
+        frame fall in the detector's trained range, merged with NMS."""
         detector = self.models.detector
         # canvases are made just in time: a request keeps at most `window` detector inputs
         # queued, not one per image (64 images x a large canvas would be gigabytes)
         window = max(2, min(detector.max_batch, self.settings.det_batch_size))
         fallback = options.single_face and options.threshold > SINGLE_FACE_THRESHOLD
+        plans: dict[int, ScalePlan] = {}
         found: dict[int, Detections] = {}
         candidates: dict[int, Detections] = {}  # at SINGLE_FACE_THRESHOLD, for `single_face`
+        last_scale: dict[int, float] = {}  # the scale of the pass whose faces are kept
+        closeups: set[int] = set()
         todo = iter(pixels.items())
-        queued: deque[tuple[int, DetectorInput, Future, bool]] = deque()
+        queued: deque[tuple[int, DetectorInput, Future, str]] = deque()
 
         def refill() -> None:
             while len(queued) < window:
@@ -226,24 +243,42 @@ class FaceAnalyzer:
                 if entry is None:
                     return
                 i, image = entry
-                queued.append((i, *self._submit(image, self._plan(image, options), deadline), False))
+                plans[i] = self._plan(image, options)
+                queued.append((i, *self._submit(image, plans[i].first, deadline), "first"))
+
+        def closeup(i: int) -> None:
+            closeups.add(i)
+            queued.append((i, *self._submit_closeup(pixels[i], deadline), "closeup"))
 
         refill()
         while queued:
-            i, plan, future, closeup = queued.popleft()
+            i, plan, future, stage = queued.popleft()
             outputs = self._wait(future, deadline)
             self._check(deadline)  # decoding (NMS over every anchor at threshold 0) costs too
             dets = self._decode(outputs, plan, options.threshold)
-            found[i] = self._merge(found[i], dets) if closeup else dets
-            if fallback:
+            if fallback:  # every pass's candidates: the client says there is a face
                 low = self._decode(outputs, plan, SINGLE_FACE_THRESHOLD)
-                candidates[i] = self._merge(candidates[i], low) if closeup else low
+                candidates[i] = self._merge(candidates[i], low) if i in candidates else low
             del outputs
-            if not closeup and self.settings.closeup_pass and self._doubtful(dets, pixels[i]):
-                h, w = pixels[i].shape[:2]
-                closeup_plan = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
-                queued.append((i, *self._submit(pixels[i], closeup_plan, deadline), True))
+            reference = plans[i].reference
+            if stage == "closeup":
+                # at the reference scale a face filling the frame is beyond the first pass's
+                # anchors and the passes are merged by score, as they always were; a pass below
+                # that scale finds it in reach but cut by the edge, where the close-up's view
+                # (context all round) wins
+                found[i] = self._merge(found[i], dets, prefer_second=last_scale[i] < reference.scale)
+            else:
+                found[i], last_scale[i] = dets, plan.scale  # a reference pass replaces the first
+                if stage == "first" and plans[i].needs_reference_pass(dets):
+                    queued.append((i, *self._submit(pixels[i], reference, deadline), "reference"))
+                elif self.settings.closeup_pass and self._doubtful(
+                    dets, pixels[i], stage == "first" and plan.scale < reference.scale
+                ):
+                    closeup(i)
             refill()
+        if self.settings.detect_refine:
+            below = [i for i in found if i not in closeups and last_scale[i] < plans[i].reference.scale]
+            self._refine({i: pixels[i] for i in below}, found, plans, options, deadline)
         if fallback:
             # the client says there is a face: take the best candidate the passes saw, if any
             for i, dets in found.items():
@@ -293,8 +328,12 @@ class FaceAnalyzer:
             out[i] = faces
         # a box is first matched to the faces a detection of the whole image finds (at a low score
         # threshold): those landmarks are the ones an unmarked request would embed
-        wide = ExtractOptions(threshold=min(options.threshold, SINGLE_FACE_THRESHOLD))
-        at_scale = ExtractOptions(threshold=wide.threshold, max_size=options.max_size)
+        wide = ExtractOptions(
+            threshold=min(options.threshold, SINGLE_FACE_THRESHOLD), detect_scale=options.detect_scale
+        )
+        at_scale = ExtractOptions(
+            threshold=wide.threshold, max_size=options.max_size, detect_scale=options.detect_scale
+        )
         images = {i for i, _, _, _ in searches if not isinstance(out[i], str)}
         whole = self.detect({i: pixels[i] for i in images}, at_scale, deadline) if images else {}
         for i, n, box, region in searches:
@@ -302,7 +341,7 @@ class FaceAnalyzer:
             if isinstance(faces, str):
                 continue
             found = best_overlap(box, whole[i], np.zeros(2, np.float32))
-            scale = self._plan(pixels[i], options).scale
+            scale = self._plan(pixels[i], options).first.scale
             if found is None or found.width * scale < FINE_LANDMARKS_PX:
                 # missed at the image's scale, or too small there for exact landmarks: the box, enlarged
                 crop = np.ascontiguousarray(pixels[i][region[1] : region[3], region[0] : region[2]])
@@ -311,6 +350,46 @@ class FaceAnalyzer:
             if found is not None:
                 faces[n].landmarks, faces[n].score, faces[n].marked = found.landmarks, found.score, "box"
         return out
+
+    def _refine(
+        self,
+        pixels: dict[int, np.ndarray],
+        found: dict[int, Detections],
+        plans: dict[int, ScalePlan],
+        options: ExtractOptions,
+        deadline: Deadline,
+    ) -> None:
+        """Each face's box and landmarks from a crop around it at the reference scale, where one is
+        found there (IoU > 0.5 with the face); in place."""
+        detector = self.models.detector
+        jobs = []
+        for i, image in pixels.items():
+            h, w = image.shape[:2]
+            for k, box in enumerate(found[i].boxes):
+                crop = plan_refine(box, w, h, plans[i].reference.scale, detector.stride)
+                (x0, y0), (cw, ch) = crop.origin, crop.size
+                jobs.append(
+                    (i, k, crop, self._submit(image[y0 : y0 + ch, x0 : x0 + cw], crop.plan, deadline))
+                )
+        for i, k, crop, (plan, future) in jobs:
+            dets = self._decode(
+                self._wait(future, deadline), plan, min(options.threshold, SINGLE_FACE_THRESHOLD)
+            )
+            if len(dets) == 0 or found[i].landmarks is None or dets.landmarks is None:
+                continue
+            origin = np.asarray(crop.origin, np.float32)
+            boxes = dets.boxes + np.tile(origin, 2)
+            overlap = _iou(found[i].boxes[k], boxes)
+            best = int(np.argmax(overlap))
+            if overlap[best] > 0.5:
+                found[i].boxes[k] = boxes[best]
+                found[i].landmarks[k] = dets.landmarks[best] + origin
+
+    def _submit_closeup(self, image: np.ndarray, deadline: Deadline) -> tuple[DetectorInput, Future]:
+        detector = self.models.detector
+        h, w = image.shape[:2]
+        plan = plan_closeup(w, h, fixed=detector.fixed_input, stride=detector.stride)
+        return self._submit(image, plan, deadline)
 
     def _submit(
         self, image: np.ndarray, plan: DetectorInput, deadline: Deadline
@@ -335,23 +414,28 @@ class FaceAnalyzer:
         )
 
     @staticmethod
-    def _doubtful(dets: Detections, image: np.ndarray) -> bool:
-        """Nothing found, or a face as big as half the image reaching past its edge."""
+    def _doubtful(dets: Detections, image: np.ndarray, below_reference: bool = False) -> bool:
+        """Nothing found, or a face as big as half the image reaching past its edge; from a pass below
+        the reference scale, also one that reaches its edge (a tight crop: found there, but with no
+        context above or left, so its landmarks are the close-up's to give)."""
         if len(dets) == 0:
             return True
         h, w = image.shape[:2]
         boxes = dets.boxes
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         large = np.maximum(bw / w, bh / h) >= 0.5
+        reach = 0.05 if below_reference else -0.05  # how far inside the edge counts as cut
         cut = (
-            (boxes[:, 0] < -0.05 * bw)
-            | (boxes[:, 1] < -0.05 * bh)
-            | (boxes[:, 2] > w + 0.05 * bw)
-            | (boxes[:, 3] > h + 0.05 * bh)
+            (boxes[:, 0] < reach * bw)
+            | (boxes[:, 1] < reach * bh)
+            | (boxes[:, 2] > w - reach * bw)
+            | (boxes[:, 3] > h - reach * bh)
         )
         return bool((large & cut).any())
 
-    def _merge(self, a: Detections, b: Detections) -> Detections:
+    def _merge(self, a: Detections, b: Detections, *, prefer_second: bool = False) -> Detections:
+        """Both passes' faces, overlapping ones reduced by NMS: the higher score wins, or with
+        `prefer_second` any face of `b` wins over the faces of `a` it overlaps."""
         if len(a) == 0:
             return b
         if len(b) == 0:
@@ -365,7 +449,11 @@ class FaceAnalyzer:
             landmarks,
             {k: np.concatenate([a.extra[k], b.extra[k]]) for k in a.extra.keys() & b.extra.keys()},
         )
-        return both.take(nms(both.boxes, both.scores, self.models.detector.nms_threshold))
+        order = both.scores
+        if prefer_second:  # above every score of `a`, in the same order among themselves
+            order = np.concatenate([a.scores, b.scores + 2.0])
+        keep = nms(both.boxes, order, self.models.detector.nms_threshold)
+        return both.take(keep[np.argsort(-both.scores[keep], kind="stable")])
 
     def warmup(self, image: np.ndarray) -> list[ImageResult]:
         options = ExtractOptions(
@@ -399,16 +487,18 @@ class FaceAnalyzer:
                     f"{feature} needs a model this server was not started with (set {setting})"
                 )
 
-    def _plan(self, image: np.ndarray, options: ExtractOptions) -> DetectorInput:
+    def _plan(self, image: np.ndarray, options: ExtractOptions) -> ScalePlan:
         detector = self.models.detector
         h, w = image.shape[:2]
         max_size = options.max_size or tuple(self.settings.max_size)
-        return plan_input(
+        return plan_scale(
             w,
             h,
             max_size,
+            policy=options.detect_scale or self.settings.detect_scale,
             fixed=detector.fixed_input,
             stride=detector.stride,
+            family=detector.entry.family,
             max_upscale=self.settings.max_upscale,
             max_pixels=self.settings.max_detector_pixels,
         )

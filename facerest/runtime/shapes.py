@@ -7,7 +7,9 @@ pipeline's shapes follow from `facerest.imaging.resize`:
 
 - stride-32 detectors (SCRFD, RetinaFace, CenterFace, YOLOv5-Face): the canvas follows the image,
   each side a multiple of 32 up to max_size rounded *up* to 32 (max_size 1000 gives 1024), and
-  the close-up pass uses a canvas of 2 x its side (512 px) whatever max_size is;
+  the close-up pass uses a canvas of 2 x its side (512 px) whatever max_size is; every detector
+  scale policy (facerest/pipeline/scale.py) feeds canvases no larger than the reference scale's,
+  down to 96 px (a tiny image at native scale plus its 64 px border), within the 32 px floor;
 - MTCNN: P-Net slides over a pyramid whose smallest level is 12 px (its cell), the canvas has no
   stride (up to max_size, or the close-up's 512 px); R-Net and O-Net take every candidate of an
   image in one call (hundreds of rows), not det_batch_size;
