@@ -39,14 +39,6 @@ from facerest.pipeline.scheduler import InferenceScheduler
 log = logging.getLogger(__name__)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
-    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
-
-
 #: face-model batches a request keeps queued at once (crops are made as they are needed)
 FACE_JOBS_IN_FLIGHT = 4
 
@@ -379,7 +371,7 @@ class FaceAnalyzer:
                 continue
             origin = np.asarray(crop.origin, np.float32)
             boxes = dets.boxes + np.tile(origin, 2)
-            overlap = _iou(found[i].boxes[k], boxes)
+            overlap = iou(found[i].boxes[k], boxes)
             best = int(np.argmax(overlap))
             if overlap[best] > 0.5:
                 found[i].boxes[k] = boxes[best]
