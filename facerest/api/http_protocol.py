@@ -81,6 +81,26 @@ def _canned(status: int, reason: str, detail: str, code: str) -> bytes:
     )
 
 
+class _GentleClose:
+    """The transport as uvicorn's request cycle sees it: a close while the client is still sending
+    a body we answered early (a 413 on a declared length, a 401) becomes the gentle close of
+    `_refuse`, so the unread input does not turn into a reset that destroys our answer."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: LimitedH11Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        protocol = self._protocol
+        if not protocol._refused and protocol.conn.their_state is h11.SEND_BODY:
+            protocol._refuse(b"")
+        else:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class LimitedH11Protocol(H11Protocol):
     """uvicorn's H11Protocol plus head/URL size answers, read timeouts and a connection cap."""
 
@@ -106,6 +126,8 @@ class LimitedH11Protocol(H11Protocol):
         reset, which can destroy the answer before the client reads it. So the write side is
         shut, what still arrives is dropped, and the socket closes when the client closes or
         after LINGER_S at most."""
+        if self._refused:
+            return
         self._refused = True
         self._disarm()
         self._unset_keepalive_if_required()
@@ -113,6 +135,9 @@ class LimitedH11Protocol(H11Protocol):
             self.transport.write(answer)
         if self.transport.can_write_eof():
             self.transport.write_eof()
+            # uvicorn pauses reading while an unread body passes 64 KiB: the client would then
+            # block sending it, never read our answer, and get the reset at LINGER_S instead
+            self.flow.resume_reading()
             self._read_timer = self.loop.call_later(LINGER_S, self.transport.close)
         else:
             self.transport.close()
@@ -141,6 +166,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = _GentleClose(transport, self)  # type: ignore[assignment]
         if len(self.connections) > self.limits.max_connections:
             self.connections.discard(self)
             self.logger.warning("refused a connection: %d open", len(self.connections))
@@ -166,9 +192,15 @@ class LimitedH11Protocol(H11Protocol):
         self._follow_state()
 
     def on_response_complete(self) -> None:
-        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+        if (
+            self.conn.their_state is h11.SEND_BODY
+            and not self.transport.is_closing()
+            and not self._small_body_left()
+        ):
             # answered before the body was read (401, 413, 503): uvicorn would read and drop the
-            # rest however large it is declared; the connection ends instead
+            # rest however large it is declared; the connection ends instead. A body declared
+            # small is read and dropped as uvicorn does: ending the connection under a client
+            # still sending makes some clients (httpx) report a disconnect instead of our answer
             self.server_state.total_requests += 1
             self._refuse(b"")
             return
@@ -177,6 +209,15 @@ class LimitedH11Protocol(H11Protocol):
         # uvicorn's keep-alive timer now watches the idle connection (a pipelined request that
         # was already buffered may have started: _follow_state sees to its body)
         self._follow_state()
+
+    def _small_body_left(self) -> bool:
+        """The request declares a body of at most LINGER_BYTES (chunked bodies declare none)."""
+        if self.cycle is None:
+            return False
+        for name, value in self.cycle.scope["headers"]:
+            if name == b"content-length":
+                return value.isdigit() and int(value) <= LINGER_BYTES
+        return False
 
     def _follow_state(self) -> None:
         if self._refused:
