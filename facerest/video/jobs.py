@@ -147,27 +147,26 @@ class JobManager:
             events=deque(maxlen=self.settings.video_job_events),
         )
         with self._lock:
-            running = sum(1 for j in self._jobs.values() if not j.finished)
-            if running >= self.settings.video_max_jobs:
-                raise TooManyJobs(
-                    f"this server runs at most {self.settings.video_max_jobs} stream jobs; "
-                    "delete one (DELETE /video/jobs/{id}) or retry later"
-                )
+            self._check_room()
         if webhook is not None:
             job.webhook = Webhook(webhook, fetch_policy(self.settings))
-        with self._lock:
-            running = sum(1 for j in self._jobs.values() if not j.finished)
-            if running >= self.settings.video_max_jobs:
-                raise TooManyJobs(
-                    f"this server runs at most {self.settings.video_max_jobs} stream jobs; "
-                    "delete one (DELETE /video/jobs/{id}) or retry later"
-                )
+        with self._lock:  # again: another job may have started while the webhook was checked
+            self._check_room()
             self._jobs[job.id] = job
         job.thread = threading.Thread(
             target=self._run, args=(job,), name=f"facerest-job-{job.id[:8]}", daemon=True
         )
         job.thread.start()
         return job
+
+    def _check_room(self) -> None:
+        """TooManyJobs when FACEREST_VIDEO_MAX_JOBS jobs run already (call holding the lock)."""
+        running = sum(1 for j in self._jobs.values() if not j.finished)
+        if running >= self.settings.video_max_jobs:
+            raise TooManyJobs(
+                f"this server runs at most {self.settings.video_max_jobs} stream jobs; "
+                "delete one (DELETE /video/jobs/{id}) or retry later"
+            )
 
     def get(self, job_id: str) -> VideoJob:
         with self._lock:
