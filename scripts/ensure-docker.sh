@@ -29,22 +29,14 @@ if command -v docker >/dev/null 2>&1 && engine_answers; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO="sudo -n"
-    else
-        say_why "not root and no passwordless sudo: cannot install or start dockerd"
-    fi
-fi
+. "$(dirname "$0")/privileges.sh"
+choose_sudo || say_why "not root and no passwordless sudo: cannot install or start dockerd"
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
     if ! command -v apt-get >/dev/null 2>&1; then
         say_why "no dockerd and no apt-get to install Debian's docker.io"
     fi
     echo "ensure-docker: installing Debian's docker.io and debootstrap (once)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    APT_WAIT="-o DPkg::Lock::Timeout=600 -o Acquire::Lock::Timeout=600"
     if ! { $SUDO apt-get $APT_WAIT update -qq \
             && $SUDO apt-get $APT_WAIT install -y -qq --no-install-recommends docker.io debootstrap; } \
             >/tmp/ensure-docker-apt.log 2>&1; then

@@ -28,17 +28,11 @@ if ! command -v apt-get >/dev/null 2>&1; then
     say "no apt-get here; the PostgreSQL tests will skip"
     exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO="sudo -n"
-    else
-        say "not root and no passwordless sudo; the PostgreSQL tests will skip"
-        exit 0
-    fi
+. "$(dirname "$0")/privileges.sh"
+if ! choose_sudo; then
+    say "not root and no passwordless sudo; the PostgreSQL tests will skip"
+    exit 0
 fi
-export DEBIAN_FRONTEND=noninteractive
-APT_WAIT="-o DPkg::Lock::Timeout=600 -o Acquire::Lock::Timeout=600"
 say "installing PostgreSQL $PG_MAJOR and building pgvector $PGVECTOR_VERSION for generic x86-64 (once; log in $LOG)"
 : >"$LOG"
 SOURCES=/etc/apt/sources.list.d/facerest-pgvector-src.sources
