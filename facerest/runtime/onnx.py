@@ -80,10 +80,11 @@ def provider_plan(
     return wanted, options
 
 
-def available_providers(wanted: list[str]) -> list[str]:
-    """Those of `wanted` this onnxruntime has; none of them: BackendUnavailable (checked by
-    `facerest serve` before any worker starts, and by every session)."""
-    available = ort.get_available_providers()
+def available_providers(wanted: list[str], available: list[str] | None = None) -> list[str]:
+    """Those of `wanted` this onnxruntime has (`available`: its providers, when already read);
+    none of them: BackendUnavailable (checked by `facerest serve` before any worker starts, and
+    by every session)."""
+    available = ort.get_available_providers() if available is None else available
     chosen = [p for p in wanted if p in available]
     if not chosen:
         raise BackendUnavailable(
@@ -125,11 +126,10 @@ class OnnxSession:
         if automatic:
             wanted = list(PREFERENCE)
         available = ort.get_available_providers()
-        chosen = [p for p in wanted if p in available]
         label = model_name or where_of(model)
         if require_gpu:  # before loading anything: the wheel has no such provider
-            check_gpu_providers(label, wanted, chosen, available)
-        chosen = available_providers(wanted)
+            check_gpu_providers(label, wanted, [p for p in wanted if p in available], available)
+        chosen = available_providers(wanted, available)
         skipped = [p for p in wanted if p not in available]
         if skipped:
             # asked for by name: the operator expects it, so say loudly that it is not there
