@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STARTUP_FAILED = 3  # uvicorn's exit status for a worker that could not start
-
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -96,14 +94,11 @@ def serve_on_gpus(settings: Settings) -> int:
 
 def serve_group(fd: int, gpu: int) -> None:
     """One GPU's uvicorn master: engines first, then the workers on the inherited socket."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    from facerest.api.http_protocol import uvicorn_options
     from facerest.config import Settings
     from facerest.errors import FaceRestError
-    from facerest.logs import configure_logging, uvicorn_log_config
+    from facerest.logs import configure_logging
     from facerest.preparation import prepare_runtime_apart
+    from facerest.serving.workers import serve_workers
 
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -113,24 +108,8 @@ def serve_group(fd: int, gpu: int) -> None:
         print(f"error: GPU {gpu}: {exc.detail}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     sock = socket.socket(fileno=fd)  # family and type come from the descriptor
-    config = uvicorn.Config(
-        "facerest.api.app:factory",
-        factory=True,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        log_config=uvicorn_log_config(settings.log_level, settings.log_json),
-        timeout_graceful_shutdown=int(settings.request_timeout_s),
-        proxy_headers=True,
-        **uvicorn_options(settings),
-    )
     log.info("GPU %d group serving with %d worker(s)", gpu, settings.workers)
-    if settings.workers > 1:
-        supervisor = Multiprocess(config, sockets=[sock])
-        supervisor.run()
-        if any(process.exitcode == STARTUP_FAILED for process in supervisor.processes):
-            sys.exit(STARTUP_FAILED)  # uvicorn's supervisor would exit 0
-    else:
-        uvicorn.Server(config).run(sockets=[sock])
+    sys.exit(serve_workers(settings, sock))
 
 
 def main() -> None:

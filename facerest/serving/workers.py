@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
@@ -13,8 +15,9 @@ from facerest.logs import uvicorn_log_config
 STARTUP_FAILED = 3
 
 
-def serve_workers(settings: Settings) -> int:
+def serve_workers(settings: Settings, sock: socket.socket | None = None) -> int:
     """Run the API until stopped; each worker builds its app (and loads the models) itself.
+    `sock`: a listening socket to serve on (a GPU group's inherited one) instead of host:port.
     Returns the exit status: 0 after serving, STARTUP_FAILED when a worker could not start."""
     config = uvicorn.Config(
         "facerest.api.app:factory",
@@ -29,11 +32,12 @@ def serve_workers(settings: Settings) -> int:
         proxy_headers=True,
         **uvicorn_options(settings),  # head size, read timeouts, connection cap (issue 14)
     )
+    sockets = [sock] if sock is not None else None
     if settings.workers == 1:
         server = uvicorn.Server(config)
-        server.run()  # a failed start exits 3 (the lifespan logged its one `error:` line)
+        server.run(sockets=sockets)  # a failed start: the lifespan logged its one `error:` line
         return 0 if server.started else STARTUP_FAILED
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor = Multiprocess(config, sockets=sockets or [config.bind_socket()])
     supervisor.run()
     # uvicorn's supervisor stops when a worker fails to start, but exits 0: say it did not serve
     if any(process.exitcode == STARTUP_FAILED for process in supervisor.processes):
