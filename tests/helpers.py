@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+
+from facerest.serving.local import free_port
 
 
 def b64(path_or_bytes: Path | bytes) -> str:
@@ -65,3 +70,24 @@ def bmp(image: np.ndarray, header_size: int = 40, top_down: bool = False) -> byt
         dib = (dib + b"\x00" * header_size)[:header_size]
     offset = 14 + len(dib)
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + dib + pixels
+
+
+def serve_until_exit(env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """`facerest serve` until it exits (it should, quickly); its status and output."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
+    full.update(
+        {"FACEREST_HOST": "127.0.0.1", "FACEREST_PORT": str(free_port()), "FACEREST_THREADS": "1", **env}
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "facerest.cli", "serve"],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "error: " in line]

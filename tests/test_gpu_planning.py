@@ -15,6 +15,7 @@ import httpx
 import onnxruntime as ort
 import pytest
 from conftest import start_server, stop_server
+from helpers import serve_until_exit
 
 from facerest.config import Settings
 from facerest.errors import BackendUnavailable, BadInput
@@ -194,28 +195,22 @@ def test_server_with_a_missing_gpu_provider(models_dir: Path, tmp_path: Path) ->
     non-zero with one `error:` line; off: the server starts and /info names the CPU provider."""
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider: the failure cannot be provoked here")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
-    env.update(
-        FACEREST_MODELS_DIR=str(models_dir),
-        FACEREST_RUNTIME="onnx",
-        FACEREST_PROVIDERS="CUDAExecutionProvider,CPUExecutionProvider",
-        FACEREST_REQUIRE_GPU="true",
-        FACEREST_THREADS="2",
-        FACEREST_PORT="1",  # never reached: it stops before binding
+    status, output = serve_until_exit(
+        {
+            "FACEREST_MODELS_DIR": str(models_dir),
+            "FACEREST_RUNTIME": "onnx",
+            "FACEREST_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider",
+            "FACEREST_REQUIRE_GPU": "true",
+            "FACEREST_THREADS": "2",
+            "FACEREST_PORT": "1",  # never reached: it stops before binding
+        },
+        tmp_path,
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "facerest.cli", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
+    assert status != 0
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
     assert "FACEREST_REQUIRE_GPU" in errors[0] and "CUDAExecutionProvider" in errors[0]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in output
 
     server = start_server(
         {
@@ -300,23 +295,14 @@ def test_a_provider_that_fails_at_session_start_is_caught(models_dir: Path, monk
 def test_gpu_groups_without_a_gpu_runtime_stop_with_one_error_line(models_dir: Path, tmp_path: Path) -> None:
     """FACEREST_GPUS=0 with the CPU runtime: REQUIRE_GPU is on by default, the GPU's process
     group refuses to start and the supervisor exits non-zero, saying why in one line."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
-    env.update(
-        FACEREST_MODELS_DIR=str(models_dir), FACEREST_GPUS="0", FACEREST_THREADS="1", FACEREST_PORT="0"
+    status, output = serve_until_exit(
+        {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_GPUS": "0", "FACEREST_PORT": "0"}, tmp_path
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "facerest.cli", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr
+    assert status != 0
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
     assert errors[0].startswith("error: GPU 0: FACEREST_REQUIRE_GPU is on but FACEREST_RUNTIME=auto")
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in output
 
 
 def test_io_binding_path_gives_the_plain_outputs(models_dir: Path) -> None:

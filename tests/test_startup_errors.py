@@ -4,35 +4,10 @@ and a failure only a worker's start-up finds (an unreachable Triton server)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import error_lines, serve_until_exit
 
 from facerest.serving.local import free_port
-
-
-def serve(env: dict[str, str], cwd: Path) -> tuple[int, str]:
-    """`facerest serve` until it exits (it should, quickly); its status and output."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
-    full.update(
-        {"FACEREST_HOST": "127.0.0.1", "FACEREST_PORT": str(free_port()), "FACEREST_THREADS": "1", **env}
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "facerest.cli", "serve"],
-        env=full,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if "error: " in line]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -47,7 +22,7 @@ def test_an_absent_provider_stops_the_start_in_one_line(models_dir, tmp_path, wo
         "FACEREST_PROVIDERS": "CUDAExecutionProvider",
         "FACEREST_WORKERS": str(workers),
     }
-    status, output = serve(env, tmp_path)
+    status, output = serve_until_exit(env, tmp_path)
     assert status != 0, output
     assert "Traceback" not in output, output
     lines = error_lines(output)
@@ -65,7 +40,7 @@ def test_a_worker_that_cannot_start_says_why_in_one_line(models_dir, tmp_path, w
         "FACEREST_TRITON_TIMEOUT_S": "2",
         "FACEREST_WORKERS": str(workers),
     }
-    status, output = serve(env, tmp_path)
+    status, output = serve_until_exit(env, tmp_path)
     assert status != 0, output  # uvicorn's supervisor exited 0 after a worker failed to start
     assert "Traceback" not in output, output
     lines = error_lines(output)
