@@ -177,6 +177,9 @@ def test_body_limit_declared_streamed_and_multipart(locked):
     with locked.client(headers=keyed()) as client:
         declared = client.post("/extract", content=big, headers={"Content-Type": "application/json"})
         assert declared.status_code == 413 and declared.json()["code"] == "body_too_large"
+        # the unread body ends the connection, and the answer says so (a client that reused it
+        # sent its next request into a connection the server was closing)
+        assert declared.headers["connection"] == "close"
 
         def chunks(data: bytes = big) -> Iterator[bytes]:  # no Content-Length: counted as it arrives
             for start in range(0, len(data), 65536):
@@ -184,6 +187,9 @@ def test_body_limit_declared_streamed_and_multipart(locked):
 
         streamed = client.post("/extract", content=chunks(), headers={"Content-Type": "application/json"})
         assert streamed.status_code == 413 and streamed.json()["code"] == "body_too_large"
+        # any answer given before the body was read (here: no such route) ends the connection
+        unread = client.post("/no-such-route", content=big[: BODY_LIMIT - 1000])
+        assert unread.status_code == 404 and unread.headers["connection"] == "close"
         upload = client.post("/multipart/extract", files=[("files", ("big.jpg", big))])
         assert upload.status_code == 413 and upload.json()["code"] == "body_too_large"
         form = (

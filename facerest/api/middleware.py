@@ -88,6 +88,8 @@ class HardeningMiddleware:
                     return
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = rid
+                if has_body and not body_read:  # answered with the body unread: see _reject
+                    MutableHeaders(scope=message)["Connection"] = "close"
             await send(message)
 
         async def send_with_id_raw(message: Message) -> None:
@@ -98,11 +100,14 @@ class HardeningMiddleware:
             await send(message)
 
         received = 0
+        has_body = _has_body(headers)
+        body_read = False
 
         async def limited_receive() -> Message:
-            nonlocal received, body_limit_hit
+            nonlocal received, body_limit_hit, body_read
             message = await receive()
             if message["type"] == "http.request":
+                body_read = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.settings.max_body_bytes:
                     body_limit_hit = True
@@ -194,6 +199,11 @@ class HardeningMiddleware:
         headers: dict[str, str] | None = None,
     ) -> None:
         scope[ERROR_CODE_KEY] = code
+        headers = dict(headers or {})
+        if _has_body(Headers(scope=scope)):
+            # the body is left unread, so the connection ends after this answer: saying so keeps
+            # a client from sending its next request on a connection we are closing
+            headers["Connection"] = "close"
         response = JSONResponse(error_body(detail, code), status, headers=headers)
 
         async def no_body() -> Message:
@@ -222,3 +232,7 @@ class HardeningMiddleware:
             status,
             elapsed_s * 1000,
         )
+
+
+def _has_body(headers: Headers) -> bool:
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
