@@ -234,3 +234,44 @@ def test_a_face_the_index_leaves_unnamed_is_searched_exactly(forced_store: Galle
     assert [[m.subject for m in r.matches] for r in floored] == [
         [m.subject for m in r.matches] for r in exact
     ]
+
+
+def test_a_large_gallery_is_indexed_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large galleries are indexed by a background thread: searches scan exactly meanwhile, and
+    the writes made during the build are in the index it puts in use."""
+    from facerest.gallery import index as index_module
+
+    monkeypatch.setattr(index_module, "BUILD_CHUNK", 100)  # many chunks: writes land mid-build
+    path = tmp_path / "gallery.db"
+    faces = unit(np.random.default_rng(13), 2400)
+    plain = SQLiteStore(path, IndexOptions(min_faces=0))
+    for s in range(1999):
+        plain.add_faces("g", f"s{s}", MODEL, [NewFace(faces[s])])
+    plain.close()
+    store = SQLiteStore(path, IndexOptions(min_faces=2000, background_from=1))
+    assert not store._indexes and not store.indexing("g")
+    with store._lock:  # the builder cannot read a vector while we hold the lock
+        store.add_faces("g", "s1999", MODEL, [NewFace(faces[1999])])
+        assert store.indexing("g") and "g" not in store._indexes
+        answer = store.search("g", faces[5:6], 3)[0].matches
+        assert [m.subject for m in answer] == [
+            m.subject for m in store.search("g", faces[5:6], 3, exact=True)[0].matches
+        ]
+        assert answer[0].subject == "s5"
+    for s in range(2000, 2400):  # while the builder runs
+        store.add_faces("g", f"s{s}", MODEL, [NewFace(faces[s])])
+        if s % 4 == 0:
+            store.delete_subject("g", f"s{s - 2000}")
+    assert store.wait_for_indexes(timeout_s=120)
+    index = store._indexes["g"]
+    matrix = store._matrices["g"]
+    assert sorted(index.keys().tolist()) == sorted(matrix.ids[: matrix.count].tolist())
+    assert store.search("g", faces[2399:2400], 1)[0].matches[0].subject == "s2399"
+    assert store.search("g", faces[0:1], 1)[0].matches[0].subject != "s0"  # deleted mid-build
+    store.close()
+    reopened = SQLiteStore(path, IndexOptions(min_faces=2000, background_from=1))
+    assert reopened.wait_for_indexes(timeout_s=120)
+    assert len(reopened._indexes["g"]) == 2400 - 100
+    reopened.close()

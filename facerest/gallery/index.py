@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +35,9 @@ class IndexOptions:
     """How galleries are indexed; `min_faces` 0 turns the index off (exact scan always)."""
 
     min_faces: int = 5_000
+    #: galleries at least this large are (re)built in a background thread while searches scan
+    #: exactly (a million faces take many minutes); smaller ones are built at once
+    background_from: int = 50_000
     dtype: str = "f16"
     connectivity: int = 16
     expansion_add: int = 128
@@ -162,26 +166,50 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: faces added to an index per call while it is built: small enough that a builder holding the
+#: store's lock for one chunk's vectors keeps searches waiting only briefly
+BUILD_CHUNK = 20_000
+
+Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
 def reconcile(
-    index: FaceIndex | None, ids: np.ndarray, vectors: np.ndarray, dim: int, options: IndexOptions
-) -> tuple[FaceIndex, str]:
-    """`index` made to hold exactly `ids` (with `vectors`): caught up or built anew; and what was done."""
+    index: FaceIndex | None,
+    ids: np.ndarray,
+    fetch: Fetch,
+    dim: int,
+    options: IndexOptions,
+    stop: Callable[[], bool] = lambda: False,
+) -> tuple[FaceIndex | None, str]:
+    """`index` made to hold exactly `ids`: caught up or built anew; and what was done.
+
+    `fetch(some_ids)` gives (the ids of those that still exist, their vectors), so a builder in
+    the background reads the vectors a chunk at a time; `stop()` true abandons the work (None)."""
     started = time.perf_counter()
     if index is not None:
         have = index.keys()
         gone = np.setdiff1d(have, ids, assume_unique=True)
-        new = ~np.isin(ids, have, assume_unique=True)
+        new = ids[~np.isin(ids, have, assume_unique=True)]
         # a catch-up that would touch most of the graph costs more than a build
-        if len(gone) + int(new.sum()) <= max(len(ids), 1) // 2:
+        if len(gone) + len(new) <= max(len(ids), 1) // 2:
             index.remove(gone)
-            index.add(ids[new], vectors[new])
+            if not _add_in_chunks(index, new, fetch, stop):
+                return None, "abandoned"
             if not index.worn():
-                return index, (
-                    f"caught up (+{int(new.sum())} -{len(gone)}) in {time.perf_counter() - started:.2f} s"
-                )
+                return index, f"caught up (+{len(new)} -{len(gone)}) in {time.perf_counter() - started:.2f} s"
     fresh = FaceIndex(dim, options)
-    fresh.add(ids, vectors)
-    return fresh, f"built ({len(ids)} faces) in {time.perf_counter() - started:.2f} s"
+    if not _add_in_chunks(fresh, ids, fetch, stop):
+        return None, "abandoned"
+    return fresh, f"built ({len(fresh)} faces) in {time.perf_counter() - started:.2f} s"
+
+
+def _add_in_chunks(index: FaceIndex, ids: np.ndarray, fetch: Fetch, stop: Callable[[], bool]) -> bool:
+    for start in range(0, len(ids), BUILD_CHUNK):
+        if stop():
+            return False
+        present, vectors = fetch(ids[start : start + BUILD_CHUNK])
+        index.add(present, vectors)
+    return True
 
 
 def options_dict(options: IndexOptions) -> dict[str, object]:

@@ -128,6 +128,13 @@ class _Matrix:
         codes = self.codes[: self.count]
         return [top_subjects(row, codes, self.names, top_k) for row in similarities]
 
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the ids among `ids` still held, their vectors), a copy."""
+        rows = np.fromiter(
+            (row for face_id in ids.tolist() if (row := self.row_of.get(face_id)) is not None), np.int64
+        )
+        return self.ids[rows], self.vectors[rows]
+
     def rerank(self, query: np.ndarray, candidates: np.ndarray, top_k: int) -> SearchResult:
         """The exact answer over the candidate faces that still exist (deleted ones drop out here)."""
         rows = np.fromiter(
@@ -151,6 +158,10 @@ class SQLiteStore(GalleryStore):
         self._index_dir = path.with_name(path.name + "-index")
         self._indexes: dict[str, FaceIndex] = {}
         self._changes_since_save: dict[str, int] = {}
+        self._building: dict[str, threading.Thread] = {}
+        #: bumped when a gallery's index is dropped: a background build of the old one is discarded
+        self._generation: dict[str, int] = {}
+        self._closed = False
         # one connection shared by the worker threads under one lock: SQLite writes are serial
         # anyway, and searches read the in-memory matrices
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -219,22 +230,111 @@ class SQLiteStore(GalleryStore):
         return self._index_dir / f"{hashlib.sha256(gallery.encode()).hexdigest()[:24]}.usearch"
 
     def _sync_index(self, gallery: str, from_disk: bool) -> None:
-        """Index `gallery` when it is large enough: the saved file caught up with SQLite, or built."""
+        """Index `gallery` when it is large enough: the saved file caught up with SQLite, or built.
+
+        (The caller holds the lock.) A large gallery is indexed in the background: until its
+        index is ready, searches scan it exactly (and a worn index in use stays in use)."""
         matrix = self._matrices[gallery]
         options = self.index_options
         if options.min_faces <= 0 or matrix.count < options.min_faces:
             self._indexes.pop(gallery, None)
             return
-        path = self._index_path(gallery)
+        if gallery in self._building:
+            return  # the build under way catches up with every write before it is put in use
+        if matrix.count >= options.background_from:
+            generation = self._generation.get(gallery, 0)
+            builder = threading.Thread(
+                target=self._build_index,
+                args=(gallery, generation, from_disk),
+                name=f"gallery-index-{gallery[:40]}",
+                daemon=True,
+            )
+            self._building[gallery] = builder
+            builder.start()
+            return
         dim = matrix.vectors.shape[1]
+        path = self._index_path(gallery)
         current = FaceIndex.load(path, dim, options) if from_disk else self._indexes.get(gallery)
-        index, what = reconcile(
-            current, matrix.ids[: matrix.count], matrix.vectors[: matrix.count], dim, options
-        )
+        index, what = reconcile(current, matrix.ids[: matrix.count], matrix.fetch, dim, options)
+        assert index is not None  # nothing stops an inline build
         log.info("gallery %r index: %s", gallery, what)
         self._indexes[gallery] = index
         if index.dirty:
             self._save_index(gallery)
+
+    def _build_index(self, gallery: str, generation: int, from_disk: bool) -> None:
+        """The background build: load or build from a snapshot of the face ids, reading vectors a
+        chunk at a time under the lock, then catch up under the lock with what changed meanwhile."""
+        options = self.index_options
+
+        def abandoned() -> bool:
+            return self._closed or self._generation.get(gallery, 0) != generation
+
+        def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with self._lock:
+                matrix = self._matrices.get(gallery)
+                if matrix is None:
+                    return ids[:0], np.zeros((0, 0), np.float32)
+                return matrix.fetch(ids)
+
+        try:
+            with self._lock:
+                matrix = self._matrices.get(gallery)
+                if matrix is None or abandoned():
+                    return
+                dim = matrix.vectors.shape[1]
+                ids = matrix.ids[: matrix.count].copy()
+            path = self._index_path(gallery)
+            started = time.perf_counter()
+            index, what = reconcile(
+                FaceIndex.load(path, dim, options) if from_disk else None, ids, fetch, dim, options, abandoned
+            )
+            if index is None:
+                return
+            log.info("gallery %r index (background): %s", gallery, what)
+            if index.dirty:
+                # saved before it is shared: nothing else touches this index yet
+                try:
+                    index.save(path)
+                except OSError as exc:
+                    log.warning("could not save the index of gallery %r: %s", gallery, exc)
+            with self._lock:
+                matrix = self._matrices.get(gallery)
+                if matrix is None or abandoned():
+                    return
+                index, what = reconcile(index, matrix.ids[: matrix.count], matrix.fetch, dim, options)
+                assert index is not None
+                self._indexes[gallery] = index
+                self._changes_since_save[gallery] = 0
+                log.info(
+                    "gallery %r index in use after %.1f s (%s since the snapshot)",
+                    gallery,
+                    time.perf_counter() - started,
+                    what,
+                )
+        except Exception:  # derived data: the gallery is scanned exactly until the next try
+            log.exception("building the index of gallery %r failed", gallery)
+        finally:
+            with self._lock:
+                self._building.pop(gallery, None)
+
+    def wait_for_indexes(self, timeout_s: float | None = None) -> bool:
+        """Block until no index is being built (tests, benchmarks); False when still building."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                builders = list(self._building.values())
+            if not builders:
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            builders[0].join(left)
+
+    def indexing(self, gallery: str) -> bool:
+        """Whether the gallery's index is being built (searches scan exactly until it is ready)."""
+        with self._lock:
+            return gallery in self._building
 
     def _save_index(self, gallery: str) -> None:
         try:
@@ -256,6 +356,7 @@ class SQLiteStore(GalleryStore):
 
     def _drop_index(self, gallery: str) -> None:
         self._indexes.pop(gallery, None)
+        self._generation[gallery] = self._generation.get(gallery, 0) + 1
         path = self._index_path(gallery)
         for leftover in (path, path.with_name(path.name + ".json")):
             leftover.unlink(missing_ok=True)
@@ -445,6 +546,9 @@ class SQLiteStore(GalleryStore):
             return results
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True  # a build under way stops at its next chunk
+        self.wait_for_indexes(timeout_s=60)
         with self._lock:
             for gallery, index in self._indexes.items():
                 if index.dirty:
