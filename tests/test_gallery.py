@@ -207,7 +207,13 @@ def test_gallery_management_over_http(server: Server) -> None:
         assert r.status_code == 200 and len(body["added"]) == 1
         assert [f["index"] for f in body["failed"]] == [1, 2]
         [team] = [g for g in client.get("/galleries").json()["galleries"] if g["name"] == "team"]
-        assert team == {**team, "model": "w600k_mbf", "subjects": 2, "faces": len(added) + 1}
+        assert team == {
+            **team,
+            "model": "w600k_mbf",
+            "subjects": 2,
+            "faces": len(added) + 1,
+            "index": "exact",
+        }
         subjects = client.get("/gallery/team/subjects").json()["subjects"]
         assert subjects == [{"subject": "players", "faces": len(added)}, {"subject": "yao", "faces": 1}]
         face = client.get("/gallery/team/subjects/yao").json()["faces"][0]

@@ -255,6 +255,7 @@ def test_a_large_gallery_is_indexed_in_the_background(
     with store._lock:  # the builder cannot read a vector while we hold the lock
         store.add_faces("g", "s1999", MODEL, [NewFace(faces[1999])])
         assert store.indexing("g") and "g" not in store._indexes
+        assert store.gallery("g").index == "building"  # type: ignore[union-attr]
         answer = store.search("g", faces[5:6], 3)[0].matches
         assert [m.subject for m in answer] == [
             m.subject for m in store.search("g", faces[5:6], 3, exact=True)[0].matches
@@ -265,6 +266,8 @@ def test_a_large_gallery_is_indexed_in_the_background(
         if s % 4 == 0:
             store.delete_subject("g", f"s{s - 2000}")
     assert store.wait_for_indexes(timeout_s=120)
+    info = store.gallery("g")
+    assert info is not None and (info.index, info.faces, info.subjects) == ("hnsw", 2300, 2300)
     index = store._indexes["g"]
     matrix = store._matrices["g"]
     assert sorted(index.keys().tolist()) == sorted(matrix.ids[: matrix.count].tolist())

@@ -200,6 +200,7 @@ async def list_galleries(request: Request) -> JSONResponse:
                     "model_md5": g.model.md5,
                     "subjects": g.subjects,
                     "faces": g.faces,
+                    "index": g.index,
                 }
                 for g in found
             ]

@@ -21,6 +21,7 @@ def index_options(settings: Settings) -> IndexOptions:
         min_faces=settings.gallery_index_min_faces,
         dtype=settings.gallery_index_dtype,
         expansion_search=ef_for_recall(settings.gallery_recall),
+        pg_build_memory_mb=settings.gallery_index_build_memory_mb,
     )
 
 
@@ -34,7 +35,9 @@ def open_store(url: str, options: IndexOptions | None = None) -> GalleryStore:
     if url.startswith(("postgresql://", "postgres://")):
         from facerest.gallery.postgres import PostgresStore
 
-        return PostgresStore(url, ef_search=options.expansion_search)
+        return PostgresStore(
+            url, ef_search=options.expansion_search, build_memory_mb=options.pg_build_memory_mb
+        )
     raise BackendUnavailable(
         f"FACEREST_GALLERY_URL must start with sqlite:/// or postgresql://, not {url.split(':')[0]!r}"
     )

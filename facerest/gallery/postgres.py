@@ -10,9 +10,12 @@ Every replica sees every other's writes at once: all of it lives in the one data
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -68,8 +71,21 @@ INDEX_LOCK = 0x686E7377  # "hnsw"
 log = logging.getLogger(__name__)
 
 
+INDEX_PREFIX = "facerest_faces_hnsw_"
+
+
 def index_name(dim: int) -> str:
-    return f"facerest_faces_hnsw_{dim}"
+    return f"{INDEX_PREFIX}{dim}"
+
+
+# whether the HNSW index of gallery g's embedding size is valid (NULL: there is none)
+_INDEX_VALID = (
+    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    f"WHERE c.relname = '{INDEX_PREFIX}' || g.dim"
+)
+_INDEX_STATES = {True: "hnsw", False: "building", None: "exact"}
+#: how long a gallery's face and subject counts are reused when no write of ours changed them
+COUNTS_TTL_S = 5.0
 
 
 def index_sql(dim: int) -> str:
@@ -90,8 +106,31 @@ def candidates_sql(dim: int) -> str:
     )
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _recounts(method: Method) -> Method:
+    """A write to a gallery: its cached counts are dropped once the write is done."""
+
+    @functools.wraps(method)
+    def write(self: PostgresStore, gallery: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, gallery, *args, **kwargs)
+        finally:
+            self._counts.pop(gallery, None)
+
+    return write  # type: ignore[return-value]
+
+
 class PostgresStore(GalleryStore):
-    def __init__(self, url: str, pool_size: int = 8, ef_search: int = 96, candidates: int = 100) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = 8,
+        ef_search: int = 96,
+        candidates: int = 100,
+        build_memory_mb: int = 1024,
+    ) -> None:
         try:
             import psycopg
             from pgvector.psycopg import register_vector
@@ -115,8 +154,10 @@ class PostgresStore(GalleryStore):
         )
         self.ef_search = ef_search
         self.candidates = candidates
+        self.build_memory_mb = build_memory_mb
         self._url = url
         self._indexed_dims: set[int] = set()
+        self._counts: dict[str, tuple[float, int, int]] = {}  # gallery -> (when, subjects, faces)
         self._closed = threading.Event()
         with self._pool.connection() as conn:
             dims = [int(r[0]) for r in conn.execute("SELECT DISTINCT dim FROM facerest_galleries")]
@@ -150,7 +191,7 @@ class PostgresStore(GalleryStore):
                     if valid is not None:  # a build that was interrupted leaves an invalid index
                         conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index_name(dim)}")
                     started = time.perf_counter()
-                    conn.execute("SET maintenance_work_mem = '1GB'")
+                    conn.execute(f"SET maintenance_work_mem = '{int(self.build_memory_mb)}MB'")
                     conn.execute(index_sql(dim))  # type: ignore[arg-type]
                     log.info("HNSW index for %d-d faces built in %.1f s", dim, time.perf_counter() - started)
                 finally:
@@ -166,19 +207,40 @@ class PostgresStore(GalleryStore):
         return self._infos(None)
 
     def gallery(self, name: str) -> GalleryInfo | None:
-        found = self._infos(name)
-        return found[0] if found else None
+        """Existence, model and index by key (every search asks); the counts, which cost a pass
+        over the gallery's rows (100 ms at a million faces), are kept COUNTS_TTL_S and dropped
+        on this server's own writes, so another replica's enrolments show within seconds."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT g.model, g.model_md5, g.dim, ({_INDEX_VALID}) "
+                "FROM facerest_galleries g WHERE g.name = %s",
+                (name,),
+            ).fetchone()
+            if row is None:
+                self._counts.pop(name, None)
+                return None
+            counted = self._counts.get(name)
+            if counted is None or time.monotonic() - counted[0] > COUNTS_TTL_S:
+                subjects, faces = conn.execute(
+                    "SELECT COUNT(DISTINCT subject), COUNT(*) FROM facerest_faces WHERE gallery = %s", (name,)
+                ).fetchone()  # type: ignore[misc]
+                counted = self._counts[name] = (time.monotonic(), subjects, faces)
+        return GalleryInfo(
+            name, ModelTag(row[0], row[1], row[2]), counted[1], counted[2], _INDEX_STATES[row[3]]
+        )
 
     def _infos(self, name: str | None) -> list[GalleryInfo]:
         with self._pool.connection() as conn:
             rows = conn.execute(
-                "SELECT g.name, g.model, g.model_md5, g.dim, COUNT(DISTINCT f.subject), COUNT(f.id) "
+                "SELECT g.name, g.model, g.model_md5, g.dim, COUNT(DISTINCT f.subject), COUNT(f.id), "
+                f"({_INDEX_VALID}) "
                 "FROM facerest_galleries g LEFT JOIN facerest_faces f ON f.gallery = g.name "
                 "WHERE %(name)s::text IS NULL OR g.name = %(name)s GROUP BY g.name ORDER BY g.name",
                 {"name": name},
             ).fetchall()
-        return [GalleryInfo(r[0], ModelTag(r[1], r[2], r[3]), r[4], r[5]) for r in rows]
+        return [GalleryInfo(r[0], ModelTag(r[1], r[2], r[3]), r[4], r[5], _INDEX_STATES[r[6]]) for r in rows]
 
+    @_recounts
     def add_faces(self, gallery: str, subject: str, model: ModelTag, faces: list[NewFace]) -> list[int]:
         now = time.time()
         with self._pool.connection() as conn, conn.transaction():
@@ -278,12 +340,14 @@ class PostgresStore(GalleryStore):
             )
         return moved
 
+    @_recounts
     def delete_subject(self, gallery: str, subject: str) -> int:
         with self._pool.connection() as conn:
             return conn.execute(
                 "DELETE FROM facerest_faces WHERE gallery = %s AND subject = %s", (gallery, subject)
             ).rowcount
 
+    @_recounts
     def delete_face(self, gallery: str, face_id: int) -> bool:
         with self._pool.connection() as conn:
             deleted = conn.execute(
@@ -291,6 +355,7 @@ class PostgresStore(GalleryStore):
             ).rowcount
         return bool(deleted)
 
+    @_recounts
     def delete_gallery(self, gallery: str) -> bool:
         with self._pool.connection() as conn:
             deleted = conn.execute("DELETE FROM facerest_galleries WHERE name = %s", (gallery,)).rowcount

@@ -64,15 +64,21 @@ CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
 class _Matrix:
     """One gallery's embeddings in memory: rows grow in steps, deletes swap in the last row."""
 
-    def __init__(self, dim: int, capacity: int = 16) -> None:
+    def __init__(self, model: ModelTag, capacity: int = 16) -> None:
         capacity = max(capacity, 16)
-        self.vectors = np.zeros((capacity, dim), np.float32)
+        self.model = model
+        self.vectors = np.zeros((capacity, model.dim), np.float32)
         self.ids = np.zeros(capacity, np.int64)
         self.codes = np.zeros(capacity, np.int32)
         self.count = 0
         self.names: list[str] = []  # subject code -> name
         self.code_of: dict[str, int] = {}
         self.row_of: dict[int, int] = {}
+        self.faces_of: dict[int, int] = {}  # subject code -> its faces held (a subject has >= 1)
+
+    @property
+    def subjects(self) -> int:
+        return len(self.faces_of)
 
     def add(self, subject: str, ids: list[int], vectors: np.ndarray) -> None:
         code = self.code_of.get(subject)
@@ -93,11 +99,18 @@ class _Matrix:
         for offset, face_id in enumerate(ids):
             self.row_of[face_id] = self.count + offset
         self.count = need
+        if ids:
+            self.faces_of[code] = self.faces_of.get(code, 0) + len(ids)
 
     def delete(self, face_id: int) -> None:
         row = self.row_of.pop(face_id, None)
         if row is None:
             return
+        code = int(self.codes[row])
+        if self.faces_of[code] > 1:
+            self.faces_of[code] -= 1
+        else:
+            del self.faces_of[code]
         last = self.count - 1
         if row != last:
             self.vectors[row] = self.vectors[last]
@@ -200,9 +213,10 @@ class SQLiteStore(GalleryStore):
             return
         # sized to fit: no doubling, no spare rows after a (re)load
         matrices = {
-            name: _Matrix(dim, count)
-            for name, dim, count in self._db.execute(
-                "SELECT name, dim, (SELECT COUNT(*) FROM faces WHERE gallery = name) FROM galleries"
+            name: _Matrix(ModelTag(model, md5, dim), count)
+            for name, model, md5, dim, count in self._db.execute(
+                "SELECT name, model, model_md5, dim, (SELECT COUNT(*) FROM faces WHERE gallery = name) "
+                "FROM galleries"
             )
         }
         rows = self._db.execute(
@@ -368,21 +382,21 @@ class SQLiteStore(GalleryStore):
         matrices[gallery].add(subject, [r[2] for r in batch], vectors)
 
     def _info(self, name: str) -> GalleryInfo | None:
-        row = self._db.execute(
-            "SELECT g.model, g.model_md5, g.dim, COUNT(DISTINCT f.subject), COUNT(f.id) "
-            "FROM galleries g LEFT JOIN faces f ON f.gallery = g.name WHERE g.name = ? GROUP BY g.name",
-            (name,),
-        ).fetchone()
-        if row is None:
+        """From the in-memory copy, which follows SQLite (our writes, and others' through
+        `_refresh`): counting a million rows per search would cost more than the search."""
+        self._refresh()
+        matrix = self._matrices.get(name)
+        if matrix is None:
             return None
-        return GalleryInfo(name, ModelTag(row[0], row[1], row[2]), row[3], row[4])
+        index = "hnsw" if name in self._indexes else "building" if name in self._building else "exact"
+        return GalleryInfo(name, matrix.model, matrix.subjects, matrix.count, index)
 
     # --- the interface ---
 
     def galleries(self) -> list[GalleryInfo]:
         with self._lock:
-            names = [r[0] for r in self._db.execute("SELECT name FROM galleries ORDER BY name")]
-            return [info for name in names if (info := self._info(name)) is not None]
+            self._refresh()
+            return [info for name in sorted(self._matrices) if (info := self._info(name)) is not None]
 
     def gallery(self, name: str) -> GalleryInfo | None:
         with self._lock:
@@ -422,7 +436,7 @@ class SQLiteStore(GalleryStore):
                     )
                     ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
             # committed: the matrix follows, before any other writer gets the lock
-            matrix = self._matrices.setdefault(gallery, _Matrix(model.dim))
+            matrix = self._matrices.setdefault(gallery, _Matrix(model))
             if vectors is not None:
                 matrix.add(subject, ids, vectors)
                 if gallery in self._indexes:
