@@ -39,11 +39,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from facerest.local_server import start_local_server, stop_local_server
 
 from facerest.gallery import open_store
 from facerest.gallery.index import IndexOptions
 from facerest.gallery.store import GalleryStore, ModelTag, NewFace
+from facerest.serving.local import start_local_server, stop_local_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "testdata"
@@ -91,8 +91,8 @@ def real_embeddings() -> dict[str, list[tuple[str, np.ndarray]]]:
     import cv2
 
     from facerest.config import Settings
-    from facerest.models import load_models
     from facerest.pipeline import ExtractOptions, FaceAnalyzer
+    from facerest.preparation.stage import load_models
 
     if not SHARED.exists():
         print(f"{SHARED} is absent: no real embeddings mixed in")
