@@ -12,6 +12,8 @@ import numpy as np
 from conftest import package_photo, read_bgr
 from helpers import b64
 
+from facerest.pipeline import ExtractOptions
+
 YAO = package_photo("yaoming.jpg")
 PLAYERS = package_photo("players.jpg")
 
@@ -250,3 +252,25 @@ def test_concurrent_requests_do_not_stall_each_other(server):
         heavy_latency = time.perf_counter() - started
     assert all(r.status_code == 200 for r in done)
     assert info_latency < heavy_latency / 3, (info_latency, heavy_latency)
+
+
+def test_detect_scale_per_request(client, analyzer):
+    """`detect_scale` picks the policy for one request: "reference" gives the embedding the
+    reference scale gives in-process (galleries enrolled elsewhere), the default the adaptive one
+    (yaoming.jpg is small: the two scales differ for it)."""
+    image = read_bgr(YAO)
+    expected = {
+        policy: analyzer.process([image], ExtractOptions(detect_scale=policy))[0].faces[0].embedding
+        for policy in ("reference", "adaptive")
+    }
+    assert float(expected["reference"] @ expected["adaptive"]) < 0.999
+
+    def served(**extra: object) -> np.ndarray:
+        body = {"images": {"data": [b64(YAO)]}, **extra}
+        [face] = client.post("/extract", json=body).json()["data"][0]["faces"]
+        return np.asarray(face["vec"], np.float32)
+
+    assert float(served(detect_scale="reference") @ expected["reference"]) > 0.9999
+    assert float(served() @ expected["adaptive"]) > 0.9999
+    refused = client.post("/extract", json={"images": {"data": [b64(YAO)]}, "detect_scale": "huge"})
+    assert refused.status_code == 422

@@ -88,6 +88,7 @@ def _options(req: ImageOptions, state: AppState, **flags: Any) -> ExtractOptions
         min_face_size=req.min_face_size,
         max_size=None if max_size is None else (max_size[0], max_size[1]),
         single_face=req.single_face,
+        detect_scale=req.detect_scale,
         **flags,
     )
 

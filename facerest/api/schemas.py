@@ -107,6 +107,11 @@ class ImageOptions(BaseModel):
     single_face: StrictBool = Field(
         False, description="The image is one face: when none is found, the whole image is taken as the face."
     )
+    detect_scale: Literal["adaptive", "reference", "native"] | None = Field(
+        None,
+        description="Detector scale for this request (server's FACEREST_DETECT_SCALE if absent): "
+        '"reference" gives InsightFace\'s own scale, for embeddings equal to galleries it enrolled.',
+    )
 
     @field_validator("max_size")
     @classmethod
