@@ -183,10 +183,11 @@ class Settings(BaseSettings):
         5_000,
         ge=0,
         description="SQLite galleries of at least this many faces are searched through an HNSW index "
-        "(candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: never index.",
+        "(candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: never index "
+        "(PostgreSQL then builds no HNSW index either).",
     )
     gallery_index_dtype: Literal["f32", "f16", "i8"] = Field(
-        "f16",
+        "i8",
         description="How the SQLite galleries' HNSW index holds vectors (the exact copy stays float32).",
     )
     gallery_index_build_memory_mb: int = Field(

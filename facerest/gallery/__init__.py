@@ -36,7 +36,10 @@ def open_store(url: str, options: IndexOptions | None = None) -> GalleryStore:
         from facerest.gallery.postgres import PostgresStore
 
         return PostgresStore(
-            url, ef_search=options.expansion_search, build_memory_mb=options.pg_build_memory_mb
+            url,
+            ef_search=options.expansion_search,
+            build_memory_mb=options.pg_build_memory_mb,
+            build_index=options.min_faces > 0,
         )
     raise BackendUnavailable(
         f"FACEREST_GALLERY_URL must start with sqlite:/// or postgresql://, not {url.split(':')[0]!r}"

@@ -130,6 +130,7 @@ class PostgresStore(GalleryStore):
         ef_search: int = 96,
         candidates: int = 100,
         build_memory_mb: int = 1024,
+        build_index: bool = True,
     ) -> None:
         try:
             import psycopg
@@ -155,6 +156,7 @@ class PostgresStore(GalleryStore):
         self.ef_search = ef_search
         self.candidates = candidates
         self.build_memory_mb = build_memory_mb
+        self.build_index = build_index  # False: no HNSW index is made (bulk loads; exact scans)
         self._url = url
         self._indexed_dims: set[int] = set()
         self._counts: dict[str, tuple[float, int, int]] = {}  # gallery -> (when, subjects, faces)
@@ -168,7 +170,7 @@ class PostgresStore(GalleryStore):
 
     def _ensure_index(self, dim: int) -> None:
         """Build the index of `dim`-sized faces in the background if it is missing or invalid."""
-        if dim in self._indexed_dims:
+        if dim in self._indexed_dims or not self.build_index:
             return
         self._indexed_dims.add(dim)
         threading.Thread(target=self._build_index, args=(dim,), name=f"hnsw-{dim}", daemon=True).start()
