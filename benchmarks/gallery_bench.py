@@ -352,12 +352,19 @@ def main() -> None:
         "--index-min-faces", default="", help="FACEREST_GALLERY_INDEX_MIN_FACES for the server"
     )
     parser.add_argument("--recall", default="", help="FACEREST_GALLERY_RECALL for the server")
+    parser.add_argument(
+        "--pg-build-memory-mb",
+        default="",
+        help="FACEREST_GALLERY_INDEX_BUILD_MEMORY_MB for the server (1M faces: 4096)",
+    )
     args = parser.parse_args()
     extra_env = {}
     if args.index_min_faces:
         extra_env["FACEREST_GALLERY_INDEX_MIN_FACES"] = args.index_min_faces
     if args.recall:
         extra_env["FACEREST_GALLERY_RECALL"] = args.recall
+    if args.pg_build_memory_mb:
+        extra_env["FACEREST_GALLERY_INDEX_BUILD_MEMORY_MB"] = args.pg_build_memory_mb
     rng = np.random.default_rng(0)
     real = real_embeddings()
     centres, faces = synthetic(rng, args.faces // PER_SUBJECT, args.vectors)
