@@ -141,19 +141,20 @@ class _Matrix:
         codes = self.codes[: self.count]
         return [top_subjects(row, codes, self.names, top_k) for row in similarities]
 
-    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the ids among `ids` still held, their vectors), a copy."""
-        rows = np.fromiter(
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of those of `ids` still held (deleted ones drop out)."""
+        return np.fromiter(
             (row for face_id in ids.tolist() if (row := self.row_of.get(face_id)) is not None), np.int64
         )
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the ids among `ids` still held, their vectors), a copy."""
+        rows = self._rows(ids)
         return self.ids[rows], self.vectors[rows]
 
     def rerank(self, query: np.ndarray, candidates: np.ndarray, top_k: int) -> SearchResult:
         """The exact answer over the candidate faces that still exist (deleted ones drop out here)."""
-        rows = np.fromiter(
-            (row for face_id in candidates.tolist() if (row := self.row_of.get(face_id)) is not None),
-            np.int64,
-        )
+        rows = self._rows(candidates)
         if len(rows) == 0:
             return SearchResult()
         return top_subjects(self.vectors[rows] @ query, self.codes[rows], self.names, top_k)
@@ -307,11 +308,7 @@ class SQLiteStore(GalleryStore):
                 return
             log.info("gallery %r index (background): %s", gallery, what)
             if index.dirty:
-                # saved before it is shared: nothing else touches this index yet
-                try:
-                    index.save(path)
-                except OSError as exc:
-                    log.warning("could not save the index of gallery %r: %s", gallery, exc)
+                self._write_index_file(gallery, index)  # before it is shared: nothing else touches it
             with self._lock:
                 matrix = self._matrices.get(gallery)
                 if matrix is None or abandoned():
@@ -351,11 +348,14 @@ class SQLiteStore(GalleryStore):
             return gallery in self._building
 
     def _save_index(self, gallery: str) -> None:
+        self._write_index_file(gallery, self._indexes[gallery])
+        self._changes_since_save[gallery] = 0
+
+    def _write_index_file(self, gallery: str, index: FaceIndex) -> None:
         try:
-            self._indexes[gallery].save(self._index_path(gallery))
+            index.save(self._index_path(gallery))
         except OSError as exc:  # derived data: a failed save costs a catch-up at the next start
             log.warning("could not save the index of gallery %r: %s", gallery, exc)
-        self._changes_since_save[gallery] = 0
 
     def _indexed(self, gallery: str, changed: int) -> FaceIndex | None:
         """The gallery's index after a write of `changed` faces; saved every tenth of its size."""
@@ -383,8 +383,8 @@ class SQLiteStore(GalleryStore):
 
     def _info(self, name: str) -> GalleryInfo | None:
         """From the in-memory copy, which follows SQLite (our writes, and others' through
-        `_refresh`): counting a million rows per search would cost more than the search."""
-        self._refresh()
+        `_refresh`, which the caller has run): counting a million rows per search would cost
+        more than the search."""
         matrix = self._matrices.get(name)
         if matrix is None:
             return None
@@ -400,6 +400,7 @@ class SQLiteStore(GalleryStore):
 
     def gallery(self, name: str) -> GalleryInfo | None:
         with self._lock:
+            self._refresh()
             return self._info(name)
 
     def add_faces(self, gallery: str, subject: str, model: ModelTag, faces: list[NewFace]) -> list[int]:
