@@ -16,8 +16,8 @@ enrolled subjects drawn the same way, plus the real probes.
 
 Steps: bulk enrolment through the store (one transaction per subject, as the API does) with no
 index; then `facerest serve` on that storage: start (both backends build their index in the
-background: SQLite's usearch file, PostgreSQL's HNSW index CONCURRENTLY; timed until GET
-/galleries says "index": "hnsw"); search at 1
+background: SQLite's sign codes, PostgreSQL's HNSW index CONCURRENTLY; timed until GET
+/galleries says "index": "codes" or "hnsw"); search at 1
 and 8 concurrent clients (each request one embedding, top 10); recall@1 and @10 of the
 subjects against the same request with `exact: true`; a second start (index reused); the
 server's RSS and the storage on disk; enrolment through HTTP while searching. PostgreSQL: a
@@ -189,7 +189,7 @@ def wait_for_index(base: str) -> None:
     with httpx.Client(base_url=base, timeout=60, trust_env=False) as http:
         while True:
             [bench] = [g for g in http.get("/galleries").json()["galleries"] if g["name"] == "bench"]
-            if bench["index"] == "hnsw":
+            if bench["index"] in ("codes", "hnsw"):
                 return
             time.sleep(1)
 
@@ -308,31 +308,33 @@ def run(
 
 def in_process(url: str, queries: np.ndarray, extra_env: dict) -> dict[str, str]:
     """The store's own search (no HTTP, no JSON), to show what the API adds, and how its time and
-    recall@1 (against the exact scan) follow the HNSW search breadth."""
+    recall@1 (against the exact scan) follow the search breadth: the faces re-ranked per query
+    (SQLite's codes) or hnsw.ef_search (PostgreSQL)."""
     from facerest.config import Settings
     from facerest.gallery import index_options
 
     settings = Settings(**{k.removeprefix("FACEREST_").lower(): v for k, v in extra_env.items()})
     options = index_options(settings)
     store = open_store(url, options)
+    sqlite = hasattr(store, "index_options")
     row: dict[str, str] = {}
     try:
-        if hasattr(store, "wait_for_indexes"):
+        if sqlite:
             store.wait_for_indexes()
         exact = [store.search("bench", q[None, :], 10, exact=True)[0].matches[:1] for q in queries]
-        for ef in (options.expansion_search, 128, 192, 320, 480):
-            if hasattr(store, "index_options"):  # SQLite: its options; PostgreSQL: hnsw.ef_search
-                store.index_options = dataclasses.replace(options, expansion_search=ef)
-                store._indexes["bench"].options = store.index_options
+        default = options.candidates if sqlite else options.pg_ef_search
+        for breadth in (default, 50, 100, 200, 300) if sqlite else (default, 128, 192, 320, 480):
+            if sqlite:  # top 10 asks for at least 100 candidates: the sweep sets the floor too
+                store.index_options = dataclasses.replace(options, candidates=breadth)
             else:
-                store.ef_search = ef
+                store.ef_search = breadth
             took, hits = [], 0
             for q, best in zip(queries, exact, strict=True):
                 t0 = time.perf_counter()
-                found = store.search("bench", q[None, :], 10)[0].matches[:1]
+                found = store.search("bench", q[None, :], 1 if sqlite else 10)[0].matches[:1]
                 took.append((time.perf_counter() - t0) * 1000)
                 hits += [m.subject for m in found] == [m.subject for m in best]
-            label = "in-process" if ef == options.expansion_search else f"ef {ef}"
+            label = "in-process" if breadth == default else f"{'candidates' if sqlite else 'ef'} {breadth}"
             row[f"{label} p50 ms / recall@1"] = f"{np.percentile(took, 50):.2f} / {hits / len(queries):.3f}"
     finally:
         store.close()

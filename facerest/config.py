@@ -182,13 +182,14 @@ class Settings(BaseSettings):
     gallery_index_min_faces: int = Field(
         5_000,
         ge=0,
-        description="SQLite galleries of at least this many faces are searched through an HNSW index "
-        "(candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: never index "
-        "(PostgreSQL then builds no HNSW index either).",
+        description="SQLite galleries of at least this many faces are searched through sign codes of "
+        "every face (candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: "
+        "never index (PostgreSQL then builds no HNSW index either).",
     )
-    gallery_index_dtype: Literal["f32", "f16", "i8"] = Field(
-        "i8",
-        description="How the SQLite galleries' HNSW index holds vectors (the exact copy stays float32).",
+    gallery_index_bits: Literal[128, 256, 512] = Field(
+        256,
+        description="Bits of each face's sign code in the SQLite galleries' index (32 bytes at 256; the "
+        "exact float32 copy stays in memory for the re-rank). 128: half the scan, lower recall.",
     )
     gallery_index_build_memory_mb: int = Field(
         1024,
@@ -200,8 +201,8 @@ class Settings(BaseSettings):
         0.99,
         ge=0.5,
         le=0.999,
-        description="Share of exact rank-1 answers the HNSW search aims for (both backends); sets its "
-        "breadth (usearch expansion, pgvector hnsw.ef_search). Requests can ask for `exact: true`.",
+        description="Share of exact rank-1 answers the index aims for (both backends); sets how many "
+        "candidates SQLite re-ranks and pgvector's hnsw.ef_search. Requests can ask for `exact: true`.",
     )
 
     # --- hardening (issue 4) ---

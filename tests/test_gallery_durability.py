@@ -27,7 +27,7 @@ def request_vectors(client: int, n: int) -> np.ndarray:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_acknowledged_faces_survive_sigkill(backend: str, models_dir: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'gallery.db'}" if backend == "sqlite" else postgres_url()
-    # the index in use from the first face (SQLite: usearch; PostgreSQL: the HNSW index is built
+    # the index in use from the first face (SQLite: sign codes; PostgreSQL: the HNSW index is built
     # in the background, and the planner takes it once it is worth it)
     env = {
         "FACEREST_MODELS_DIR": str(models_dir),

@@ -178,7 +178,7 @@ def test_sqlite_index_is_reused_caught_up_and_rebuilt(tmp_path: Path) -> None:
     for s in range(300):
         store.add_faces("g", f"s{s}", MODEL, [NewFace(v) for v in faces[3 * s : 3 * s + 3]])
     store.close()
-    [index_file] = (tmp_path / "gallery.db-index").glob("*.usearch")
+    [index_file] = (tmp_path / "gallery.db-index").glob("*.codes")
     saved = index_file.stat().st_mtime_ns
 
     # stale: faces added and deleted by a process that kept no index
@@ -267,7 +267,7 @@ def test_a_large_gallery_is_indexed_in_the_background(
             store.delete_subject("g", f"s{s - 2000}")
     assert store.wait_for_indexes(timeout_s=120)
     info = store.gallery("g")
-    assert info is not None and (info.index, info.faces, info.subjects) == ("hnsw", 2300, 2300)
+    assert info is not None and (info.index, info.faces, info.subjects) == ("codes", 2300, 2300)
     index = store._indexes["g"]
     matrix = store._matrices["g"]
     assert sorted(index.keys().tolist()) == sorted(matrix.ids[: matrix.count].tolist())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from facerest.config import Settings
 from facerest.errors import BackendUnavailable
-from facerest.gallery.index import IndexOptions, ef_for_recall
+from facerest.gallery.index import IndexOptions, candidates_for_recall, ef_for_recall
 from facerest.gallery.store import GalleryStore
 
 
@@ -19,8 +19,9 @@ def index_options(settings: Settings) -> IndexOptions:
     """How galleries are indexed and how broadly the index is searched, from the settings."""
     return IndexOptions(
         min_faces=settings.gallery_index_min_faces,
-        dtype=settings.gallery_index_dtype,
-        expansion_search=ef_for_recall(settings.gallery_recall),
+        bits=settings.gallery_index_bits,
+        candidates=candidates_for_recall(settings.gallery_recall),
+        pg_ef_search=ef_for_recall(settings.gallery_recall),
         pg_build_memory_mb=settings.gallery_index_build_memory_mb,
     )
 
@@ -37,7 +38,7 @@ def open_store(url: str, options: IndexOptions | None = None) -> GalleryStore:
 
         return PostgresStore(
             url,
-            ef_search=options.expansion_search,
+            ef_search=options.pg_ef_search,
             build_memory_mb=options.pg_build_memory_mb,
             build_index=options.min_faces > 0,
         )

@@ -1,15 +1,20 @@
-"""An approximate-nearest-neighbour index over one gallery's faces (usearch HNSW), derived from SQLite.
+"""Candidate faces for one gallery's searches: a sign code per face, compared with every face.
 
-SQLite is the record; this index only proposes candidates, which the store re-ranks exactly
-against its float32 copy, so a stale or damaged index can cost recall but never correctness:
-deleted faces are dropped before re-ranking, renamed subjects are looked up at answer time.
-The file is written to a temporary name, flushed and renamed over the old one (atomic), and
-on opening it is reconciled with the faces SQLite holds (missing ones added, gone ones removed)
-or rebuilt when it cannot be read or was built with other settings.
+Each face is kept as the signs of its projection on a fixed random Gaussian matrix (256 bits by
+default: 32 bytes where the float32 vector is 2,048): the share of bits two codes differ in
+estimates the angle between the faces. A search compares the query's code with every face's
+(faiss-cpu's IndexBinaryFlat: Hamming distance, popcount kernels chosen at run time for the CPU)
+and the store re-ranks the nearest codes exactly against its float32 copy. Why a flat scan of
+codes and not a graph (measured in docs/performance.md): a second photo of a person is far from
+every enrolled face (cosine ~0.56 to the right subject's), where an HNSW walk needs a wide beam;
+at a million faces usearch's HNSW gave recall@1 0.88 in 24 ms, the codes 1.000 in about 2 ms,
+built in seconds instead of minutes.
 
-Why usearch (measured in docs/performance.md, benchmarks/ann_libraries.py): deletes in place
-(faiss's HNSW cannot remove), float16/int8 storage, a single-file save/restore, 64-bit keys
-(our face ids), and machine code chosen at run time for the CPU it runs on.
+SQLite is the record; this index only proposes candidates, so a stale or damaged index can cost
+recall but never correctness: deleted faces are dropped before re-ranking, renamed subjects are
+looked up at answer time. The file is written to a temporary name, flushed and renamed over the
+old one (atomic), and on opening it is reconciled with the faces SQLite holds (missing ones added,
+gone ones removed) or rebuilt when it cannot be read or was built with other settings.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +32,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: bump when what the files mean changes: older files are rebuilt
-FORMAT = 1
+FORMAT = 2
+#: the projection's seed: saved files carry their projection, this only makes new ones alike
+SEED = 0x66616365
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,90 +43,99 @@ class IndexOptions:
 
     min_faces: int = 5_000
     #: galleries at least this large are (re)built in a background thread while searches scan
-    #: exactly (a million faces take many minutes); smaller ones are built at once
+    #: exactly; smaller ones are built at once
     background_from: int = 50_000
-    #: int8 inside the graph: half the memory and time of float16 at 100k faces, recall@1 0.987 vs
-    #: 0.990 at expansion 320 after the exact re-rank (docs/performance.md)
-    dtype: str = "i8"
-    connectivity: int = 16
-    expansion_add: int = 128
-    expansion_search: int = 320
+    #: bits per face's code: 256 found the exact best subject for 300 of 300 queries at a million
+    #: faces with 100 candidates re-ranked; 128 needed 1,000 for 0.99 (docs/performance.md)
+    bits: int = 256
     #: faces re-ranked exactly per query (at least 10 per subject asked for)
     candidates: int = 100
-    threads: int = 0
+    #: PostgreSQL's HNSW search breadth (hnsw.ef_search)
+    pg_ef_search: int = 320
     #: PostgreSQL's maintenance_work_mem for the HNSW build: the build is many times faster when
     #: the whole graph fits (a million 512-d faces need about 4 GB)
     pg_build_memory_mb: int = 1024
 
     def shape(self) -> dict[str, object]:
         """What a saved file must have been built with to be reused."""
-        return {"format": FORMAT, "dtype": self.dtype, "connectivity": self.connectivity}
+        return {"format": FORMAT, "bits": self.bits}
 
 
 class FaceIndex:
-    """Face ids -> unit vectors, searched by inner product (cosine of unit vectors)."""
+    """Face ids -> sign codes, searched by Hamming distance over every face."""
 
-    def __init__(self, dim: int, options: IndexOptions, index: object | None = None) -> None:
-        from usearch.index import Index
+    def __init__(self, dim: int, options: IndexOptions, projection: np.ndarray | None = None) -> None:
+        import faiss
 
         self.dim = dim
         self.options = options
-        self._index = index or Index(
-            ndim=dim,
-            metric="ip",
-            dtype=options.dtype,
-            connectivity=options.connectivity,
-            expansion_add=options.expansion_add,
-            expansion_search=options.expansion_search,
+        self.projection = (
+            np.random.default_rng(SEED).standard_normal((dim, options.bits), dtype=np.float32)
+            if projection is None
+            else projection
         )
-        self._index.expansion_search = options.expansion_search
+        self._codes = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(options.bits))
         self.removed_since_build = 0
         self.dirty = False
 
     def __len__(self) -> int:
-        return len(self._index)
+        return int(self._codes.ntotal)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        return np.packbits(np.asarray(vectors, np.float32) @ self.projection > 0, axis=1)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
-            self._index.add(
-                np.asarray(ids, np.uint64), np.asarray(vectors, np.float32), threads=self.options.threads
-            )
+            self._add_codes(np.asarray(ids, np.int64), self.encode(vectors))
             self.dirty = True
 
+    def _add_codes(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        self._codes.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids, np.int64))
+
     def remove(self, ids: np.ndarray | list[int]) -> None:
-        ids = np.asarray(ids, np.uint64)
+        import faiss
+
+        ids = np.asarray(ids, np.int64)
         if len(ids):
-            self._index.remove(ids)
+            self._codes.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids)))
             self.removed_since_build += len(ids)
             self.dirty = True
 
     def worn(self) -> bool:
-        """Deleted nodes stay in the graph as tombstones: past a quarter of it, rebuild."""
-        return self.removed_since_build > max(len(self), 1) // 4
+        """Codes never wear (a removal takes the face out); kept for the store's rebuild rule."""
+        return False
 
     def keys(self) -> np.ndarray:
-        return np.asarray(self._index.keys, np.int64)
+        import faiss
 
-    def search(self, queries: np.ndarray, count: int, expansion: int | None = None) -> list[np.ndarray]:
-        """Candidate face ids per query, roughly best first."""
-        self._index.expansion_search = max(expansion or self.options.expansion_search, count)
-        found = self._index.search(np.asarray(queries, np.float32), count, threads=1)
-        if not hasattr(found, "counts"):  # one query: usearch answers a single match list
-            return [np.asarray(found.keys[: len(found)], np.int64)]
-        return [np.asarray(keys[:n], np.int64) for keys, n in zip(found.keys, found.counts, strict=True)]
+        return faiss.vector_to_array(self._codes.id_map).astype(np.int64, copy=False)
+
+    def search(self, queries: np.ndarray, count: int) -> list[np.ndarray]:
+        """Candidate face ids per query, nearest code first."""
+        count = min(count, len(self))
+        if count == 0:
+            return [np.zeros(0, np.int64) for _ in queries]
+        _, found = self._codes.search(self.encode(queries), count)
+        return [row[row >= 0] for row in found]
 
     def memory_bytes(self) -> int:
-        return int(self._index.memory_usage)
+        # the codes, their ids twice (the list and the reverse map) and the projection
+        return len(self) * (self.options.bits // 8 + 32) + self.projection.nbytes
 
     # --- files ---
 
     def save(self, path: Path) -> None:
         """Atomically: a reader sees the old file or the new one, never half of one."""
+        import faiss
+
         path.parent.mkdir(parents=True, exist_ok=True)
         # per process: workers sharing one SQLite file may save the same gallery at once
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        self._index.save(str(temporary))
-        with open(temporary, "rb+") as fh:
+        flat = faiss.downcast_IndexBinary(self._codes.index)
+        codes = faiss.vector_to_array(flat.xb).reshape(len(self), self.options.bits // 8)
+        with open(temporary, "wb") as fh:
+            np.savez(fh, ids=self.keys(), codes=codes, projection=self.projection)
+            fh.flush()
             os.fsync(fh.fileno())
         meta = {
             **self.options.shape(),
@@ -140,8 +156,6 @@ class FaceIndex:
     @classmethod
     def load(cls, path: Path, dim: int, options: IndexOptions) -> FaceIndex | None:
         """The saved index, or None when absent, unreadable or built with other settings."""
-        from usearch.index import Index
-
         meta_path = path.with_name(path.name + ".json")
         try:
             meta = json.loads(meta_path.read_text())
@@ -151,16 +165,24 @@ class FaceIndex:
             if path.stat().st_size != meta.get("bytes"):
                 log.warning("gallery index %s does not match its description; rebuilding", path.name)
                 return None
-            index = Index.restore(str(path))
+            with np.load(path, allow_pickle=False) as saved:
+                ids, codes, projection = saved["ids"], saved["codes"], saved["projection"]
+            if (
+                projection.shape != (dim, options.bits)
+                or codes.shape != (len(ids), options.bits // 8)
+                or len(ids) != meta.get("count")
+                or len(np.unique(ids)) != len(ids)
+            ):
+                log.warning("gallery index %s is damaged; rebuilding", path.name)
+                return None
+            index = cls(dim, options, projection.astype(np.float32, copy=False))
+            index._add_codes(ids.astype(np.int64, copy=False), codes.astype(np.uint8, copy=False))
         except FileNotFoundError:
             return None
         except Exception as exc:  # a damaged file is rebuilt from SQLite, whatever the damage
             log.warning("gallery index %s cannot be read (%s); rebuilding", path.name, exc)
             return None
-        if index is None or index.ndim != dim or len(index) != meta.get("count"):
-            log.warning("gallery index %s is damaged; rebuilding", path.name)
-            return None
-        return cls(dim, options, index)
+        return index
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -195,13 +217,12 @@ def reconcile(
         have = index.keys()
         gone = np.setdiff1d(have, ids, assume_unique=True)
         new = ids[~np.isin(ids, have, assume_unique=True)]
-        # a catch-up that would touch most of the graph costs more than a build
+        # a catch-up that would touch most of the faces costs more than a build
         if len(gone) + len(new) <= max(len(ids), 1) // 2:
             index.remove(gone)
             if not _add_in_chunks(index, new, fetch, stop):
                 return None, "abandoned"
-            if not index.worn():
-                return index, f"caught up (+{len(new)} -{len(gone)}) in {time.perf_counter() - started:.2f} s"
+            return index, f"caught up (+{len(new)} -{len(gone)}) in {time.perf_counter() - started:.2f} s"
     fresh = FaceIndex(dim, options)
     if not _add_in_chunks(fresh, ids, fetch, stop):
         return None, "abandoned"
@@ -217,19 +238,21 @@ def _add_in_chunks(index: FaceIndex, ids: np.ndarray, fetch: Fetch, stop: Callab
     return True
 
 
-def options_dict(options: IndexOptions) -> dict[str, object]:
-    return asdict(options)
+#: (recall@1 asked for, faces re-ranked per query that reached it at a million faces with
+#: 256-bit codes, benchmarks/binary_codes.py; docs/performance.md). A recall between two rows
+#: gets the larger count.
+RECALL_TO_CANDIDATES = ((0.99, 100), (0.995, 200), (0.999, 300))
 
-
-#: (recall@1 asked for, HNSW search breadth that reached it): usearch, M=16, float16, 100,000
-#: "facelike" 512-d unit vectors with 100 candidates re-ranked (benchmarks/gallery_bench.py's
-#: gallery; docs/performance.md: ef 96 -> 0.965, 160 -> 0.985, 320 -> 0.995, 640 -> 1.000). Larger
-#: galleries need more for the same recall. A recall between two rows gets the larger breadth.
+#: (recall@1 asked for, pgvector HNSW search breadth that reached it): M=16, 100,000 "facelike"
+#: 512-d unit vectors with 100 candidates re-ranked (benchmarks/gallery_bench.py's gallery;
+#: docs/performance.md: ef 96 -> 0.965, 160 -> 0.985, 320 -> 0.995, 640 -> 1.000). Larger
+#: galleries need more for the same recall.
 RECALL_TO_EF = ((0.90, 64), (0.96, 96), (0.98, 160), (0.995, 320), (0.999, 640))
 
 
+def candidates_for_recall(recall: float) -> int:
+    return next((n for reached, n in RECALL_TO_CANDIDATES if recall <= reached), 1000)
+
+
 def ef_for_recall(recall: float) -> int:
-    for reached, ef in RECALL_TO_EF:
-        if recall <= reached:
-            return ef
-    return 1000
+    return next((ef for reached, ef in RECALL_TO_EF if recall <= reached), 1000)

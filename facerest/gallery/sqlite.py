@@ -1,8 +1,8 @@
 """The embedded backend: SQLite in WAL mode on disk, every gallery also held as a matrix in memory.
 
 SQLite is the durable record. Small galleries are searched by an exact matrix product over the
-in-memory copy; from `IndexOptions.min_faces` faces on (the measured crossover), an HNSW index
-(facerest/gallery/index.py, files beside the database) proposes candidate faces that are then
+in-memory copy; from `IndexOptions.min_faces` faces on (the measured crossover), an index of sign
+codes (facerest/gallery/index.py, files beside the database) proposes candidate faces that are then
 re-ranked exactly against the same copy. Other processes writing the same file (several
 workers) are noticed through `PRAGMA data_version`: the in-memory copy is read again and the
 index caught up with it.
@@ -242,13 +242,13 @@ class SQLiteStore(GalleryStore):
     # --- the index of each large gallery ---
 
     def _index_path(self, gallery: str) -> Path:
-        return self._index_dir / f"{hashlib.sha256(gallery.encode()).hexdigest()[:24]}.usearch"
+        return self._index_dir / f"{hashlib.sha256(gallery.encode()).hexdigest()[:24]}.codes"
 
     def _sync_index(self, gallery: str, from_disk: bool) -> None:
         """Index `gallery` when it is large enough: the saved file caught up with SQLite, or built.
 
         (The caller holds the lock.) A large gallery is indexed in the background: until its
-        index is ready, searches scan it exactly (and a worn index in use stays in use)."""
+        index is ready, searches scan it exactly (and an index in use stays in use)."""
         matrix = self._matrices[gallery]
         options = self.index_options
         if options.min_faces <= 0 or matrix.count < options.min_faces:
@@ -388,7 +388,7 @@ class SQLiteStore(GalleryStore):
         matrix = self._matrices.get(name)
         if matrix is None:
             return None
-        index = "hnsw" if name in self._indexes else "building" if name in self._building else "exact"
+        index = "codes" if name in self._indexes else "building" if name in self._building else "exact"
         return GalleryInfo(name, matrix.model, matrix.subjects, matrix.count, index)
 
     # --- the interface ---
@@ -510,8 +510,6 @@ class SQLiteStore(GalleryStore):
                 gone = matrix.delete_subject(subject)
                 if gone and (index := self._indexed(gallery, len(gone))):
                     index.remove(gone)
-                    if index.worn():
-                        self._sync_index(gallery, from_disk=False)
         return deleted
 
     def delete_face(self, gallery: str, face_id: int) -> bool:
@@ -524,8 +522,6 @@ class SQLiteStore(GalleryStore):
                 matrix.delete(face_id)
                 if deleted and (index := self._indexed(gallery, 1)):
                     index.remove([face_id])
-                    if index.worn():
-                        self._sync_index(gallery, from_disk=False)
         return bool(deleted)
 
     def delete_gallery(self, gallery: str) -> bool:

@@ -46,8 +46,9 @@ class GalleryInfo:
     model: ModelTag
     subjects: int
     faces: int
-    #: how it is searched: "exact" (a scan), "hnsw" (through its index), or "building" (its index
-    #: is being built; scanned until then)
+    #: how it is searched: "exact" (a scan), "codes" (SQLite: through its sign codes), "hnsw"
+    #: (PostgreSQL: through pgvector's HNSW index), or "building" (its index is being built;
+    #: scanned until then)
     index: str = "exact"
 
 
