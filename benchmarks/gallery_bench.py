@@ -359,8 +359,15 @@ def main() -> None:
         default="",
         help="FACEREST_GALLERY_INDEX_BUILD_MEMORY_MB for the server (1M faces: 4096)",
     )
+    parser.add_argument(
+        "--no-pg-hnsw",
+        action="store_true",
+        help="FACEREST_GALLERY_PG_HNSW=false: the codes alone (no HNSW build competing for the CPU)",
+    )
     args = parser.parse_args()
     extra_env = {}
+    if args.no_pg_hnsw:
+        extra_env["FACEREST_GALLERY_PG_HNSW"] = "false"
     if args.index_min_faces:
         extra_env["FACEREST_GALLERY_INDEX_MIN_FACES"] = args.index_min_faces
     if args.recall:

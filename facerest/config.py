@@ -182,14 +182,20 @@ class Settings(BaseSettings):
     gallery_index_min_faces: int = Field(
         5_000,
         ge=0,
-        description="SQLite galleries of at least this many faces are searched through sign codes of "
-        "every face (candidates re-ranked exactly); smaller ones by an exact scan (faster there). 0: "
-        "never index (PostgreSQL then builds no HNSW index either).",
+        description="Galleries of at least this many faces are searched through sign codes of every "
+        "face held in memory (SQLite's process, each PostgreSQL replica), candidates re-ranked exactly; "
+        "smaller ones by an exact scan (faster there). 0: never index (no HNSW index on PostgreSQL either).",
     )
     gallery_index_bits: Literal[128, 256, 512] = Field(
         256,
-        description="Bits of each face's sign code in the SQLite galleries' index (32 bytes at 256; the "
-        "exact float32 copy stays in memory for the re-rank). 128: half the scan, lower recall.",
+        description="Bits of each face's sign code in the index of large galleries (32 bytes at 256; "
+        "the exact float32 vectors are what candidates are re-ranked by). 128: half the scan, lower recall.",
+    )
+    gallery_pg_hnsw: bool = Field(
+        True,
+        description="PostgreSQL: build pgvector's HNSW index (CONCURRENTLY, in the background). Large "
+        "galleries are searched through each replica's sign codes once loaded; the HNSW index answers "
+        "meanwhile and below FACEREST_GALLERY_INDEX_MIN_FACES. A million faces take ~35 min to index.",
     )
     gallery_index_build_memory_mb: int = Field(
         1024,

@@ -156,9 +156,14 @@ def test_unreachable_storage_leaves_the_rest_of_the_service_up(models_dir: Path,
 
 @pytest.mark.slow
 def test_two_replicas_on_one_postgresql_see_each_others_writes(models_dir: Path, tmp_path: Path) -> None:
-    """Two API servers on one database: an enrolment or deletion through one is seen by the other at once."""
+    """Two API servers on one database, each searching its own codes of the gallery (index from
+    the first face): an enrolment or deletion through one is seen by the other at once."""
     url = postgres_url()
-    env = {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_GALLERY_URL": url}
+    env = {
+        "FACEREST_MODELS_DIR": str(models_dir),
+        "FACEREST_GALLERY_URL": url,
+        "FACEREST_GALLERY_INDEX_MIN_FACES": "1",
+    }
     first = start_server(env, tmp_path / "first.log")
     try:
         second = start_server(env, tmp_path / "second.log")
@@ -170,6 +175,12 @@ def test_two_replicas_on_one_postgresql_see_each_others_writes(models_dir: Path,
                 probe = {"embeddings": [faces[0].tolist()]}
                 hit = b.post("/gallery/shared/search", json=probe).json()["data"][0]["faces"][0]
                 assert hit["subject"] == "alice", hit
+                for http in (a, b):  # the first search loads the replica's codes in the background
+                    http.post("/gallery/shared/search", json=probe)
+                    deadline = time.monotonic() + 30
+                    while http.get("/galleries").json()["galleries"][0]["index"] != "codes":
+                        assert time.monotonic() < deadline, "the codes were not loaded"
+                        time.sleep(0.1)
                 r = b.post("/gallery/shared/subjects/bob/faces", json={"embeddings": [(-faces[0]).tolist()]})
                 assert r.status_code == 200, r.text
                 assert {s["subject"] for s in a.get("/gallery/shared/subjects").json()["subjects"]} == {

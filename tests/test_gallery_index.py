@@ -278,3 +278,51 @@ def test_a_large_gallery_is_indexed_in_the_background(
     assert reopened.wait_for_indexes(timeout_s=120)
     assert len(reopened._indexes["g"]) == 2400 - 100
     reopened.close()
+
+
+def test_postgresql_replicas_search_their_codes_in_step_with_each_other() -> None:
+    """Two replicas on one database, each searching its own codes: the other's enrolments,
+    deletions, renames and a gallery made again are in the next answer, and what the codes
+    propose is re-ranked by the rows that exist."""
+    url = postgres_url()
+    first, second = PostgresStore(url, FORCED), PostgresStore(url, FORCED)
+    try:
+        faces = unit(np.random.default_rng(21), 600)
+        for s in range(200):
+            first.add_faces("g", f"s{s}", MODEL, [NewFace(v) for v in faces[3 * s : 3 * s + 3]])
+        assert second.search("g", faces[:1], 1)[0].matches[0].subject == "s0"  # starts the load
+        assert second.wait_for_indexes(timeout_s=60)
+        assert second.gallery("g").index == "codes"  # type: ignore[union-attr]
+        loaded = second._codes._loaded["g"]
+        assert len(loaded.index) == 600
+
+        late = unit(np.random.default_rng(22), 1)
+        first.add_faces("g", "late", MODEL, [NewFace(late[0])])
+        assert second.search("g", late, 1)[0].matches[0].subject == "late"
+        assert len(loaded.index) == 601 and second._codes._loaded["g"] is loaded  # caught up
+
+        first.delete_subject("g", "s5")
+        first.delete_face("g", first.faces("g", "s6")[0].face_id)
+        answer = second.search("g", faces[15:16], 5)[0].matches
+        assert all(m.subject != "s5" for m in answer)
+        assert len(loaded.index) == 601 - 4
+        assert first.rename_subject("g", "s7", "seven") == 3
+        assert second.search("g", faces[21:22], 1)[0].matches[0].subject == "seven"
+        noisy = faces[30:90] + 0.6 * unit(np.random.default_rng(23), 60)  # cosine ~0.85 to its face
+        approximate = second.search("g", noisy, 1)
+        exact = second.search("g", noisy, 1, exact=True)
+        for a, e in zip(approximate, exact, strict=True):  # the codes' best is the exact scan's
+            assert (a.matches[0].subject, a.matches[0].similarity) == pytest.approx(
+                (e.matches[0].subject, e.matches[0].similarity)
+            )
+
+        # the gallery deleted and made again: the replica loads it again
+        assert first.delete_gallery("g")
+        first.add_faces("g", "new", MODEL, [NewFace(faces[0])])
+        assert second.search("g", faces[:1], 1)[0].matches[0].subject == "new"
+        assert second.wait_for_indexes(timeout_s=60)
+        assert second.search("g", faces[:1], 3)[0].matches[0].subject == "new"
+        assert len(second._codes._loaded["g"].index) == 1
+    finally:
+        first.close()
+        second.close()

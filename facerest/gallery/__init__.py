@@ -22,6 +22,7 @@ def index_options(settings: Settings) -> IndexOptions:
         bits=settings.gallery_index_bits,
         candidates=candidates_for_recall(settings.gallery_recall),
         pg_ef_search=ef_for_recall(settings.gallery_recall),
+        pg_hnsw=settings.gallery_pg_hnsw,
         pg_build_memory_mb=settings.gallery_index_build_memory_mb,
     )
 
@@ -36,12 +37,7 @@ def open_store(url: str, options: IndexOptions | None = None) -> GalleryStore:
     if url.startswith(("postgresql://", "postgres://")):
         from facerest.gallery.postgres import PostgresStore
 
-        return PostgresStore(
-            url,
-            ef_search=options.pg_ef_search,
-            build_memory_mb=options.pg_build_memory_mb,
-            build_index=options.min_faces > 0,
-        )
+        return PostgresStore(url, options)
     raise BackendUnavailable(
         f"FACEREST_GALLERY_URL must start with sqlite:/// or postgresql://, not {url.split(':')[0]!r}"
     )

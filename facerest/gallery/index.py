@@ -50,7 +50,9 @@ class IndexOptions:
     bits: int = 256
     #: faces re-ranked exactly per query (at least 10 per subject asked for)
     candidates: int = 100
-    #: PostgreSQL's HNSW search breadth (hnsw.ef_search)
+    #: PostgreSQL: whether pgvector's HNSW index is built (it answers while a replica loads its
+    #: codes, and for galleries below `min_faces`), and its search breadth (hnsw.ef_search)
+    pg_hnsw: bool = True
     pg_ef_search: int = 320
     #: PostgreSQL's maintenance_work_mem for the HNSW build: the build is many times faster when
     #: the whole graph fits (a million 512-d faces need about 4 GB)

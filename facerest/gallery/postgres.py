@@ -1,11 +1,15 @@
 """The shared backend: PostgreSQL with pgvector, for several API replicas over one gallery.
 
-Search goes through an HNSW index (inner product on unit vectors, one partial index per
-embedding size, built CONCURRENTLY in the background so enrolment keeps working): the nearest
-faces come from the index in order (the query shape `ORDER BY embedding <#> q LIMIT n`, the only
-one pgvector's index serves; see docs/performance.md for its EXPLAIN), exactly scored, and only
-then grouped by subject. `hnsw.ef_search` follows the recall asked for; `exact` scans every face.
-Every replica sees every other's writes at once: all of it lives in the one database.
+Large galleries are searched through each replica's own sign codes of every face
+(facerest/gallery/replica_codes.py: loaded once, kept in step through a change log, candidates
+re-ranked exactly by the database). Until they are loaded, and for galleries below
+`IndexOptions.min_faces`, search goes through an HNSW index (inner product on unit vectors, one
+partial index per embedding size, built CONCURRENTLY in the background so enrolment keeps
+working): the nearest faces come from the index in order (the query shape `ORDER BY embedding <#> q
+LIMIT n`, the only one pgvector's index serves; see docs/performance.md for its EXPLAIN), exactly
+scored, and only then grouped by subject. `hnsw.ef_search` follows the recall asked for; `exact`
+scans every face. Every replica sees every other's writes at once: the records live in the one
+database, and the codes catch up with its change log before every search.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from facerest.errors import BackendUnavailable, Conflict, ModelMismatch
+from facerest.gallery import replica_codes
+from facerest.gallery.index import IndexOptions
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
@@ -106,6 +112,13 @@ def candidates_sql(dim: int) -> str:
     )
 
 
+#: the candidates this replica's codes proposed, scored exactly by the rows that exist now
+RERANK_SQL = (
+    "SELECT subject, MAX(-(embedding <#> %(q)s)) AS similarity FROM facerest_faces "
+    "WHERE gallery = %(gallery)s AND id = ANY(%(ids)s) GROUP BY subject "
+    "ORDER BY similarity DESC, subject LIMIT %(k)s"
+)
+
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -123,15 +136,8 @@ def _recounts(method: Method) -> Method:
 
 
 class PostgresStore(GalleryStore):
-    def __init__(
-        self,
-        url: str,
-        pool_size: int = 8,
-        ef_search: int = 96,
-        candidates: int = 100,
-        build_memory_mb: int = 1024,
-        build_index: bool = True,
-    ) -> None:
+    def __init__(self, url: str, options: IndexOptions | None = None, pool_size: int = 8) -> None:
+        options = options or IndexOptions()
         try:
             import psycopg
             from pgvector.psycopg import register_vector
@@ -146,6 +152,7 @@ class PostgresStore(GalleryStore):
                 conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
                 try:
                     conn.execute(SCHEMA)
+                    conn.execute(replica_codes.SCHEMA)
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
         except psycopg.Error as exc:
@@ -153,18 +160,22 @@ class PostgresStore(GalleryStore):
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, configure=register_vector, open=True, timeout=30
         )
-        self.ef_search = ef_search
-        self.candidates = candidates
-        self.build_memory_mb = build_memory_mb
-        self.build_index = build_index  # False: no HNSW index is made (bulk loads; exact scans)
+        self.ef_search = options.pg_ef_search
+        self.candidates = options.candidates
+        self.build_memory_mb = options.pg_build_memory_mb
+        # min_faces 0: no HNSW index is made and no codes are loaded (bulk loads; exact scans)
+        self.build_index = options.min_faces > 0 and options.pg_hnsw
+        self._codes = replica_codes.ReplicaCodes(self._pool.connection, options)
         self._url = url
         self._indexed_dims: set[int] = set()
         self._counts: dict[str, tuple[float, int, int]] = {}  # gallery -> (when, subjects, faces)
         self._closed = threading.Event()
         with self._pool.connection() as conn:
-            dims = [int(r[0]) for r in conn.execute("SELECT DISTINCT dim FROM facerest_galleries")]
-        for dim in dims:
+            known = conn.execute("SELECT name, dim FROM facerest_galleries").fetchall()
+        for dim in {int(dim) for _, dim in known}:
             self._ensure_index(dim)
+        for name, _ in known:
+            self._codes.load(name)
 
     # --- the HNSW indexes ---
 
@@ -228,8 +239,13 @@ class PostgresStore(GalleryStore):
                 ).fetchone()  # type: ignore[misc]
                 counted = self._counts[name] = (time.monotonic(), subjects, faces)
         return GalleryInfo(
-            name, ModelTag(row[0], row[1], row[2]), counted[1], counted[2], _INDEX_STATES[row[3]]
+            name, ModelTag(row[0], row[1], row[2]), counted[1], counted[2], self._state(name, row[3])
         )
+
+    def _state(self, gallery: str, hnsw_valid: bool | None) -> str:
+        """What searches of the gallery go through here: this replica's codes once loaded, else
+        pgvector's HNSW index (or "building", or "exact" when there is none)."""
+        return "codes" if self._codes.state(gallery) == "codes" else _INDEX_STATES[hnsw_valid]
 
     def _infos(self, name: str | None) -> list[GalleryInfo]:
         with self._pool.connection() as conn:
@@ -240,7 +256,9 @@ class PostgresStore(GalleryStore):
                 "WHERE %(name)s::text IS NULL OR g.name = %(name)s GROUP BY g.name ORDER BY g.name",
                 {"name": name},
             ).fetchall()
-        return [GalleryInfo(r[0], ModelTag(r[1], r[2], r[3]), r[4], r[5], _INDEX_STATES[r[6]]) for r in rows]
+        return [
+            GalleryInfo(r[0], ModelTag(r[1], r[2], r[3]), r[4], r[5], self._state(r[0], r[6])) for r in rows
+        ]
 
     @_recounts
     def add_faces(self, gallery: str, subject: str, model: ModelTag, faces: list[NewFace]) -> list[int]:
@@ -251,14 +269,13 @@ class PostgresStore(GalleryStore):
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
                 (gallery, model.name, model.md5, model.dim, now),
             )
-            # a shared lock on the gallery row: a concurrent delete waits for this insert to finish
-            row = conn.execute(
-                "SELECT model, model_md5, dim FROM facerest_galleries WHERE name = %s FOR SHARE", (gallery,)
-            ).fetchone()
+            # the gallery row locked and its version bumped: a concurrent delete waits for this
+            # insert to finish, and the replicas' change log stays in commit order
+            row = replica_codes.next_version(conn, gallery)
             if row is None:
                 raise Conflict(f"gallery {gallery!r} was deleted while faces were being added; retry")
-            if ModelTag(*row) != model:
-                raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), model))
+            if ModelTag(*row[:3]) != model:
+                raise ModelMismatch(mismatch_message(gallery, ModelTag(*row[:3]), model))
             if not faces:
                 return []
             self._ensure_index(model.dim)
@@ -287,6 +304,7 @@ class PostgresStore(GalleryStore):
                     ids.append(int(cur.fetchone()[0]))  # type: ignore[index]
                     if not cur.nextset():
                         break
+            replica_codes.log_change(conn, gallery, row[3], ids, [])
         return ids
 
     def subjects(self, gallery: str) -> list[tuple[str, int]]:
@@ -344,18 +362,27 @@ class PostgresStore(GalleryStore):
 
     @_recounts
     def delete_subject(self, gallery: str, subject: str) -> int:
-        with self._pool.connection() as conn:
-            return conn.execute(
-                "DELETE FROM facerest_faces WHERE gallery = %s AND subject = %s", (gallery, subject)
-            ).rowcount
+        return len(self._delete(gallery, "subject = %s", subject))
 
     @_recounts
     def delete_face(self, gallery: str, face_id: int) -> bool:
-        with self._pool.connection() as conn:
-            deleted = conn.execute(
-                "DELETE FROM facerest_faces WHERE gallery = %s AND id = %s", (gallery, face_id)
-            ).rowcount
-        return bool(deleted)
+        return bool(self._delete(gallery, "id = %s", face_id))
+
+    def _delete(self, gallery: str, which: str, value: object) -> list[int]:
+        """Delete the gallery's faces matching `which`; their ids, logged for the other replicas."""
+        with self._pool.connection() as conn, conn.transaction():
+            row = replica_codes.next_version(conn, gallery)
+            if row is None:
+                return []
+            gone = [
+                int(r[0])
+                for r in conn.execute(
+                    f"DELETE FROM facerest_faces WHERE gallery = %s AND {which} RETURNING id",  # type: ignore[arg-type]
+                    (gallery, value),
+                )
+            ]
+            replica_codes.log_change(conn, gallery, row[3], [], gone)
+        return gone
 
     @_recounts
     def delete_gallery(self, gallery: str) -> bool:
@@ -378,7 +405,8 @@ class PostgresStore(GalleryStore):
                 "set_config('hnsw.iterative_scan', 'strict_order', true)",
                 (str(min(max(self.ef_search, count), 1000)),),
             )
-            for query in queries:
+            coded = None if exact else self._codes.candidates(conn, gallery, queries, count)
+            for i, query in enumerate(queries):
                 # <#> is the negative inner product: the cosine of unit vectors, negated
                 exact_sql = (
                     "SELECT subject, MAX(-(embedding <#> %(q)s)) AS similarity FROM facerest_faces "
@@ -390,12 +418,21 @@ class PostgresStore(GalleryStore):
                     "GROUP BY subject ORDER BY best DESC, subject LIMIT %(k)s"
                 )
                 args = {"q": query, "gallery": gallery, "n": count, "k": top_k}
-                rows = conn.execute(exact_sql if exact else nearest_sql, args).fetchall()  # type: ignore[arg-type]
+                if coded is not None:
+                    args["ids"] = coded[i].tolist()
+                    rows = conn.execute(RERANK_SQL, args).fetchall()
+                else:
+                    rows = conn.execute(exact_sql if exact else nearest_sql, args).fetchall()  # type: ignore[arg-type]
                 if not exact and floor is not None and (not rows or rows[0][1] < floor):
                     rows = conn.execute(exact_sql, args).fetchall()  # type: ignore[arg-type]
                 results.append(SearchResult([SubjectMatch(r[0], float(r[1])) for r in rows]))
         return results
 
+    def wait_for_indexes(self, timeout_s: float | None = None) -> bool:
+        """Block until no gallery's codes are loading (tests, benchmarks); False when still loading."""
+        return self._codes.wait(timeout_s)
+
     def close(self) -> None:
         self._closed.set()
+        self._codes.close()
         self._pool.close()
