@@ -308,33 +308,31 @@ def run(
 
 def in_process(url: str, queries: np.ndarray, extra_env: dict) -> dict[str, str]:
     """The store's own search (no HTTP, no JSON), to show what the API adds, and how its time and
-    recall@1 (against the exact scan) follow the search breadth: the faces re-ranked per query
-    (SQLite's codes) or hnsw.ef_search (PostgreSQL)."""
+    recall@1 (against the exact scan) follow the number of faces re-ranked per query (both
+    backends search their codes; PostgreSQL without them, with FACEREST_GALLERY_INDEX_MIN_FACES
+    above the gallery, would use hnsw.ef_search)."""
     from facerest.config import Settings
     from facerest.gallery import index_options
 
     settings = Settings(**{k.removeprefix("FACEREST_").lower(): v for k, v in extra_env.items()})
     options = index_options(settings)
     store = open_store(url, options)
-    sqlite = hasattr(store, "index_options")
     row: dict[str, str] = {}
     try:
-        if sqlite:
-            store.wait_for_indexes()
+        store.wait_for_indexes()  # type: ignore[attr-defined]
         exact = [store.search("bench", q[None, :], 10, exact=True)[0].matches[:1] for q in queries]
-        default = options.candidates if sqlite else options.pg_ef_search
-        for breadth in (default, 50, 100, 200, 300) if sqlite else (default, 128, 192, 320, 480):
-            if sqlite:  # top 10 asks for at least 100 candidates: the sweep sets the floor too
-                store.index_options = dataclasses.replace(options, candidates=breadth)
+        for candidates in (options.candidates, 50, 200, 300):
+            if hasattr(store, "index_options"):  # SQLite
+                store.index_options = dataclasses.replace(options, candidates=candidates)
             else:
-                store.ef_search = breadth
+                store.candidates = candidates  # type: ignore[attr-defined]
             took, hits = [], 0
             for q, best in zip(queries, exact, strict=True):
                 t0 = time.perf_counter()
-                found = store.search("bench", q[None, :], 1 if sqlite else 10)[0].matches[:1]
+                found = store.search("bench", q[None, :], 1)[0].matches[:1]
                 took.append((time.perf_counter() - t0) * 1000)
                 hits += [m.subject for m in found] == [m.subject for m in best]
-            label = "in-process" if breadth == default else f"{'candidates' if sqlite else 'ef'} {breadth}"
+            label = "in-process" if candidates == options.candidates else f"candidates {candidates}"
             row[f"{label} p50 ms / recall@1"] = f"{np.percentile(took, 50):.2f} / {hits / len(queries):.3f}"
     finally:
         store.close()

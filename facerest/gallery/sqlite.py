@@ -157,7 +157,10 @@ class _Matrix:
         rows = self._rows(candidates)
         if len(rows) == 0:
             return SearchResult()
-        return top_subjects(self.vectors[rows] @ query, self.codes[rows], self.names, top_k)
+        # the candidates' own subjects, not every subject's slot (250k subjects: 0.9 ms a query)
+        subjects, local = np.unique(self.codes[rows], return_inverse=True)
+        names = [self.names[code] for code in subjects.tolist()]
+        return top_subjects(self.vectors[rows] @ query, local, names, top_k)
 
 
 def _bbox_text(bbox: list[float] | None) -> str | None:
