@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         description="Bits of each face's sign code in the index of large galleries (32 bytes at 256; "
         "the exact float32 vectors are what candidates are re-ranked by). 128: half the scan, lower recall.",
     )
+    gallery_index_scan_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads that scan a large gallery's codes for one query, each a part of them "
+        "(a million faces' codes are 32 MB: one core's memory bandwidth is the limit).",
+    )
     gallery_pg_hnsw: bool = Field(
         True,
         description="PostgreSQL: build pgvector's HNSW index (CONCURRENTLY, in the background). Large "

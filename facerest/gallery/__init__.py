@@ -20,6 +20,7 @@ def index_options(settings: Settings) -> IndexOptions:
     return IndexOptions(
         min_faces=settings.gallery_index_min_faces,
         bits=settings.gallery_index_bits,
+        scan_threads=settings.gallery_index_scan_threads,
         candidates=candidates_for_recall(settings.gallery_recall),
         pg_ef_search=ef_for_recall(settings.gallery_recall),
         pg_hnsw=settings.gallery_pg_hnsw,
