@@ -316,6 +316,20 @@ def test_postgresql_replicas_search_their_codes_in_step_with_each_other() -> Non
                 (e.matches[0].subject, e.matches[0].similarity)
             )
 
+        # the log pruned past where the replica last looked: it loads the gallery again
+        behind = second._codes._loaded["g"]
+        first.add_faces("g", "pruned-a", MODEL, [NewFace(faces[1] * -1)])
+        first.add_faces("g", "pruned-b", MODEL, [NewFace(faces[2] * -1)])
+        with first._pool.connection() as conn:
+            conn.execute(
+                "DELETE FROM facerest_changes WHERE gallery = 'g' AND version = %s", (behind.version + 1,)
+            )
+        assert second.search("g", -faces[2:3], 1)[0].matches[0].subject == "pruned-b"
+        assert "g" not in second._codes._loaded or second._codes._loaded["g"] is not behind
+        assert second.wait_for_indexes(timeout_s=60)
+        assert len(second._codes._loaded["g"].index) == 601 - 4 + 2
+        assert second.search("g", -faces[1:2], 1)[0].matches[0].subject == "pruned-a"
+
         # the gallery deleted and made again: the replica loads it again
         assert first.delete_gallery("g")
         first.add_faces("g", "new", MODEL, [NewFace(faces[0])])

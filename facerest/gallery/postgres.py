@@ -269,13 +269,13 @@ class PostgresStore(GalleryStore):
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
                 (gallery, model.name, model.md5, model.dim, now),
             )
-            # the gallery row locked and its version bumped: a concurrent delete waits for this
-            # insert to finish, and the replicas' change log stays in commit order
-            row = replica_codes.next_version(conn, gallery)
+            # the gallery row locked: a concurrent delete waits for this insert to finish, and the
+            # replicas' change log stays in commit order
+            row = replica_codes.lock_gallery(conn, gallery)
             if row is None:
                 raise Conflict(f"gallery {gallery!r} was deleted while faces were being added; retry")
-            if ModelTag(*row[:3]) != model:
-                raise ModelMismatch(mismatch_message(gallery, ModelTag(*row[:3]), model))
+            if ModelTag(*row) != model:
+                raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), model))
             if not faces:
                 return []
             self._ensure_index(model.dim)
@@ -304,7 +304,7 @@ class PostgresStore(GalleryStore):
                     ids.append(int(cur.fetchone()[0]))  # type: ignore[index]
                     if not cur.nextset():
                         break
-            replica_codes.log_change(conn, gallery, row[3], ids, [])
+            replica_codes.log_change(conn, gallery, ids, [])
         return ids
 
     def subjects(self, gallery: str) -> list[tuple[str, int]]:
@@ -371,8 +371,7 @@ class PostgresStore(GalleryStore):
     def _delete(self, gallery: str, which: str, value: object) -> list[int]:
         """Delete the gallery's faces matching `which`; their ids, logged for the other replicas."""
         with self._pool.connection() as conn, conn.transaction():
-            row = replica_codes.next_version(conn, gallery)
-            if row is None:
+            if replica_codes.lock_gallery(conn, gallery) is None:
                 return []
             gone = [
                 int(r[0])
@@ -381,7 +380,7 @@ class PostgresStore(GalleryStore):
                     (gallery, value),
                 )
             ]
-            replica_codes.log_change(conn, gallery, row[3], [], gone)
+            replica_codes.log_change(conn, gallery, [], gone)
         return gone
 
     @_recounts

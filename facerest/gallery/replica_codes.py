@@ -6,12 +6,14 @@ keeps 32 bytes per face in memory, and proposes candidate face ids, which are th
 exactly by the database from the rows that exist at that moment: a face deleted elsewhere can
 never be returned, a renamed subject is answered by its new name.
 
-Staying in step with the other replicas: every write bumps its gallery's `version` inside its
-own transaction and logs the ids it added and removed under that version (facerest_changes).
-The version is bumped by an UPDATE of the gallery's row, whose lock is held to the commit, so
-versions commit in order: a replica that reads version V finds every change up to V in the log.
-Before each search a replica reads the version (one row by key) and applies what it has not
-seen. A gallery deleted and made again (a new `created_at`) is loaded again.
+Staying in step with the other replicas: every write locks its gallery's row first and, when
+it changed any face, bumps the gallery's `version` and logs the ids it added and removed under
+that version (facerest_changes), all in its own transaction. The row lock is held to the commit,
+so versions commit in order and without gaps: a replica that reads version V finds every change
+up to V in the log. Before each search a replica reads the version (one row by key) and applies
+what it has not seen. The log keeps a day (CHANGES_KEEP_S); a replica that finds a gap (it
+looked last before what was pruned), or a gallery deleted and made again (a new `created_at`),
+loads the gallery again.
 """
 
 from __future__ import annotations
@@ -35,29 +37,44 @@ CREATE TABLE IF NOT EXISTS facerest_changes (
     version BIGINT NOT NULL,
     added BIGINT[] NOT NULL,
     removed BIGINT[] NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (gallery, version)
 );
 """
+
+#: how long the change log keeps a write: a replica that last looked longer ago loads again
+CHANGES_KEEP_S = 86_400.0
+#: the log is pruned by one write in this many (per gallery)
+PRUNE_EVERY = 256
 
 #: rows read per fetch while a gallery is loaded
 LOAD_CHUNK = 20_000
 
 
-def next_version(conn: Any, gallery: str) -> tuple[Any, ...] | None:
-    """In a writer's transaction, first: the gallery's row locked to the commit and its version
-    bumped; (model, model_md5, dim, version), or None when there is no such gallery."""
+def lock_gallery(conn: Any, gallery: str) -> tuple[Any, ...] | None:
+    """In a writer's transaction, first: the gallery's row locked to the commit (writers of one
+    gallery take turns; faces can still reference it); (model, model_md5, dim), or None."""
     return conn.execute(  # type: ignore[no-any-return]
-        "UPDATE facerest_galleries SET version = version + 1 WHERE name = %s "
-        "RETURNING model, model_md5, dim, version",
+        "SELECT model, model_md5, dim FROM facerest_galleries WHERE name = %s FOR NO KEY UPDATE",
         (gallery,),
     ).fetchone()
 
 
-def log_change(conn: Any, gallery: str, version: int, added: list[int], removed: list[int]) -> None:
-    if added or removed:
+def log_change(conn: Any, gallery: str, added: list[int], removed: list[int]) -> None:
+    """In the writer's transaction, after `lock_gallery`: the next version and what it changed."""
+    if not added and not removed:
+        return
+    [version] = conn.execute(
+        "UPDATE facerest_galleries SET version = version + 1 WHERE name = %s RETURNING version", (gallery,)
+    ).fetchone()
+    now = time.time()
+    conn.execute(
+        "INSERT INTO facerest_changes (gallery, version, added, removed, at) VALUES (%s, %s, %s, %s, %s)",
+        (gallery, version, added, removed, now),
+    )
+    if version % PRUNE_EVERY == 0:
         conn.execute(
-            "INSERT INTO facerest_changes (gallery, version, added, removed) VALUES (%s, %s, %s, %s)",
-            (gallery, version, added, removed),
+            "DELETE FROM facerest_changes WHERE gallery = %s AND at < %s", (gallery, now - CHANGES_KEEP_S)
         )
 
 
@@ -100,8 +117,10 @@ class ReplicaCodes:
                 self._loaded.pop(gallery, None)
                 self._start_load(gallery)
                 return None
-            if version > loaded.version:
-                self._catch_up(conn, gallery, loaded)
+            if version > loaded.version and not self._catch_up(conn, gallery, loaded):
+                self._loaded.pop(gallery, None)  # the log no longer reaches back that far
+                self._start_load(gallery)
+                return None
             if len(loaded.index) < self.options.min_faces:
                 return None
             return loaded.index.search(queries, count)
@@ -114,12 +133,17 @@ class ReplicaCodes:
                 return "codes"
             return "building" if gallery in self._loading else None
 
-    def _catch_up(self, conn: Any, gallery: str, loaded: _Loaded) -> None:
+    def _catch_up(self, conn: Any, gallery: str, loaded: _Loaded) -> bool:
+        """Apply the logged changes after `loaded.version`; False when the log has a gap there."""
         changes = conn.execute(
             "SELECT version, added, removed FROM facerest_changes "
             "WHERE gallery = %s AND version > %s ORDER BY version",
             (gallery, loaded.version),
         ).fetchall()
+        if not changes or [int(c[0]) for c in changes] != list(
+            range(loaded.version + 1, loaded.version + 1 + len(changes))
+        ):
+            return False
         added = [face for _, faces, _ in changes for face in faces]
         removed = [face for _, _, faces in changes for face in faces]
         if added:
@@ -135,8 +159,8 @@ class ReplicaCodes:
                 )
         # removals after additions: a face added and removed since the last look ends up gone
         loaded.index.remove(removed)
-        if changes:
-            loaded.version = max(loaded.version, int(changes[-1][0]))
+        loaded.version = int(changes[-1][0])
+        return True
 
     def load(self, gallery: str) -> None:
         """Start loading the gallery's codes in the background (at start, for every gallery)."""
