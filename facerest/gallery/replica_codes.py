@@ -189,7 +189,7 @@ class ReplicaCodes:
                 if row is None:
                     return
                 index = FaceIndex(int(row[2]), self.options)
-                with conn.cursor(name="facerest_codes_load") as cursor:
+                with conn.cursor(name="facerest_codes_load", binary=True) as cursor:  # no text parsing
                     cursor.itersize = LOAD_CHUNK
                     cursor.execute(
                         "SELECT id, embedding FROM facerest_faces WHERE gallery = %s "
