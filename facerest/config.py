@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         "galleries are searched through each replica's sign codes once loaded; the HNSW index answers "
         "meanwhile and below FACEREST_GALLERY_INDEX_MIN_FACES. A million faces take ~35 min to index.",
     )
+    gallery_pg_codes: bool = Field(
+        True,
+        description="PostgreSQL: each replica holds the sign codes of large galleries (32 MB per "
+        "million faces, loaded at start) and searches them; false: pgvector's HNSW index alone.",
+    )
     gallery_index_build_memory_mb: int = Field(
         1024,
         ge=64,

@@ -1,7 +1,8 @@
 """The approximate index changes nothing a user can see: same identities, deletes and renames at once.
 
 Both backends with the index forced on from the first face (IndexOptions(min_faces=1); the
-PostgreSQL HNSW index is awaited): the shared photos' real embeddings among synthetic
+PostgreSQL HNSW index is awaited, and PostgreSQL is tested through the replica's codes and through
+HNSW alone): the shared photos' real embeddings among synthetic
 distractors, rank-1 equal to the exact scan's (1.000), no left-out identity above the threshold;
 and the SQLite index's own life: saved, reused, caught up when stale, rebuilt when damaged.
 """
@@ -30,6 +31,7 @@ __all__ = ["embeddings"]  # the fixture, shared with test_gallery
 MODEL = ModelTag("w600k_mbf", "c5b029527cb6f874e057613fc10bae1b", 512)
 DISTRACTORS = 3000
 FORCED = IndexOptions(min_faces=1)
+HNSW_ONLY = IndexOptions(min_faces=1, pg_codes=False)
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = 512) -> np.ndarray:
@@ -72,14 +74,20 @@ def indexed(store: GalleryStore, gallery: str, planned: bool = True) -> None:
         plan = pg_plan(store, gallery)
         if planned:
             assert f"Index Scan using {index_name(512)}" in plan, plan
+        if store._codes.enabled:  # the replica's codes: the first search starts their load
+            store.search(gallery, unit(np.random.default_rng(0), 1), 1)
+            assert store.wait_for_indexes(timeout_s=60)
+            assert store.gallery(gallery).index == "codes"  # type: ignore[union-attr]
     else:
         assert isinstance(store, SQLiteStore) and gallery in store._indexes, "no index was built"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-hnsw"])
 def forced_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GalleryStore]:
+    """SQLite's codes; PostgreSQL through the replica's codes; PostgreSQL through pgvector's HNSW
+    index alone (what answers while a replica loads)."""
     url = f"sqlite:///{tmp_path / 'gallery.db'}" if request.param == "sqlite" else postgres_url()
-    store = open_store(url, FORCED)
+    store = open_store(url, FORCED if request.param != "postgresql-hnsw" else HNSW_ONLY)
     yield store
     store.close()
 

@@ -24,6 +24,7 @@ def index_options(settings: Settings) -> IndexOptions:
         candidates=candidates_for_recall(settings.gallery_recall),
         pg_ef_search=ef_for_recall(settings.gallery_recall),
         pg_hnsw=settings.gallery_pg_hnsw,
+        pg_codes=settings.gallery_pg_codes,
         pg_build_memory_mb=settings.gallery_index_build_memory_mb,
     )
 

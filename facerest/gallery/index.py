@@ -57,6 +57,8 @@ class IndexOptions:
     #: PostgreSQL: whether pgvector's HNSW index is built (it answers while a replica loads its
     #: codes, and for galleries below `min_faces`), and its search breadth (hnsw.ef_search)
     pg_hnsw: bool = True
+    #: PostgreSQL: whether each replica holds the codes of large galleries (else HNSW alone)
+    pg_codes: bool = True
     pg_ef_search: int = 320
     #: PostgreSQL's maintenance_work_mem for the HNSW build: the build is many times faster when
     #: the whole graph fits (a million 512-d faces need about 4 GB)

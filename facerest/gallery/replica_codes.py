@@ -101,7 +101,7 @@ class ReplicaCodes:
         """Candidate face ids per query from the gallery's codes brought up to the database's
         version; None while they are not loaded here or the gallery is below the index's size
         (a load starts if none has)."""
-        if self.options.min_faces <= 0:
+        if not self.enabled:
             return None
         row = conn.execute(
             "SELECT created_at, version FROM facerest_galleries WHERE name = %s", (gallery,)
@@ -162,9 +162,13 @@ class ReplicaCodes:
         loaded.version = int(changes[-1][0])
         return True
 
+    @property
+    def enabled(self) -> bool:
+        return self.options.min_faces > 0 and self.options.pg_codes
+
     def load(self, gallery: str) -> None:
         """Start loading the gallery's codes in the background (at start, for every gallery)."""
-        if self.options.min_faces > 0:
+        if self.enabled:
             with self._lock:
                 self._start_load(gallery)
 
