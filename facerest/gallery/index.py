@@ -24,8 +24,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Thread
 
 import numpy as np
 
@@ -222,6 +224,23 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def wait_for_threads(
+    lock: AbstractContextManager[object], running: dict[str, Thread], timeout_s: float | None
+) -> bool:
+    """Block until `running` (builders or loaders, registered under `lock`) is empty; False when
+    `timeout_s` passed first."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        with lock:
+            threads = list(running.values())
+        if not threads:
+            return True
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        threads[0].join(left)
 
 
 #: faces added to an index per call while it is built: small enough that a builder holding the

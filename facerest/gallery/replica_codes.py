@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from facerest.gallery.index import FaceIndex, IndexOptions
+from facerest.gallery.index import FaceIndex, IndexOptions, wait_for_threads
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +225,7 @@ class ReplicaCodes:
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until no gallery is loading (tests, benchmarks); False when one still is."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                loaders = list(self._loading.values())
-            if not loaders:
-                return True
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            loaders[0].join(left)
+        return wait_for_threads(self._lock, self._loading, timeout_s)
 
     def close(self) -> None:
         self._closed.set()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from facerest.errors import ModelMismatch
-from facerest.gallery.index import FaceIndex, IndexOptions, reconcile
+from facerest.gallery.index import FaceIndex, IndexOptions, reconcile, wait_for_threads
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
@@ -334,16 +334,7 @@ class SQLiteStore(GalleryStore):
 
     def wait_for_indexes(self, timeout_s: float | None = None) -> bool:
         """Block until no index is being built (tests, benchmarks); False when still building."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                builders = list(self._building.values())
-            if not builders:
-                return True
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            builders[0].join(left)
+        return wait_for_threads(self._lock, self._building, timeout_s)
 
     def indexing(self, gallery: str) -> bool:
         """Whether the gallery's index is being built (searches scan exactly until it is ready)."""
