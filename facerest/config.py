@@ -220,7 +220,8 @@ class Settings(BaseSettings):
         ge=0.5,
         le=0.999,
         description="Share of exact rank-1 answers the index aims for (both backends); sets how many "
-        "candidates SQLite re-ranks and pgvector's hnsw.ef_search. Requests can ask for `exact: true`.",
+        "candidates the codes propose for the exact re-rank and pgvector's hnsw.ef_search. Requests can "
+        "ask for `exact: true`.",
     )
 
     # --- hardening (issue 4) ---
