@@ -1,10 +1,10 @@
-"""Where the HNSW index starts to beat the exact scan of the SQLite gallery (sets gallery_index_min_faces).
+"""Where the index starts to beat the exact scan of the SQLite gallery (sets gallery_index_min_faces).
 
     PYTHONPATH=. python benchmarks/gallery_crossover.py [--sizes 1000,2000,5000,10000,20000]
 
 For each size: the store's own search (one query, top 5 subjects) exact vs through the index
-(IndexOptions defaults: float16, M=16, breadth 96, 100 candidates re-ranked), p50 over 200
-queries, one thread. Queries: enrolled faces seen again (cosine ~0.7). Prints a table; asserts nothing.
+(IndexOptions defaults: 256-bit codes, 100 candidates re-ranked), p50 over 200 queries.
+Queries: enrolled faces seen again (cosine ~0.7). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
