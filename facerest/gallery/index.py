@@ -95,7 +95,6 @@ class FaceIndex:
         self._codes = faiss.IndexBinaryShards(options.bits, len(self._parts) > 1, False)
         for part in self._parts:
             self._codes.add_shard(part)
-        self.removed_since_build = 0
         self.dirty = False
 
     def __len__(self) -> int:
@@ -125,12 +124,7 @@ class FaceIndex:
             for part in self._parts:
                 part.remove_ids(selector)
             self._codes.syncWithSubIndexes()
-            self.removed_since_build += len(ids)
             self.dirty = True
-
-    def worn(self) -> bool:
-        """Codes never wear (a removal takes the face out); kept for the store's rebuild rule."""
-        return False
 
     def keys(self) -> np.ndarray:
         import faiss

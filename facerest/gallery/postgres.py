@@ -245,7 +245,7 @@ class PostgresStore(GalleryStore):
     def _state(self, gallery: str, hnsw_valid: bool | None) -> str:
         """What searches of the gallery go through here: this replica's codes once loaded, else
         pgvector's HNSW index (or "building", or "exact" when there is none)."""
-        return "codes" if self._codes.state(gallery) == "codes" else _INDEX_STATES[hnsw_valid]
+        return "codes" if self._codes.searched(gallery) else _INDEX_STATES[hnsw_valid]
 
     def _infos(self, name: str | None) -> list[GalleryInfo]:
         with self._pool.connection() as conn:
@@ -397,14 +397,15 @@ class PostgresStore(GalleryStore):
         count = max(self.candidates, 10 * top_k)
         dim = queries.shape[-1]
         with self._pool.connection() as conn, conn.transaction():
-            # the breadth of the graph search (at least the candidates asked for), and, should the
-            # gallery filter drop some, the scan goes on in order (pgvector >= 0.8)
-            conn.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), "
-                "set_config('hnsw.iterative_scan', 'strict_order', true)",
-                (str(min(max(self.ef_search, count), 1000)),),
-            )
             coded = None if exact else self._codes.candidates(conn, gallery, queries, count)
+            if coded is None and not exact:
+                # the breadth of the graph search (at least the candidates asked for), and, should
+                # the gallery filter drop some, the scan goes on in order (pgvector >= 0.8)
+                conn.execute(
+                    "SELECT set_config('hnsw.ef_search', %s, true), "
+                    "set_config('hnsw.iterative_scan', 'strict_order', true)",
+                    (str(min(max(self.ef_search, count), 1000)),),
+                )
             for i, query in enumerate(queries):
                 # <#> is the negative inner product: the cosine of unit vectors, negated
                 exact_sql = (

@@ -78,6 +78,12 @@ def log_change(conn: Any, gallery: str, added: list[int], removed: list[int]) ->
         )
 
 
+def _add_rows(index: FaceIndex, rows: list[tuple[Any, ...]]) -> None:
+    """(id, pgvector) rows into the index."""
+    if rows:
+        index.add(np.array([r[0] for r in rows], np.int64), np.stack([r[1].to_numpy() for r in rows]))
+
+
 @dataclass(slots=True)
 class _Loaded:
     created_at: float
@@ -125,13 +131,11 @@ class ReplicaCodes:
                 return None
             return loaded.index.search(queries, count)
 
-    def state(self, gallery: str) -> str | None:
-        """ "codes" when searched through this replica's codes, "building" while they load."""
+    def searched(self, gallery: str) -> bool:
+        """Whether searches of the gallery go through this replica's codes."""
         with self._lock:
             loaded = self._loaded.get(gallery)
-            if loaded is not None and len(loaded.index) >= self.options.min_faces:
-                return "codes"
-            return "building" if gallery in self._loading else None
+            return loaded is not None and len(loaded.index) >= self.options.min_faces
 
     def _catch_up(self, conn: Any, gallery: str, loaded: _Loaded) -> bool:
         """Apply the logged changes after `loaded.version`; False when the log has a gap there."""
@@ -152,11 +156,7 @@ class ReplicaCodes:
                 "AND vector_dims(embedding) = %s",
                 (gallery, added, loaded.index.dim),
             ).fetchall()
-            if present:
-                loaded.index.add(
-                    np.array([r[0] for r in present], np.int64),
-                    np.stack([r[1].to_numpy() for r in present]),
-                )
+            _add_rows(loaded.index, present)
         # removals after additions: a face added and removed since the last look ends up gone
         loaded.index.remove(removed)
         loaded.version = int(changes[-1][0])
@@ -203,10 +203,7 @@ class ReplicaCodes:
                     while rows := cursor.fetchmany(LOAD_CHUNK):
                         if self._closed.is_set():
                             return
-                        index.add(
-                            np.array([r[0] for r in rows], np.int64),
-                            np.stack([r[1].to_numpy() for r in rows]),
-                        )
+                        _add_rows(index, rows)
             with self._lock:
                 if not self._closed.is_set():
                     self._loaded[gallery] = _Loaded(float(row[0]), int(row[1]), index)

@@ -46,9 +46,9 @@ class GalleryInfo:
     model: ModelTag
     subjects: int
     faces: int
-    #: how it is searched: "exact" (a scan), "codes" (SQLite: through its sign codes), "hnsw"
-    #: (PostgreSQL: through pgvector's HNSW index), or "building" (its index is being built;
-    #: scanned until then)
+    #: how it is searched: "exact" (a scan), "codes" (through the sign codes this process holds:
+    #: SQLite's, or a PostgreSQL replica's), "hnsw" (PostgreSQL: through pgvector's HNSW index),
+    #: or "building" (its index is being built; scanned until then)
     index: str = "exact"
 
 
