@@ -135,3 +135,60 @@ def test_search_equals_brute_force_after_many_changes(store: GalleryStore) -> No
         expected = sorted(best.items(), key=lambda item: -item[1])[:4]
         assert [m.subject for m in result.matches] == [s for s, _ in expected]
         assert np.allclose([m.similarity for m in result.matches], [v for _, v in expected], atol=1e-5)
+
+
+def test_sqlite_rows_by_id_follow_ids_in_any_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded matrix's id -> row table: ids arrive out of order when a gallery is read back
+    (sorted by subject), rows move when a face is deleted, ids spread far wider than the faces
+    turn the table into a dict and back once the faces fill their span; every step finds exactly
+    the faces held, with their own vectors."""
+    from facerest.gallery.sqlite import _Matrix, _RowsById
+
+    monkeypatch.setattr(_RowsById, "SPARE_IDS", 64)  # spans wider than 8 ids a face + 64: a dict
+
+    rng = np.random.default_rng(5)
+    matrix = _Matrix(MODEL)
+    held: dict[int, np.ndarray] = {}
+
+    def enrol(subject: str, ids: list[int]) -> None:
+        vectors = unit(rng, len(ids))
+        matrix.add(subject, ids, vectors)
+        held.update(zip(ids, vectors, strict=True))
+
+    def forget(ids: list[int]) -> None:
+        for face_id in ids:
+            matrix.delete(face_id)
+            held.pop(face_id, None)
+
+    def check(asked: np.ndarray) -> None:
+        ids, vectors = matrix.fetch(asked)
+        assert sorted(ids.tolist()) == sorted(held)
+        for face_id, vector in zip(ids.tolist(), vectors, strict=True):
+            assert np.array_equal(vector, held[face_id])
+
+    for subject, ids in (("m", [500, 501]), ("a", [7, 9000]), ("z", [3, 4, 5])):
+        enrol(subject, ids)
+    forget([501, 3, 12345])  # the last was never held
+    check(np.array([1, 3, 4, 5, 7, 500, 501, 9000, 10**9], np.int64))
+    assert matrix.rows_by_id.sparse is not None  # 9,000 ids' span for 4 faces
+    enrol("b", list(range(10_000, 10_300)))
+    forget([*range(10_000, 10_300, 3), 4])
+    check(np.arange(0, 11_000, dtype=np.int64))
+    enrol("far", [10**9])  # a span of a billion ids for ~200 faces: a dict, not a table
+    assert matrix.rows_by_id.sparse is not None
+    forget([10_001, 7])
+    check(np.concatenate([np.arange(0, 11_000, dtype=np.int64), [10**9, 10**9 + 1]]))
+    forget([10**9])
+    enrol("near", [10**9 - 5])
+    check(np.concatenate([np.arange(0, 11_000, dtype=np.int64), [10**9 - 5, 10**9]]))
+
+    matrix, held = _Matrix(MODEL), {}
+    enrol("first", [1, 2_000])  # as a gallery read back by subject begins: a dict
+    assert matrix.rows_by_id.sparse is not None
+    enrol("rest", list(range(2, 2_000)))
+    check(np.arange(0, 2_100, dtype=np.int64))  # the span is full: a table again
+    assert matrix.rows_by_id.sparse is None
+    forget([1, 1_000])
+    enrol("below", [0])  # below the table's first id: it grows downwards
+    check(np.arange(0, 2_100, dtype=np.int64))
+    assert matrix.rows_by_id.sparse is None
