@@ -3,7 +3,8 @@
     PYTHONPATH=. python benchmarks/plot_gallery_1m.py [--out docs/img/gallery_1m.png]
 
 The numbers are the measured ones recorded in docs/performance.md (gallery_bench.py through the
-HTTP API, 1 client, 2026-12-02), not measured again here; the dashed lines are issue 16's targets.
+HTTP API, 1 client, 2026-12-02: httpx on the Intel Xeon; "lean client" = http.client on the
+AMD EPYC, third session), not measured again here; the dashed lines are issue 16's targets.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 MEASURED = [
     ("SQLite\nHNSW (usearch i8)", 18.1, 0.880, 5.0, 0.99),
     ("SQLite\nsign codes", 6.0, 1.000, 5.0, 0.99),
+    ("SQLite\ncodes, lean\nclient", 4.4, 0.998, 5.0, 0.99),
     ("PostgreSQL\nHNSW (pgvector)", 50.3, 0.855, 20.0, 0.98),
     ("PostgreSQL\nreplica's codes", 6.6, 1.000, 20.0, 0.98),
+    ("PostgreSQL\ncodes, lean\nclient", 7.6, 1.000, 20.0, 0.98),
 ]
 
 
@@ -32,8 +35,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     labels = [m[0] for m in MEASURED]
-    colours = ["#b0b0b0", "#2a7ab9", "#b0b0b0", "#2a7ab9"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = ["#b0b0b0", "#2a7ab9", "#1b4f7a", "#b0b0b0", "#2a7ab9", "#1b4f7a"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for axis, column, target_column, title in (
         (left, 1, 3, "search p50 through HTTP, ms (lower is better)"),
         (right, 2, 4, "recall@1 against the exact scan (higher is better)"),
