@@ -100,7 +100,10 @@ def test_data_uri_prefix_is_accepted(client):
 
 
 def test_msgpack_both_ways_with_raw_bytes(client):
-    body = msgpack.packb({"images": {"data": [YAO.read_bytes()]}, "return_face_data": True})
+    # facerest's own face fields: facedata as raw JPEG bytes (InsightFace-REST's are base64 text)
+    body = msgpack.packb(
+        {"images": {"data": [YAO.read_bytes()]}, "return_face_data": True, "face_fields": "facerest"}
+    )
     response = client.post(
         "/extract",
         content=body,
@@ -137,7 +140,8 @@ def test_detection_only_and_face_data(client):
     body = {"images": {"data": [b64(PLAYERS)]}, "extract_embedding": False, "return_face_data": True}
     faces = client.post("/extract", json=body).json()["data"][0]["faces"]
     assert len(faces) >= 10
-    assert all("vec" not in f and "norm" not in f for f in faces)
+    # InsightFace-REST's face fields: every key its clients read, null when not asked for
+    assert all(f["vec"] is None and f["norm"] is None for f in faces)
     crop = cv2.imdecode(np.frombuffer(base64.b64decode(faces[0]["facedata"]), np.uint8), cv2.IMREAD_COLOR)
     assert crop.shape == (112, 112, 3)
 
@@ -192,7 +196,8 @@ def test_malformed_bodies_are_4xx(client):
         (b'{"images": {"data": [1, 2]}}', {"Content-Type": "application/json"}, 422),
         (b'{"images": {"data": []}, "threshold": 7}', {"Content-Type": "application/json"}, 422),
         (b"[]", {"Content-Type": "application/json"}, 422),
-        (b'{"images": {"data": []}, "extract_ga": "yes"}', {"Content-Type": "application/json"}, 422),
+        # "yes" is a boolean to InsightFace-REST (pydantic's lax booleans), "maybe" is not
+        (b'{"images": {"data": []}, "extract_ga": "maybe"}', {"Content-Type": "application/json"}, 422),
     ]
     for content, headers, status in cases:
         response = client.post("/extract", content=content, headers=headers)

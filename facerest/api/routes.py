@@ -19,7 +19,7 @@ from starlette.responses import Response
 from facerest import __version__
 from facerest.api.responses import JSONResponse, body_response
 from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions, Images
-from facerest.api.serialize import MSGPACK_TYPES, encode_jpeg, v1_body, v2_body
+from facerest.api.serialize import MSGPACK_TYPES, FaceFields, encode_jpeg, v1_body, v2_body
 from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, ImageTooLarge
 from facerest.imaging.draw import draw_faces
@@ -152,9 +152,9 @@ async def run_extract(state: AppState, req: ExtractRequest, binary: bool) -> Res
         "max_size" in req.model_fields_set and "api_ver" not in req.model_fields_set
     )
     if legacy:
-        body: Any = v1_body(results, binary=binary, landmarks=req.return_landmarks)
+        body: Any = v1_body(results, binary=binary, landmarks=req.return_landmarks, fields=req.face_fields)
     else:
-        body = v2_body(results, took, binary=binary, landmarks=req.return_landmarks)
+        body = v2_body(results, took, binary=binary, landmarks=req.return_landmarks, fields=req.face_fields)
     return body_response(body, binary=binary)
 
 
@@ -206,6 +206,7 @@ async def extract_multipart(
     verbose_timings: bool = Form(False),
     msgpack: bool = Form(False),
     api_ver: str = Form("2", pattern="^[12]$"),
+    face_fields: FaceFields = Form("insightface", description="As in /extract."),
 ) -> Response:
     state = app_state(request)
     data = [await _read_upload(f, state) for f in files]
@@ -224,6 +225,7 @@ async def extract_multipart(
         verbose_timings=verbose_timings,
         msgpack=msgpack,
         api_ver=api_ver,
+        face_fields=face_fields,
     )
     return await run_extract(state, req, msgpack or _wants_msgpack(request))
 
@@ -350,6 +352,10 @@ async def info(request: Request) -> JSONResponse:
                 "rec_batch_size": s.rec_batch_size,
                 "det_batch_size": s.det_batch_size,
                 "fp16": s.force_fp16,
+                # InsightFace-REST's names for the same settings: its clients print them
+                "max_size": s.max_size,
+                "force_fp16": s.force_fp16,
+                "triton_uri": s.triton_uri if s.runtime == "triton" else None,
                 "providers": models.backends,
                 "licences": models.licences(),
             },
@@ -360,6 +366,13 @@ async def info(request: Request) -> JSONResponse:
                 "extract_embedding": True,
                 "extract_ga": False,
                 "api_ver": "2",
+                # the rest of InsightFace-REST's `defaults`
+                "det_thresh": s.det_thresh,
+                "return_landmarks": False,
+                "detect_masks": False,
+                "img_req_headers": {},
+                "sslv3_hack": False,
+                "face_fields": "insightface",
             },
             "limits": {
                 "max_images_per_request": s.max_images_per_request,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 import numpy as np
@@ -19,9 +19,24 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality, colorspace="BGR")
 
 
+#: how faces are written (the `face_fields` request option): "insightface" as InsightFace-REST
+#: writes them, "facerest" facerest's own way (docs/api.md, "InsightFace-REST's answers")
+FaceFields = Literal["insightface", "facerest"]
+
+#: InsightFace-REST's face keys, each present in its answers (null when not asked for): its
+#: clients' pydantic models declare them without defaults, so a missing key fails their parsing
+IFR_FACE_KEYS = ("landmarks", "vec", "norm", "gender", "age", "mask", "mask_probs", "facedata")
+
+
 def face_dict(
-    face: Face, *, binary: bool, landmarks: bool = False, legacy_det: bool = False
+    face: Face,
+    *,
+    binary: bool,
+    landmarks: bool = False,
+    legacy_det: bool = False,
+    fields: FaceFields = "facerest",
 ) -> dict[str, Any]:
+    ifr = fields == "insightface"
     bbox = np.round(face.bbox).astype(int).tolist()
     out: dict[str, Any] = {
         "bbox": bbox,
@@ -29,8 +44,13 @@ def face_dict(
         "size": bbox[2] - bbox[0],
         "num_det": face.index,
     }
+    if ifr:
+        out.update(dict.fromkeys(IFR_FACE_KEYS))
     if legacy_det:
         out["det"] = face.index
+        if ifr:  # the 2020 API's own keys
+            out["status"] = "Ok"
+            out["mask_prob"] = None if face.mask_probs is None else face.mask_probs["mask"]
     if landmarks and face.landmarks is not None:
         out["landmarks"] = np.round(face.landmarks).astype(int).tolist()
     if face.landmarks_dense is not None:
@@ -39,14 +59,16 @@ def face_dict(
         out["vec"] = face.embedding.tolist() if binary else face.embedding
         out["norm"] = face.norm
     if face.gender is not None:
-        out["gender"] = face.gender
+        # InsightFace-REST answers genderage_v1's class index: 0 female, 1 male
+        out["gender"] = int(face.gender == "male") if ifr else face.gender
         out["age"] = face.age
     if face.mask is not None:
         out["mask"] = face.mask
         out["mask_probs"] = face.mask_probs
     if face.crop is not None:
         data = encode_jpeg(face.crop)
-        out["facedata"] = data if binary else base64.b64encode(data).decode("ascii")
+        # InsightFace-REST sends base64 text in msgpack answers too; facerest sends the bytes
+        out["facedata"] = data if binary and not ifr else base64.b64encode(data).decode("ascii")
     if face.whole_image:
         out["whole_image"] = True
     if face.quality is not None:
@@ -57,7 +79,12 @@ def face_dict(
 
 
 def v2_body(
-    results: list[ImageResult], took: dict[str, float], *, binary: bool, landmarks: bool = False
+    results: list[ImageResult],
+    took: dict[str, float],
+    *,
+    binary: bool,
+    landmarks: bool = False,
+    fields: FaceFields = "facerest",
 ) -> dict[str, Any]:
     data = []
     for result in results:
@@ -66,7 +93,9 @@ def v2_body(
             "took_ms": round(result.took_ms, 3),
         }
         if result.ok:
-            item["faces"] = [face_dict(f, binary=binary, landmarks=landmarks) for f in result.faces]
+            item["faces"] = [
+                face_dict(f, binary=binary, landmarks=landmarks, fields=fields) for f in result.faces
+            ]
         else:
             item["traceback"] = result.error
             item["code"] = result.error_code
@@ -76,11 +105,12 @@ def v2_body(
 
 
 def v1_body(
-    results: list[ImageResult], *, binary: bool, landmarks: bool = False
+    results: list[ImageResult], *, binary: bool, landmarks: bool = False, fields: FaceFields = "facerest"
 ) -> list[list[dict[str, Any]]]:
     """One list of faces per image (failed images: an empty list), as the 2020 API answered."""
     return [
-        [face_dict(f, binary=binary, landmarks=landmarks, legacy_det=True) for f in r.faces] for r in results
+        [face_dict(f, binary=binary, landmarks=landmarks, legacy_det=True, fields=fields) for f in r.faces]
+        for r in results
     ]
 
 

@@ -511,9 +511,10 @@ class FaceAnalyzer:
         if options.single_face:
             limit = min(1, max(0, budget))
         if len(dets) > limit:
+            # the largest faces, largest first, as InsightFace-REST's sort_boxes leaves them: its
+            # clients take faces[0] of a limited answer as the main face
             areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
-            largest = np.sort(np.argsort(-areas, kind="stable")[:limit])
-            dets = dets.take(largest)
+            dets = dets.take(np.argsort(-areas, kind="stable")[:limit])
         faces = []
         for n in range(len(dets)):
             face = Face(
