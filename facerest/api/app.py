@@ -25,6 +25,7 @@ from facerest.api.state import AppState
 from facerest.api.video import router as video_router
 from facerest.config import Settings
 from facerest.errors import FaceRestError
+from facerest.events import EventBus
 from facerest.imaging.decode import decode_image
 from facerest.pipeline import FaceAnalyzer
 from facerest.preparation import load_models
@@ -57,11 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             log.debug("start-up failed", exc_info=True)
             raise
+        events = EventBus()
         app.state.facerest = AppState(
             settings=settings,
             analyzer=analyzer,
-            metrics=Metrics(analyzer.scheduler.stats, analyzer.models.backends),
+            metrics=Metrics(analyzer.scheduler.stats, analyzer.models.backends, events),
             limiter=anyio.CapacityLimiter(settings.queue_size + 4),
+            events=events,
         )
         log.info("facerest %s ready", __version__)
         try:

@@ -117,7 +117,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # the rest of the service works without its gallery; gallery requests say why not
         reason = exc.detail if isinstance(exc, FaceRestError) else f"{type(exc).__name__}: {exc}"
         log.error("gallery storage %s cannot be opened: %s", url.split("://")[0], reason)
-    state.gallery = GalleryService(store, state.analyzer, state.settings, store_error=reason)
+    state.gallery = GalleryService(
+        store, state.analyzer, state.settings, store_error=reason, events=state.events
+    )
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -23,10 +24,11 @@ from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.state import AppState
 from facerest.errors import FaceRestError, FeatureUnavailable, StorageUnavailable, VideoTooLarge
+from facerest.events import TrackFinished
 from facerest.imaging.loader import fetch_policy
 from facerest.imaging.sources import load_source
 from facerest.pipeline import ExtractOptions
-from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body
+from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body, track_event
 from facerest.video.decode import Sampling, VideoLimits, VideoSource
 from facerest.video.jobs import JobManager, VideoJob
 from facerest.video.tracker import Track, TrackerConfig, track_gap
@@ -65,7 +67,7 @@ class VideoJobRequest(VideoOptionsBody):
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.facerest
-    jobs = JobManager(state.analyzer, state.settings)
+    jobs = JobManager(state.analyzer, state.settings, state.events)
     app.state.video_jobs = jobs
     try:
         yield
@@ -110,8 +112,9 @@ def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
         if not embeddings:
             return []
         # the gallery's default decision (an FPIR) unless the request gives a raw threshold
-        _, found = service.search(
-            gallery, embeddings=[e.tolist() for e in embeddings], top_k=1, threshold=limit
+        # the tracks are published as tracks (TrackFinished), not as a search of embeddings
+        decision, found = service.search(
+            gallery, embeddings=[e.tolist() for e in embeddings], top_k=1, threshold=limit, emit=False
         )
         out = []
         for entry in found:
@@ -125,6 +128,7 @@ def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
                     "subject": match.subject,
                     "unknown": match.subject is None,
                     "similarity": None if best is None else round(best, 4),
+                    "threshold": round(decision.threshold, 4),
                 }
             )
         return out
@@ -138,6 +142,7 @@ def _analyse(
     body: VideoOptionsBody,
     return_boxes: bool,
     identify: Identify | None,
+    name: str,
 ) -> dict[str, Any]:
     """Blocking: decode, track and identify one video file."""
     settings = state.settings
@@ -157,6 +162,9 @@ def _analyse(
         embedded = [i for i, t in enumerate(ended) if t.embedding is not None]
         for i, identity in zip(embedded, identify([ended[i].embedding for i in embedded]), strict=True):  # type: ignore[misc]
             identities[i] = identity
+    if state.events.wants(TrackFinished):
+        for track, identity in zip(ended, identities, strict=True):
+            state.events.publish(track_event(track, identity, body.gallery, "video", name))
     sampling = _sampling(body, state)
     return {
         "video": {
@@ -178,10 +186,12 @@ def _analyse(
     }
 
 
-async def _respond(state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool) -> JSONResponse:
+async def _respond(
+    state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool, name: str
+) -> JSONResponse:
     started = time.perf_counter()
     identify = _identifier(state, body)
-    answer = await state.run(lambda: _analyse(state, data, body, return_boxes, identify))
+    answer = await state.run(lambda: _analyse(state, data, body, return_boxes, identify, name))
     answer["took"] = {"total_ms": round((time.perf_counter() - started) * 1000, 1)}
     return JSONResponse(answer)
 
@@ -222,7 +232,7 @@ async def video_extract_multipart(
         gallery=gallery or None,
         gallery_threshold=gallery_threshold,
     )
-    return await _respond(state, data, body, return_boxes)
+    return await _respond(state, data, body, return_boxes, f"upload {(file.filename or 'video')[:100]}")
 
 
 @router.post(
@@ -236,7 +246,7 @@ async def video_extract_url(request: Request) -> Response:
     req: VideoExtractRequest = await parse_body(request, VideoExtractRequest)
     policy = replace(fetch_policy(state.settings), max_bytes=state.settings.video_max_bytes)
     data = await state.run(lambda: load_source(req.url, policy, req.img_req_headers))
-    return await _respond(state, data, req, req.return_boxes)
+    return await _respond(state, data, req, req.return_boxes, urlsplit(req.url).path.rsplit("/", 1)[-1][:100])
 
 
 def _jobs(request: Request) -> JobManager:
@@ -269,6 +279,7 @@ async def create_job(request: Request) -> JSONResponse:
             return_embedding=req.return_embedding,
             identify=identify,
             webhook=req.webhook,
+            gallery=req.gallery,
         )
     )
     return JSONResponse(job.describe(), 201)

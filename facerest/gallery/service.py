@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from facerest.errors import (
     StorageUnavailable,
     TooManyEmbeddings,
 )
+from facerest.events import Candidate, EventBus, FacesRecognized, SeenFace
 from facerest.gallery import calibration as calib
 from facerest.gallery.calibration import Calibration, Decision
 from facerest.gallery.people import UNSORTED, FeedbackStore, PersonCluster, check_faces, cluster_unsorted
@@ -38,6 +39,7 @@ from facerest.gallery.store import (
     mismatch_message,
 )
 from facerest.imaging.quality import Floors, Quality, shortfalls
+from facerest.logs import request_id
 from facerest.models.faces import Face
 from facerest.models.store import ModelStore, md5_of
 from facerest.pipeline import ExtractOptions, FaceAnalyzer, ImageInput
@@ -118,6 +120,8 @@ class FoundFace:
     prob: float | None
     quality: Quality | None = None
     issues: list[str] = field(default_factory=list)  # why it is below the enrolment floors
+    #: the pipeline's record (attributes, landmarks) when the caller chose the detection options
+    face: Face | None = None
 
 
 @dataclass(slots=True)
@@ -150,10 +154,13 @@ class GalleryService:
         analyzer: FaceAnalyzer,
         settings: Settings,
         store_error: str = "the gallery storage is not open",
+        events: EventBus | None = None,
     ) -> None:
         """`store` None: the storage could not be opened (`store_error` says why); verifying two
-        images or embeddings still works, everything that needs the gallery answers 503."""
+        images or embeddings still works, everything that needs the gallery answers 503. `events`:
+        where searches publish what they saw (facerest/events.py)."""
         self._store = store
+        self.events = events or EventBus()
         self._store_error = store_error
         self.analyzer = analyzer
         self.settings = settings
@@ -263,13 +270,24 @@ class GalleryService:
             out.append(unit)
         return out
 
-    def detect(self, images: Sequence[ImageInput], largest_only: bool) -> list[ImageFaces]:
-        """Faces with embeddings in each image (only the largest one when asked)."""
+    def detect(
+        self, images: Sequence[ImageInput], largest_only: bool, options: ExtractOptions | None = None
+    ) -> list[ImageFaces]:
+        """Faces with embeddings in each image (only the largest one when asked). `options`: the
+        caller's detection options (threshold, limit, attributes); each face then keeps its
+        pipeline record in `FoundFace.face`."""
         self._model()
         if not images:
             return []
-        options = ExtractOptions(
-            threshold=self.settings.det_thresh, limit_faces=1 if largest_only else 0, return_quality=True
+        keep = options is not None
+        if options is None:
+            options = ExtractOptions(threshold=self.settings.det_thresh)
+        options = replace(
+            options,
+            limit_faces=1 if largest_only else options.limit_faces,
+            return_quality=True,
+            extract_embedding=True,
+            embed_only=False,
         )
         results = self.analyzer.process(list(images), options)
         out = []
@@ -279,7 +297,7 @@ class GalleryService:
             elif not result.ok:
                 out.append(ImageFaces(error=FaceRestError(result.error or "failed")))
             else:
-                out.append(ImageFaces([self._found(f) for f in result.faces], image_hash(image)))
+                out.append(ImageFaces([self._found(f, keep) for f in result.faces], image_hash(image)))
         return out
 
     @property
@@ -293,11 +311,16 @@ class GalleryService:
             s.enrol_min_quality,
         )
 
-    def _found(self, face: Face) -> FoundFace:
+    def _found(self, face: Face, keep: bool = False) -> FoundFace:
         assert face.embedding is not None  # the recognizer ran: extract_embedding is on
         issues = shortfalls(face.quality, self.floors) if face.quality is not None else []
         return FoundFace(
-            face.embedding, [float(v) for v in face.bbox], float(face.score), face.quality, issues
+            face.embedding,
+            [float(v) for v in face.bbox],
+            float(face.score),
+            face.quality,
+            issues,
+            face if keep else None,
         )
 
     def one_face(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
@@ -374,13 +397,16 @@ class GalleryService:
         fmr: float | None = None,
         fpir: float | None = None,
         exact: bool = False,
+        detect_options: ExtractOptions | None = None,
+        emit: bool = True,
     ) -> tuple[Decision, list[list[Identified] | FaceRestError]]:
         """The decision point in force, and one entry per image, then one per posted embedding:
-        its faces identified, or its error."""
+        its faces identified, or its error. `detect_options`: see `detect`. `emit`: publish what
+        was seen (FacesRecognized); off where the caller publishes its own event (video tracks)."""
         info = self.require(gallery)
         decision = self.decision(threshold, fmr, fpir, subjects=info.subjects)
         limit = decision.threshold
-        inputs: list[ImageFaces] = self.detect(images, largest_only=False)
+        inputs: list[ImageFaces] = self.detect(images, largest_only=False, options=detect_options)
         inputs += [ImageFaces([FoundFace(v, None, None)]) for v in self.embeddings(embeddings)]
         queries = [face for found in inputs for face in found.faces]
         # one more than asked: unsorted faces (one reserved subject) are never a match. A face the
@@ -406,7 +432,34 @@ class GalleryService:
                 fmrs = [self.fmr_at(m.similarity) for m in matches]
                 faces.append(Identified(face, best.subject if best else None, matches, fmrs))
             out.append(faces)
+        if emit:
+            self._publish_seen(gallery, out, limit)
         return decision, out
+
+    def _publish_seen(
+        self, gallery: str, answers: list[list[Identified] | FaceRestError], threshold: float
+    ) -> None:
+        """What a search saw, for the event stream (MQTT and the other listeners); nothing is built
+        when nobody listens."""
+        if not self.events.wants(FacesRecognized):
+            return
+        seen = [
+            SeenFace(
+                hit.face.embedding,
+                hit.face.bbox,
+                hit.face.prob,
+                None if hit.face.quality is None else hit.face.quality.score,
+                hit.subject,
+                hit.matches[0].similarity if hit.matches else None,
+                threshold,
+                [Candidate(m.subject, m.similarity) for m in hit.matches],
+            )
+            for answer in answers
+            if not isinstance(answer, FaceRestError)
+            for hit in answer
+        ]
+        if seen:
+            self.events.publish(FacesRecognized(gallery, "search", seen, ref=request_id.get()))
 
     # --- people: unsorted faces, clustering, feedback (issue 20) ---
 

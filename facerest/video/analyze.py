@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from facerest.errors import FaceRestError, RequestTimeout
+from facerest.events import Candidate, SeenFace, TrackFinished
 from facerest.models.faces import ImageResult
 from facerest.pipeline import ExtractOptions, FaceAnalyzer
 from facerest.video.decode import SampledFrame
@@ -135,6 +136,30 @@ class VideoAnalyzer:
                 )
             )
         return out
+
+
+def track_event(
+    track: Track, identity: dict[str, Any] | None, gallery: str | None, source: str, ref: str
+) -> TrackFinished:
+    """A finished track for the event stream."""
+    face = None
+    if track.embedding is not None:
+        best = track.best
+        subject = None if identity is None else identity.get("subject")
+        similarity = None if identity is None else identity.get("similarity")
+        face = SeenFace(
+            track.embedding,
+            [float(v) for v in best.bbox],
+            float(best.score),
+            float(best.quality),
+            subject,
+            similarity,
+            float(identity.get("threshold", 1.0)) if identity else 1.0,
+            [Candidate(subject, similarity)] if subject is not None and similarity is not None else [],
+        )
+    return TrackFinished(
+        gallery, source, ref, track.id, round(track.first.t, 4), round(track.last.t, 4), face
+    )
 
 
 def track_body(track: Track, identity: dict[str, Any] | None, *, embedding: bool) -> dict[str, Any]:
