@@ -6,6 +6,9 @@ PORT ?= 18081
 # insightface (the reference pipeline the correctness tests compare against) asks for the GUI build
 # of OpenCV, which would shadow the headless one: it is installed without its dependencies.
 INSIGHTFACE := insightface==2.1
+# clients of the CompreFace and DeepStack APIs (issue 31): their pins (requests-toolbelt==0.9.1, the
+# GUI OpenCV) would break the environment, so they install without them (the dev extra has the rest)
+COMPAT_CLIENTS := compreface-sdk==0.6.0 deepstack-sdk==0.2.1
 
 .PHONY: run test lint format install dev clean bench
 
@@ -21,6 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps $(INSIGHTFACE)
+	$(BIN)/pip install --quiet --no-deps $(COMPAT_CLIENTS)
 	touch $@
 
 install: $(VENV)/.installed
@@ -102,6 +106,12 @@ readme-config: $(VENV)/.installed
 test: pgvector
 pgvector:
 	@bash scripts/ensure-pgvector.sh
+
+# --- MQTT (issue 31): Debian's mosquitto for tests/test_mqtt.py (each test starts its own broker) ---
+.PHONY: mosquitto
+test: mosquitto
+mosquitto:
+	@bash scripts/ensure-mosquitto.sh
 
 # --- deployment (issue 8) ---
 # The Triton tests run a real tritonserver from nvidia-pytriton, which pins numpy<2: it gets an

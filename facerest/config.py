@@ -6,6 +6,7 @@ or from a `.env` file in the working directory. Nothing else in the package read
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -391,6 +392,73 @@ class Settings(BaseSettings):
         1000, ge=1, description="Track events a job keeps for its listeners (the oldest go first)."
     )
 
+    # --- compatibility: CompreFace, DeepStack / CodeProject.AI (issue 31); docs/moving.md ---
+    compreface_enabled: bool = Field(
+        False,
+        description="Answer CompreFace's REST API at its own paths (/api/v1/recognition/..., "
+        "/api/v1/detection/detect, /api/v1/verification/...), for CompreFace's SDKs and Double-Take.",
+    )
+    deepstack_enabled: bool = Field(
+        False,
+        description="Answer DeepStack's face API at its own paths (/v1/vision/face, .../register, "
+        ".../recognize, .../list, .../delete, .../match), as DeepStack and CodeProject.AI do.",
+    )
+    compat_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="The gallery each CompreFace x-api-key / DeepStack api_key reaches, as key=gallery pairs "
+        "separated by commas (or a JSON object): one server stands in for several services, and a key "
+        "never reaches another key's gallery. Empty: every request FACEREST_API_KEYS lets in uses "
+        "FACEREST_COMPAT_GALLERY.",
+    )
+    compat_gallery: str = Field(
+        "default",
+        description="The gallery of the CompreFace and DeepStack APIs for a key not in FACEREST_COMPAT_KEYS "
+        "(a FACEREST_API_KEYS key, or any request on a server without keys).",
+    )
+
+    # --- publishing: MQTT (issue 31) ---
+    mqtt_url: str | None = Field(
+        None,
+        description="Broker that recognitions are published to: mqtt://host:1883 or mqtts://host:8883 (TLS), "
+        "user:password@ allowed; unset: no MQTT.",
+    )
+    mqtt_topic_prefix: str = Field(
+        "facerest", min_length=1, description="First level of every topic facerest publishes."
+    )
+    mqtt_qos: int = Field(0, ge=0, le=2, description="MQTT quality of service of the published messages.")
+    mqtt_retain: bool = Field(
+        False, description="Publish recognitions retained (the broker keeps the last one per topic)."
+    )
+    mqtt_username: str | None = Field(None, description="Broker user name (overrides the URL's).")
+    mqtt_password: str | None = Field(None, description="Broker password (overrides the URL's).")
+    mqtt_tls_ca_file: Path | None = Field(
+        None,
+        description="CA certificates the broker's certificate is checked against (default: the system's).",
+    )
+    mqtt_tls_cert_file: Path | None = Field(
+        None, description="Client certificate for brokers that ask for one."
+    )
+    mqtt_tls_key_file: Path | None = Field(None, description="Key of FACEREST_MQTT_TLS_CERT_FILE.")
+    mqtt_client_id: str = Field(
+        "", description="MQTT client id; empty: facerest-<host>-<process id> (each worker its own)."
+    )
+    mqtt_queue: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Events waiting for the broker; further ones are dropped and counted "
+        '(facerest_events_dropped{listener="mqtt"}, facerest_mqtt_dropped), so a slow or absent broker '
+        "never slows a request.",
+    )
+    mqtt_homeassistant: bool = Field(
+        False,
+        description="Announce one sensor per gallery (its last recognition) through Home Assistant's MQTT "
+        "discovery.",
+    )
+    mqtt_homeassistant_prefix: str = Field(
+        "homeassistant", min_length=1, description="Home Assistant's discovery prefix."
+    )
+
     # --- decisions in error rates, quality, clustering (issue 20) ---
     calibration_file: Path | None = Field(
         None,
@@ -446,6 +514,25 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("compat_keys", mode="before")
+    @classmethod
+    def _key_pairs(cls, value: object) -> object:
+        """`key1=gallery1,key2=gallery2`, or a JSON object."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            pairs = {}
+            for item in text.split(","):
+                if not item.strip():
+                    continue
+                key, sep, gallery = item.partition("=")
+                if not sep or not key.strip() or not gallery.strip():
+                    raise ValueError(f"FACEREST_COMPAT_KEYS entries are key=gallery; got {item.strip()!r}")
+                pairs[key.strip()] = gallery.strip()
+            return pairs
         return value
 
     @field_validator("gpus", mode="before")

@@ -114,6 +114,13 @@ class Conflict(FaceRestError):
     code = "conflict"
 
 
+class Unauthorized(FaceRestError):
+    """A key the route checks itself (the CompreFace and DeepStack APIs) is missing or refused."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
 class NotFound(FaceRestError):
     status_code = 404
     code = "not_found"

@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from facerest import __version__
+from facerest.api.compreface import router as compreface_router
+from facerest.api.deepstack import router as deepstack_router
 from facerest.api.demo import router as demo_router
 from facerest.api.errors import document_errors, install_error_handlers
 from facerest.api.gallery import router as gallery_router
@@ -29,6 +31,7 @@ from facerest.events import EventBus
 from facerest.imaging.decode import decode_image
 from facerest.pipeline import FaceAnalyzer
 from facerest.preparation import load_models
+from facerest.publishing.mqtt import start_publishing
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             events=events,
         )
         log.info("facerest %s ready", __version__)
+        publisher = start_publishing(settings, events, app.state.facerest.metrics.registry)  # MQTT (issue 31)
         try:
             yield
         finally:
+            if publisher is not None:
+                await anyio.to_thread.run_sync(publisher.close)
             await anyio.to_thread.run_sync(analyzer.close)
 
     app = FastAPI(
@@ -95,6 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(people_router)
     app.include_router(metrics_router)
     app.include_router(video_router)  # /video/..., /multipart/video/extract (issue 17)
+    if settings.compreface_enabled:  # CompreFace's and DeepStack's APIs, off by default (issue 31)
+        app.include_router(compreface_router)
+    if settings.deepstack_enabled:
+        app.include_router(deepstack_router)
     _document_bodies(app)
     return app
 

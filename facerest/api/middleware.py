@@ -37,6 +37,19 @@ def incoming_request_id(headers: Headers) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+#: where the CompreFace and DeepStack APIs live (issue 31): their routes check their own keys (a
+#: CompreFace service key, a DeepStack `api_key` form field), each reaching only its gallery
+COMPREFACE_PREFIX = "/api/v1/"
+DEEPSTACK_PREFIX = "/v1/vision/"
+
+
+def checks_own_key(settings: Settings, path: str) -> bool:
+    """Whether `path` belongs to a compatibility API that is on and checks the key itself."""
+    return (settings.compreface_enabled and path.startswith(COMPREFACE_PREFIX)) or (
+        settings.deepstack_enabled and path.startswith(DEEPSTACK_PREFIX)
+    )
+
+
 def key_is_valid(given: str, keys: list[str]) -> bool:
     """Constant-time comparison against every configured key (no early exit on the first match)."""
     given_bytes = given.encode("utf-8", "replace")
@@ -118,6 +131,7 @@ class HardeningMiddleware:
             if (
                 self.settings.api_keys
                 and self._path(scope) not in OPEN_PATHS
+                and not checks_own_key(self.settings, self._path(scope))
                 and not key_is_valid(presented_key(headers), self.settings.api_keys)
             ):
                 await self._reject(

@@ -400,6 +400,14 @@ async def info(request: Request) -> JSONResponse:
             },
             "threads": s.threads,
             "decisions": _decisions(state),
+            # the APIs this server answers and where it publishes (issue 31)
+            "apis": {
+                "facerest": True,
+                "insightface_rest": True,
+                "compreface": s.compreface_enabled,
+                "deepstack": s.deepstack_enabled,
+            },
+            "publishing": {"mqtt": None if not s.mqtt_url else {"topic_prefix": s.mqtt_topic_prefix}},
         }
     )
 

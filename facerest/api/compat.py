@@ -1,0 +1,169 @@
+"""What the CompreFace and DeepStack adapters share (issue 31): the gallery a key reaches, the 0..1
+similarity their clients set thresholds on, images from their bodies, and routes whose errors
+take the other API's shape.
+
+The adapters (api/compreface.py, api/deepstack.py) translate requests and answers only; the work
+is GalleryService's and the pipeline's, which never learn which API called.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+
+from facerest.api.errors import ERROR_CODE_KEY
+from facerest.api.middleware import key_is_valid
+from facerest.api.routes import parse_body
+from facerest.config import Settings
+from facerest.errors import FaceRestError, ImageTooLarge, TooManyEmbeddings, Unauthorized
+from facerest.gallery.calibration import Calibration, Decision, fpir_for_fmr
+from facerest.gallery.service import check_name
+from facerest.imaging.loader import Loaded, load_images
+
+log = logging.getLogger(__name__)
+
+
+def gallery_for_key(settings: Settings, key: str | None) -> str:
+    """The one gallery a CompreFace service key or a DeepStack `api_key` reaches.
+
+    The one place this is decided: a key of FACEREST_COMPAT_KEYS reaches its gallery and nothing
+    else; any other request FACEREST_API_KEYS admits (or every request, on a server without keys)
+    reaches FACEREST_COMPAT_GALLERY. With access scopes (issue 30) this becomes "the presented key's
+    principal, whose gallery scope must be exactly one gallery".
+    """
+    given = (key or "").encode("utf-8", "replace")
+    mapped = None
+    for known, gallery in settings.compat_keys.items():  # every key compared: no early exit
+        if hmac.compare_digest(given, known.encode("utf-8")):
+            mapped = gallery
+    if mapped is not None:
+        return check_name("gallery", mapped)
+    if settings.api_keys:
+        if not key_is_valid(key or "", settings.api_keys):
+            raise Unauthorized("this API key reaches no gallery on this server")
+    elif settings.compat_keys:
+        raise Unauthorized("this API key reaches no gallery on this server")
+    return check_name("gallery", settings.compat_gallery)
+
+
+# --- the similarity other APIs' clients threshold ---
+
+#: the similarity at the decision point in force: Double-Take's default "match" (60 %)
+AT_DECISION = 0.6
+#: similarity gained per decade fewer false matches: 0.4 (Double-Take's "unknown" default) is a
+#: score strangers reach 10 times as often as at the decision point, 0.8 one they reach 10 times less
+PER_DECADE = 0.2
+#: without a calibration: similarity per unit of cosine around the threshold
+PER_COSINE = 2.0
+
+
+def confidence(cosine: float, decision: Decision, calibration: Calibration | None) -> float:
+    """A cosine as the 0..1 similarity CompreFace and DeepStack clients set thresholds on.
+
+    0.6 exactly where facerest's decision names the face, and 0.2 more (or less) for every decade
+    fewer (or more) strangers that score this high: `0.6 + 0.2 * log10(rate at the decision / rate
+    at this score)`, clamped to 0..1. The rate is the false-match rate per comparison for 1:1
+    (the decision's FMR) and, for a search, the chance that a stranger scores this high against
+    any of the gallery's subjects (FPIR over `decision.subjects`). Without a calibration it is
+    `0.6 + 2 * (cosine - threshold)`. Either way the similarity is at least 0.6 exactly when the
+    cosine reaches the decision's threshold, so "match at 60 %" means "facerest named it".
+    """
+    if calibration is None or decision.fmr is None:
+        value = AT_DECISION + PER_COSINE * (cosine - decision.threshold)
+    else:
+        subjects = max(decision.subjects or 1, 1)
+        at_decision = fpir_for_fmr(decision.fmr, subjects)
+        here = max(fpir_for_fmr(calibration.fmr_at(cosine), subjects), 1e-300)
+        value = AT_DECISION + PER_DECADE * math.log10(at_decision / here)
+    # the step functions of an empirical calibration must not disagree with the threshold itself
+    value = max(value, AT_DECISION) if cosine >= decision.threshold else min(value, AT_DECISION - 1e-5)
+    return round(min(max(value, 0.0), 1.0), 5)
+
+
+# --- images ---
+
+
+async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
+    limit = settings.max_image_bytes
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLarge(f"{upload.filename or 'upload'} is larger than the limit of {limit} bytes")
+    return data
+
+
+def decode(images: list[str | bytes], settings: Settings) -> list[Loaded]:
+    """Uploaded bytes or base64 text -> pixels or a per-image error (blocking: a worker thread).
+    Never a URL: these APIs take images in the body only."""
+    return load_images(images, None, settings)
+
+
+async def embeddings_body(request: Request, settings: Settings, model: type[BaseModel]) -> Any:
+    """A JSON body of embeddings, refused before it is parsed when it holds more arrays than
+    FACEREST_MAX_EMBEDDINGS_PER_BODY allows (each embedding is one `[`): 40,000 posted vectors
+    cost the event loop nothing."""
+    raw = await request.body()
+    if raw.count(b"[") - 2 > settings.max_embeddings_per_body:
+        raise TooManyEmbeddings(
+            f"the body holds more embeddings than the limit of {settings.max_embeddings_per_body}"
+        )
+    return await parse_body(request, model)
+
+
+# --- errors in the other API's shape ---
+
+#: (request, HTTP status, message, the exception) -> the other API's error answer
+Render = Callable[[Request, int, str, Exception], Response]
+
+
+def error_route(render: Render) -> type[APIRoute]:
+    """A route class whose errors (ours, validation, HTTP, a vanished client) are answered by
+    `render(request, status, message, error)` in the other API's shape, never as a 500."""
+
+    class ShapedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def run(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except FaceRestError as exc:
+                    if exc.status_code >= 500:
+                        log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
+                    request.scope[ERROR_CODE_KEY] = exc.code
+                    answer = render(request, exc.status_code, exc.detail, exc)
+                    if exc.status_code == 503:
+                        answer.headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
+                    return answer
+                except RequestValidationError as exc:
+                    request.scope[ERROR_CODE_KEY] = "validation_error"
+                    return render(request, 400, validation_message(exc), exc)
+                except StarletteHTTPException as exc:
+                    request.scope[ERROR_CODE_KEY] = "http_error"
+                    return render(request, exc.status_code, str(exc.detail), exc)
+                except ClientDisconnect as exc:
+                    request.scope[ERROR_CODE_KEY] = "client_disconnected"
+                    return render(request, 400, "the client disconnected", exc)
+
+            return run
+
+    return ShapedRoute
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"

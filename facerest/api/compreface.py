@@ -1,0 +1,714 @@
+"""CompreFace's REST API at its own paths (issue 31), for CompreFace's SDKs, Double-Take and scripts
+written against it: recognition (subjects, faces, recognize, verify), detection and verification,
+images as multipart `file` or base64 JSON, and its error shape `{"message", "code"}`.
+
+A translation only: the work is GalleryService's (gallery/service.py) and the pipeline's. The
+`x-api-key` of a CompreFace service names one gallery (api/compat.py: gallery_for_key), so one
+server stands in for several services. Similarities are facerest's calibrated decisions mapped to
+0..1 (api/compat.py: confidence); docs/moving.md documents every field and difference.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from facerest.api.compat import confidence, decode, embeddings_body, error_route, read_upload
+from facerest.api.compat import gallery_for_key as _gallery_of
+from facerest.api.responses import JSONResponse
+from facerest.api.routes import app_state, parse_body
+from facerest.api.state import AppState
+from facerest.errors import (
+    BadInput,
+    Conflict,
+    FaceRestError,
+    ImageDecodeError,
+    ImageTooLarge,
+    NoFace,
+    NotFound,
+    StorageUnavailable,
+    Unauthorized,
+)
+from facerest.gallery.calibration import Decision
+from facerest.gallery.people import UNSORTED
+from facerest.gallery.service import FoundFace, GalleryService, check_name
+from facerest.gallery.store import MAX_TOP_K, StoredFace, SubjectMatch
+from facerest.pipeline import ExtractOptions
+
+NO_FACE = "No face is found in the given image"
+#: at most this many ids in one "delete multiple examples" body
+MAX_IDS_PER_DELETE = 1000
+#: CompreFace's page size when none is asked, and the largest one answered here
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 1000
+
+
+class CompreFaceRefusal(FaceRestError):
+    """A refusal CompreFace answers with a code of its own (e.g. 34: a request part is missing)."""
+
+    def __init__(self, detail: str, compreface_code: int, status: int = 400) -> None:
+        super().__init__(detail)
+        self.compreface_code = compreface_code
+        self.status_code = status
+        self.code = "bad_input"
+
+
+def _compreface_code(status: int, exc: Exception) -> tuple[int, int]:
+    """(HTTP status, CompreFace code) for an error: its codes where its clients read them."""
+    if isinstance(exc, CompreFaceRefusal):
+        return exc.status_code, exc.compreface_code
+    if isinstance(exc, RequestValidationError):
+        missing = any(e.get("type") == "missing" for e in exc.errors())
+        return 400, 33 if missing else 26  # MISSING_REQUEST_PARAMETER, VALIDATION_CONSTRAINT_VIOLATION
+    if isinstance(exc, NoFace):
+        return 400, 28  # NO_FACES_FOUND: Double-Take reads it as "no face", not as a failure
+    if isinstance(exc, Unauthorized):
+        return 401, 10  # MODEL_NOT_FOUND: no service with this key
+    if isinstance(exc, NotFound):
+        return 404, 44 if str(exc.detail).startswith("Image") else 42  # EMBEDDING / SUBJECT_NOT_FOUND
+    if isinstance(exc, Conflict):
+        return 400, 43  # SUBJECT_ALREADY_EXISTS
+    if isinstance(exc, ImageDecodeError | ImageTooLarge):
+        return (413 if isinstance(exc, ImageTooLarge) else 400), 21  # UNAVAILABLE_FILE_EXTENSION
+    if isinstance(exc, BadInput):
+        return exc.status_code, 36  # INCORRECT_ARGUMENT
+    return status, 0  # UNDEFINED
+
+
+def _render(request: Request, status: int, message: str, exc: Exception) -> Response:
+    status, code = _compreface_code(status, exc)
+    return JSONResponse({"message": message, "code": code}, status)
+
+
+router = APIRouter(prefix="/api/v1", tags=["CompreFace"], route_class=error_route(_render))
+
+
+# --- what every route needs ---
+
+
+def compreface_gallery(request: Request) -> str:
+    """The gallery of the service whose key came in `x-api-key`."""
+    settings = app_state(request).settings
+    key = request.headers.get("x-api-key")
+    if key is None and (settings.api_keys or settings.compat_keys):
+        raise CompreFaceRefusal("Missing header: x-api-key", 20)  # MISSING_REQUEST_HEADER
+    return _gallery_of(settings, key)
+
+
+Gallery = Annotated[str, Depends(compreface_gallery)]
+
+
+def _service(request: Request) -> tuple[AppState, GalleryService]:
+    state = app_state(request)
+    if state.gallery is None:
+        raise StorageUnavailable("the gallery service is not running")
+    return state, state.gallery
+
+
+# CompreFace's query parameters, as it names and bounds them
+Limit = Annotated[int, Query(ge=0, description="Faces per image, the largest first; 0: all.")]
+DetProb = Annotated[
+    float | None, Query(ge=0.0, le=1.0, description="Detection score a face needs (default: the server's).")
+]
+Plugins = Annotated[
+    str,
+    Query(
+        description="Comma-separated: age, gender, landmarks, mask, calculator (the embedding); others "
+        "(pose) are ignored, as CompreFace ignores plugins it does not run."
+    ),
+]
+Status = Annotated[bool, Query(description="Add plugins_versions (the models that answered).")]
+PredictionCount = Annotated[int, Query(ge=1, description=f"Subjects per face (at most {MAX_TOP_K}).")]
+
+
+class Base64File(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    file: str = Field(description="The image, base64.")
+
+
+class Base64Pair(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    source_image: str
+    target_image: str
+
+
+class SubjectBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    subject: str = Field(min_length=1)
+
+
+class EmbeddingsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    embeddings: list[list[float]] = Field(min_length=1)
+
+
+class SourceTargetsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    source: list[float] = Field(min_length=1)
+    targets: list[list[float]] = Field(min_length=1)
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/")
+
+
+async def _images(request: Request, state: AppState, fields: tuple[str, ...]) -> list[str | bytes]:
+    """The images of a body, by field name: multipart files, or base64 strings in JSON."""
+    if _is_multipart(request):
+        async with request.form(max_files=len(fields) + 2, max_fields=len(fields) + 8) as form:
+            out: list[str | bytes] = []
+            for name in fields:
+                upload = form.get(name)
+                if not isinstance(upload, UploadFile):
+                    raise CompreFaceRefusal(f"Required request part '{name}' is not present", 34)
+                out.append(await read_upload(upload, state.settings))
+            return out
+    if fields == ("file",):
+        body: Base64File = await parse_body(request, Base64File)
+        return [body.file]
+    pair: Base64Pair = await parse_body(request, Base64Pair)
+    return [pair.source_image, pair.target_image]
+
+
+def _plugins(face_plugins: str) -> set[str]:
+    return {p.strip().lower() for p in face_plugins.split(",") if p.strip()}
+
+
+def _options(
+    state: AppState, det_prob: float | None, limit: int, plugins: set[str], detect_faces: bool = True
+) -> ExtractOptions:
+    models = state.analyzer.models
+    return ExtractOptions(
+        threshold=state.settings.det_thresh if det_prob is None else det_prob,
+        limit_faces=limit,
+        return_landmarks="landmarks" in plugins,
+        extract_embedding=True,
+        extract_ga=bool(plugins & {"age", "gender"}) and models.genderage is not None,
+        detect_masks="mask" in plugins and models.mask is not None,
+        # detect_faces=false: the image is a face crop (the largest face, else the whole image)
+        single_face=not detect_faces,
+    )
+
+
+def _loaded(images: list[str | bytes], state: AppState) -> list[np.ndarray]:
+    """Pixels; an image that is no image (or no base64) is CompreFace's code 21."""
+    out = []
+    for image in decode(images, state.settings):
+        if isinstance(image, BadInput) and not isinstance(image, ImageTooLarge):
+            raise CompreFaceRefusal(image.detail, 21)  # UNAVAILABLE_FILE_EXTENSION / not Base64
+        if isinstance(image, FaceRestError):
+            raise image
+        out.append(image)
+    return out
+
+
+def _face(found: FoundFace, plugins: set[str]) -> dict[str, Any]:
+    """One face as CompreFace writes it: plugin fields, then its box and landmarks."""
+    face = found.face
+    out: dict[str, Any] = {}
+    if face is not None:
+        if "age" in plugins and face.age is not None:
+            out["age"] = {"probability": None, "high": int(face.age), "low": int(face.age)}
+        if "gender" in plugins and face.gender is not None:
+            out["gender"] = {"probability": None, "value": face.gender}
+        if "mask" in plugins and face.mask_probs is not None:
+            masked = face.mask_probs.get("mask", 0.0)
+            out["mask"] = {
+                "probability": round(float(max(masked, 1.0 - masked)), 5),
+                "value": "with_mask" if face.mask else "without_mask",
+            }
+    if "calculator" in plugins:
+        out["embedding"] = [float(v) for v in found.embedding]
+    x1, y1, x2, y2 = found.bbox or (0.0, 0.0, 0.0, 0.0)
+    out["box"] = {
+        "probability": round(float(found.prob or 0.0), 5),
+        "x_max": round(x2),
+        "y_max": round(y2),
+        "x_min": max(round(x1), 0),
+        "y_min": max(round(y1), 0),
+    }
+    if "landmarks" in plugins and face is not None and face.landmarks is not None:
+        out["landmarks"] = [[round(float(x)), round(float(y))] for x, y in face.landmarks]
+    return out
+
+
+def _versions(state: AppState, plugins: set[str]) -> dict[str, str]:
+    """The models that answered, under CompreFace's plugin slugs."""
+    s, models = state.settings, state.analyzer.models
+    out = {"detector": s.det_name}
+    if models.recognizer is not None:
+        out["calculator"] = models.recognizer.entry.name
+    if models.genderage is not None:
+        out.update({p: models.genderage.entry.name for p in ("age", "gender") if p in plugins})
+    if "mask" in plugins and models.mask is not None:
+        out["mask"] = models.mask.entry.name
+    return out
+
+
+def _similarity(service: GalleryService, cosine: float, decision: Decision) -> float:
+    return confidence(cosine, decision, service.calibration)
+
+
+# --- image ids: CompreFace's are UUIDs, facerest's faces are numbered ---
+
+
+def uuid_of(face_id: int) -> str:
+    """A face id as a UUID-shaped string (its 64 bits in the last two groups)."""
+    return f"00000000-0000-0000-{(face_id >> 48) & 0xFFFF:04x}-{face_id & 0xFFFFFFFFFFFF:012x}"
+
+
+_UUID = re.compile(r"^00000000-0000-0000-([0-9a-fA-F]{4})-([0-9a-fA-F]{12})$")
+
+
+def face_id_of(value: str) -> int | None:
+    """The face id an image_id names, or None when it names no face of this server."""
+    match = _UUID.match(value.strip())
+    if match:
+        number = int(match.group(1) + match.group(2), 16)
+    elif value.strip().isdigit() and len(value.strip()) < 20:
+        number = int(value.strip())
+    else:
+        return None
+    return number if 1 <= number < 2**63 else None
+
+
+# --- the gallery behind a key (blocking helpers, run in worker threads) ---
+
+
+def _subjects(service: GalleryService, gallery: str) -> list[tuple[str, int]]:
+    if service.store.gallery(gallery) is None:
+        return []
+    return [(s, n) for s, n in service.store.subjects(gallery) if s != UNSORTED]
+
+
+def _faces(service: GalleryService, gallery: str, subject: str | None) -> list[StoredFace]:
+    """Every face of the gallery (or of one subject), by subject then id."""
+    if service.store.gallery(gallery) is None:
+        return []
+    names = [subject] if subject is not None else [s for s, _ in _subjects(service, gallery)]
+    return [face for name in names for face in service.store.faces(gallery, name)]
+
+
+def _face_by_id(service: GalleryService, gallery: str, face_id: int, embedding: bool = False) -> StoredFace:
+    for subject, _ in _subjects(service, gallery):
+        for face in service.store.faces(gallery, subject, with_embeddings=embedding):
+            if face.face_id == face_id:
+                return face
+    raise NotFound(f"Image {uuid_of(face_id)} not found")
+
+
+def _face_of(service: GalleryService, gallery: str, raw_id: str, embedding: bool = False) -> StoredFace:
+    face_id = face_id_of(raw_id)
+    if face_id is None:
+        raise NotFound(f"Image {raw_id[:100]} not found")
+    return _face_by_id(service, gallery, face_id, embedding)
+
+
+# --- subjects ---
+
+
+@router.get("/recognition/subjects", summary="CompreFace: list subjects")
+@router.get("/recognition/subjects/", include_in_schema=False)
+async def list_subjects(request: Request, gallery: Gallery) -> JSONResponse:
+    state, service = _service(request)
+    subjects = await state.run(lambda: _subjects(service, gallery))
+    return JSONResponse({"subjects": [s for s, _ in subjects]})
+
+
+@router.post("/recognition/subjects", status_code=201, summary="CompreFace: add a subject")
+async def add_subject(request: Request, gallery: Gallery) -> JSONResponse:
+    """A subject exists in facerest once it has a face: the name is checked and answered, and the
+    first face added under it creates it."""
+    body: SubjectBody = await parse_body(request, SubjectBody)
+    check_name("subject", body.subject)
+    return JSONResponse({"subject": body.subject}, 201)
+
+
+@router.put("/recognition/subjects/{subject}", summary="CompreFace: rename a subject")
+async def rename_subject(request: Request, gallery: Gallery, subject: str) -> JSONResponse:
+    state, service = _service(request)
+    body: SubjectBody = await parse_body(request, SubjectBody)
+    if body.subject == subject:
+        return JSONResponse({"updated": False})
+
+    def work() -> bool:
+        if service.store.gallery(gallery) is None:
+            raise NotFound(f"Subject {subject} not found")
+        return service.store.rename_subject(gallery, subject, body.subject) > 0
+
+    return JSONResponse({"updated": await state.run(work)})
+
+
+@router.delete("/recognition/subjects/{subject}", summary="CompreFace: delete a subject and its faces")
+async def delete_subject(request: Request, gallery: Gallery, subject: str) -> JSONResponse:
+    state, service = _service(request)
+
+    def work() -> None:
+        if service.store.gallery(gallery) is None or not service.store.delete_subject(gallery, subject):
+            raise NotFound(f"Subject {subject} not found")
+
+    await state.run(work)
+    return JSONResponse({"subject": subject})
+
+
+@router.delete("/recognition/subjects", summary="CompreFace: delete every subject")
+async def delete_subjects(request: Request, gallery: Gallery) -> JSONResponse:
+    state, service = _service(request)
+
+    def work() -> int:
+        subjects = _subjects(service, gallery)
+        for subject, _ in subjects:
+            service.store.delete_subject(gallery, subject)
+        return len(subjects)
+
+    return JSONResponse({"deleted": await state.run(work)})
+
+
+# --- faces (CompreFace's "examples" of subjects) ---
+
+
+@router.post("/recognition/faces", status_code=201, summary="CompreFace: add an example of a subject")
+async def add_face(
+    request: Request,
+    gallery: Gallery,
+    subject: Annotated[str, Query(min_length=1)],
+    det_prob_threshold: DetProb = None,
+) -> JSONResponse:
+    """The largest face of the image joins the subject (created if new); faces below the
+    enrolment floors (FACEREST_ENROL_*) are refused with the reason."""
+    state, service = _service(request)
+    image = (await _images(request, state, ("file",)))[0]
+
+    def work() -> int:
+        loaded = _loaded([image], state)
+        done = service.enrol(gallery, subject, loaded)
+        if not done.added:
+            reason = done.failed[0][1] if done.failed else NO_FACE
+            raise NoFace(NO_FACE) if reason in ("no face found", NO_FACE) else BadInput(reason)
+        return done.added[0][0]
+
+    face_id = await state.run(work)
+    return JSONResponse({"image_id": uuid_of(face_id), "subject": subject}, 201)
+
+
+@router.get("/recognition/faces", summary="CompreFace: list examples, paged")
+async def list_faces(
+    request: Request,
+    gallery: Gallery,
+    page: Annotated[int, Query(ge=0)] = 0,
+    size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    subject: str | None = None,
+) -> JSONResponse:
+    state, service = _service(request)
+    faces = await state.run(lambda: _faces(service, gallery, subject or None))
+    chosen = faces[page * size : (page + 1) * size]
+    return JSONResponse(
+        {
+            "faces": [{"image_id": uuid_of(f.face_id), "subject": f.subject} for f in chosen],
+            "page_number": page,
+            "page_size": size,
+            "total_pages": math.ceil(len(faces) / size),
+            "total_elements": len(faces),
+        }
+    )
+
+
+@router.delete("/recognition/faces", summary="CompreFace: delete the examples of a subject (or all)")
+async def delete_faces(request: Request, gallery: Gallery, subject: str | None = None) -> JSONResponse:
+    state, service = _service(request)
+
+    def work() -> int:
+        info = service.store.gallery(gallery)
+        if info is None:
+            return 0
+        if subject:
+            return service.store.delete_subject(gallery, subject)
+        deleted = sum(n for _, n in service.store.subjects(gallery))
+        service.store.delete_gallery(gallery)
+        return deleted
+
+    return JSONResponse({"deleted": await state.run(work)})
+
+
+@router.delete("/recognition/faces/{image_id}", summary="CompreFace: delete an example by id")
+async def delete_face(request: Request, gallery: Gallery, image_id: str) -> JSONResponse:
+    state, service = _service(request)
+
+    def work() -> StoredFace:
+        face = _face_of(service, gallery, image_id)
+        service.store.delete_face(gallery, face.face_id)
+        return face
+
+    face = await state.run(work)
+    return JSONResponse({"image_id": image_id, "subject": face.subject})
+
+
+@router.post("/recognition/faces/delete", summary="CompreFace: delete several examples by id")
+async def delete_many(request: Request, gallery: Gallery) -> JSONResponse:
+    """Ids that name no face of this service are skipped, as CompreFace skips them."""
+    state, service = _service(request)
+    ids = await parse_body(request, _IdList)
+
+    def work() -> list[dict[str, str]]:
+        done = []
+        for raw in ids.root:
+            try:
+                face = _face_of(service, gallery, raw)
+            except NotFound:
+                continue
+            if service.store.delete_face(gallery, face.face_id):
+                done.append({"image_id": raw, "subject": face.subject})
+        return done
+
+    return JSONResponse(await state.run(work))
+
+
+class _IdList(RootModel[Annotated[list[str], Field(max_length=MAX_IDS_PER_DELETE)]]):
+    pass
+
+
+# --- recognition and verification against the collection ---
+
+
+@router.post("/recognition/recognize", summary="CompreFace: recognize the faces of an image")
+async def recognize(
+    request: Request,
+    gallery: Gallery,
+    limit: Limit = 0,
+    det_prob_threshold: DetProb = None,
+    prediction_count: PredictionCount = 1,
+    face_plugins: Plugins = "",
+    status: Status = False,
+    detect_faces: bool = True,
+) -> JSONResponse:
+    """Each face with its `prediction_count` closest subjects; `similarity` reads 0.6 at facerest's
+    decision point (docs/moving.md)."""
+    state, service = _service(request)
+    image = (await _images(request, state, ("file",)))[0]
+    plugins = _plugins(face_plugins)
+    options = _options(state, det_prob_threshold, limit, plugins, detect_faces)
+
+    def work() -> tuple[Decision | None, list[tuple[FoundFace, list[SubjectMatch]]]]:
+        loaded = _loaded([image], state)
+        if service.store.gallery(gallery) is None:  # nothing enrolled with this key yet
+            found = service.detect(loaded, largest_only=False, options=options)[0]
+            if found.error is not None:
+                raise found.error
+            return None, [(face, []) for face in found.faces]
+        decision, answers = service.search(
+            gallery, loaded, top_k=min(prediction_count, MAX_TOP_K), detect_options=options
+        )
+        answer = answers[0]
+        if isinstance(answer, FaceRestError):
+            raise answer
+        return decision, [(hit.face, hit.matches) for hit in answer]
+
+    decision, faces = await state.run(work)
+    if not faces:
+        raise NoFace(NO_FACE)
+    result = []
+    for found, matches in faces:
+        item = _face(found, plugins)
+        item["subjects"] = [
+            {"subject": m.subject, "similarity": _similarity(service, m.similarity, decision)}
+            for m in matches
+            if decision is not None
+        ]
+        result.append(item)
+    answer: dict[str, Any] = {"result": result}
+    if status:
+        answer["plugins_versions"] = _versions(state, plugins)
+    return JSONResponse(answer)
+
+
+@router.post("/recognition/faces/{image_id}/verify", summary="CompreFace: compare an image with one example")
+async def verify_face(
+    request: Request,
+    gallery: Gallery,
+    image_id: str,
+    limit: Limit = 0,
+    det_prob_threshold: DetProb = None,
+    face_plugins: Plugins = "",
+    status: Status = False,
+) -> JSONResponse:
+    state, service = _service(request)
+    image = (await _images(request, state, ("file",)))[0]
+    plugins = _plugins(face_plugins)
+    options = _options(state, det_prob_threshold, limit, plugins)
+
+    def work() -> tuple[StoredFace, list[FoundFace]]:
+        face = _face_of(service, gallery, image_id, embedding=True)
+        found = service.detect(_loaded([image], state), largest_only=False, options=options)[0]
+        if found.error is not None:
+            raise found.error
+        return face, found.faces
+
+    stored, faces = await state.run(work)
+    if not faces:
+        raise NoFace(NO_FACE)
+    decision = service.decision()
+    assert stored.embedding is not None
+    result = [
+        {
+            **_face(found, plugins),
+            "subject": stored.subject,
+            "similarity": _similarity(service, float(found.embedding @ stored.embedding), decision),
+        }
+        for found in faces
+    ]
+    answer: dict[str, Any] = {"result": result}
+    if status:
+        answer["plugins_versions"] = _versions(state, plugins)
+    return JSONResponse(answer)
+
+
+@router.post("/recognition/embeddings/recognize", summary="CompreFace: recognize posted embeddings")
+async def recognize_embeddings(
+    request: Request, gallery: Gallery, prediction_count: PredictionCount = 1
+) -> JSONResponse:
+    state, service = _service(request)
+    body: EmbeddingsBody = await embeddings_body(request, state.settings, EmbeddingsBody)
+
+    def work() -> tuple[Decision | None, list[list[SubjectMatch]]]:
+        vectors = service.embeddings(body.embeddings)  # checked against the recognizer in use
+        if service.store.gallery(gallery) is None:
+            return None, [[] for _ in vectors]
+        decision, answers = service.search(
+            gallery, embeddings=[v.tolist() for v in vectors], top_k=min(prediction_count, MAX_TOP_K)
+        )
+        return decision, [a[0].matches if isinstance(a, list) and a else [] for a in answers]
+
+    decision, matches = await state.run(work)
+    result = [
+        {
+            "embedding": embedding,
+            "similarities": [
+                {"subject": m.subject, "similarity": _similarity(service, m.similarity, decision)}
+                for m in found
+                if decision is not None
+            ],
+        }
+        for embedding, found in zip(body.embeddings, matches, strict=True)
+    ]
+    return JSONResponse({"result": result})
+
+
+@router.post(
+    "/recognition/embeddings/faces/{image_id}/verify",
+    summary="CompreFace: compare embeddings with one example",
+)
+async def verify_embeddings(request: Request, gallery: Gallery, image_id: str) -> JSONResponse:
+    state, service = _service(request)
+    body: EmbeddingsBody = await embeddings_body(request, state.settings, EmbeddingsBody)
+
+    def work() -> list[float]:
+        vectors = service.embeddings(body.embeddings)
+        face = _face_of(service, gallery, image_id, embedding=True)
+        assert face.embedding is not None
+        return [float(v @ face.embedding) for v in vectors]
+
+    cosines = await state.run(work)
+    return JSONResponse({"result": _ranked(service, body.embeddings, cosines)})
+
+
+def _ranked(
+    service: GalleryService, embeddings: list[list[float]], cosines: list[float]
+) -> list[dict[str, Any]]:
+    decision = service.decision()
+    rows = [
+        {"embedding": e, "similarity": _similarity(service, c, decision)}
+        for e, c in zip(embeddings, cosines, strict=True)
+    ]
+    return sorted(rows, key=lambda r: -r["similarity"])
+
+
+# --- detection and verification services (no collection) ---
+
+
+@router.post("/detection/detect", summary="CompreFace: detect the faces of an image")
+async def detect(
+    request: Request,
+    gallery: Gallery,
+    limit: Limit = 0,
+    det_prob_threshold: DetProb = None,
+    face_plugins: Plugins = "",
+    status: Status = False,
+) -> JSONResponse:
+    state, service = _service(request)
+    image = (await _images(request, state, ("file",)))[0]
+    plugins = _plugins(face_plugins)
+    options = _options(state, det_prob_threshold, limit, plugins)
+    found = await state.run(
+        lambda: service.detect(_loaded([image], state), largest_only=False, options=options)[0]
+    )
+    if found.error is not None:
+        raise found.error
+    if not found.faces:
+        raise NoFace(NO_FACE)
+    answer: dict[str, Any] = {"result": [_face(f, plugins) for f in found.faces]}
+    if status:
+        answer["plugins_versions"] = _versions(state, plugins)
+    return JSONResponse(answer)
+
+
+@router.post("/verification/verify", summary="CompreFace: compare the faces of two images")
+async def verify_images(
+    request: Request,
+    gallery: Gallery,
+    limit: Limit = 0,
+    det_prob_threshold: DetProb = None,
+    face_plugins: Plugins = "",
+    status: Status = False,
+) -> JSONResponse:
+    """The source image's largest face against every face of the target image."""
+    state, service = _service(request)
+    source, target = await _images(request, state, ("source_image", "target_image"))
+    plugins = _plugins(face_plugins)
+    options = _options(state, det_prob_threshold, limit, plugins)
+
+    def work() -> tuple[FoundFace, list[FoundFace]]:
+        first, second = service.detect(_loaded([source, target], state), largest_only=False, options=options)
+        for found in (first, second):
+            if found.error is not None:
+                raise found.error
+            if not found.faces:
+                raise NoFace(NO_FACE)
+        return max(first.faces, key=_area), second.faces
+
+    source_face, target_faces = await state.run(work)
+    decision = service.decision()
+    matches = [
+        {
+            **_face(face, plugins),
+            "similarity": _similarity(service, float(face.embedding @ source_face.embedding), decision),
+        }
+        for face in target_faces
+    ]
+    entry: dict[str, Any] = {"source_image_face": _face(source_face, plugins), "face_matches": matches}
+    entry["plugins_versions"] = _versions(state, plugins)
+    return JSONResponse({"result": [entry]})
+
+
+@router.post("/verification/embeddings/verify", summary="CompreFace: compare embeddings")
+async def verify_embedding_pairs(request: Request, gallery: Gallery) -> JSONResponse:
+    state, service = _service(request)
+    body: SourceTargetsBody = await embeddings_body(request, state.settings, SourceTargetsBody)
+
+    def work() -> list[float]:
+        source, *targets = service.embeddings([body.source, *body.targets])
+        return [float(t @ source) for t in targets]
+
+    cosines = await state.run(work)
+    return JSONResponse({"result": _ranked(service, body.targets, cosines)})
+
+
+def _area(face: FoundFace) -> float:
+    x1, y1, x2, y2 = face.bbox or (0.0, 0.0, 0.0, 0.0)
+    return (x2 - x1) * (y2 - y1)
