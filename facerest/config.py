@@ -407,13 +407,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="The gallery each CompreFace x-api-key / DeepStack api_key reaches, as key=gallery pairs "
         "separated by commas (or a JSON object): one server stands in for several services, and a key "
-        "never reaches another key's gallery. Empty: every request FACEREST_API_KEYS lets in uses "
-        "FACEREST_COMPAT_GALLERY.",
+        "never reaches another key's gallery. Other keys are refused unless FACEREST_API_KEYS has them.",
     )
     compat_gallery: str = Field(
         "default",
-        description="The gallery of the CompreFace and DeepStack APIs for a key not in FACEREST_COMPAT_KEYS "
-        "(a FACEREST_API_KEYS key, or any request on a server without keys).",
+        description="The gallery of the CompreFace and DeepStack APIs for a FACEREST_API_KEYS key, or for a "
+        "request without a key on a server without FACEREST_API_KEYS.",
     )
 
     # --- publishing: MQTT (issue 31) ---

@@ -39,9 +39,11 @@ def gallery_for_key(settings: Settings, key: str | None) -> str:
     """The one gallery a CompreFace service key or a DeepStack `api_key` reaches.
 
     The one place this is decided: a key of FACEREST_COMPAT_KEYS reaches its gallery and nothing
-    else; any other request FACEREST_API_KEYS admits (or every request, on a server without keys)
-    reaches FACEREST_COMPAT_GALLERY. With access scopes (issue 30) this becomes "the presented key's
-    principal, whose gallery scope must be exactly one gallery".
+    else. Any other request reaches FACEREST_COMPAT_GALLERY if FACEREST_API_KEYS admits it; on a
+    server without FACEREST_API_KEYS (whose own API is open anyway) a request without a key does
+    (CodeProject.AI's clients send none), one with a key the server does not know is refused.
+    With access scopes (issue 30) this becomes "the presented key's principal, whose gallery scope
+    must be exactly one gallery".
     """
     given = (key or "").encode("utf-8", "replace")
     mapped = None
@@ -53,42 +55,47 @@ def gallery_for_key(settings: Settings, key: str | None) -> str:
     if settings.api_keys:
         if not key_is_valid(key or "", settings.api_keys):
             raise Unauthorized("this API key reaches no gallery on this server")
-    elif settings.compat_keys:
+    elif key and settings.compat_keys:
         raise Unauthorized("this API key reaches no gallery on this server")
     return check_name("gallery", settings.compat_gallery)
 
 
 # --- the similarity other APIs' clients threshold ---
 
-#: the similarity at the decision point in force: Double-Take's default "match" (60 %)
+#: the similarity at the decision point in force (Double-Take's default "match", 60 %) and the
+#: highest one a face below it can read (its default "unknown", 40 %)
 AT_DECISION = 0.6
-#: similarity gained per decade fewer false matches: 0.4 (Double-Take's "unknown" default) is a
-#: score strangers reach 10 times as often as at the decision point, 0.8 one they reach 10 times less
+BELOW_DECISION = 0.4
+#: similarity per decade of false matches away from the decision point
 PER_DECADE = 0.2
-#: without a calibration: similarity per unit of cosine around the threshold
-PER_COSINE = 2.0
+#: without a calibration: decades per unit of cosine away from the threshold
+DECADES_PER_COSINE = 10.0
 
 
 def confidence(cosine: float, decision: Decision, calibration: Calibration | None) -> float:
     """A cosine as the 0..1 similarity CompreFace and DeepStack clients set thresholds on.
 
-    0.6 exactly where facerest's decision names the face, and 0.2 more (or less) for every decade
-    fewer (or more) strangers that score this high: `0.6 + 0.2 * log10(rate at the decision / rate
-    at this score)`, clamped to 0..1. The rate is the false-match rate per comparison for 1:1
-    (the decision's FMR) and, for a search, the chance that a stranger scores this high against
-    any of the gallery's subjects (FPIR over `decision.subjects`). Without a calibration it is
-    `0.6 + 2 * (cosine - threshold)`. Either way the similarity is at least 0.6 exactly when the
-    cosine reaches the decision's threshold, so "match at 60 %" means "facerest named it".
+    A face facerest names (cosine at or above the decision's threshold) reads 0.6 or more, 0.2 more
+    for every decade fewer strangers that score this high than at the decision point; a face it
+    does not name reads below 0.4, 0.2 less for every decade more strangers. So Double-Take's
+    defaults (match from 60 %, "unknown" below 40 %) are facerest's own decision, a threshold of
+    0.8 asks for 100 times fewer false matches, and 0.2 lets through faces that strangers reach 10
+    times as often as at the decision point. The rate is the false-match rate per comparison for
+    1:1 and, for a search, the chance that a stranger scores this high against any of the gallery's
+    subjects (FPIR over `decision.subjects`): `decades = log10(rate at decision / rate here)`.
+    Without a calibration, 0.1 of cosine counts as a decade.
     """
     if calibration is None or decision.fmr is None:
-        value = AT_DECISION + PER_COSINE * (cosine - decision.threshold)
+        decades = DECADES_PER_COSINE * (cosine - decision.threshold)
     else:
         subjects = max(decision.subjects or 1, 1)
         at_decision = fpir_for_fmr(decision.fmr, subjects)
         here = max(fpir_for_fmr(calibration.fmr_at(cosine), subjects), 1e-300)
-        value = AT_DECISION + PER_DECADE * math.log10(at_decision / here)
-    # the step functions of an empirical calibration must not disagree with the threshold itself
-    value = max(value, AT_DECISION) if cosine >= decision.threshold else min(value, AT_DECISION - 1e-5)
+        decades = math.log10(at_decision / here)
+    if cosine >= decision.threshold:  # named: the step functions of a calibration never say less
+        value = AT_DECISION + PER_DECADE * max(decades, 0.0)
+    else:
+        value = min(BELOW_DECISION + PER_DECADE * min(decades, 0.0), BELOW_DECISION - 1e-5)
     return round(min(max(value, 0.0), 1.0), 5)
 
 

@@ -97,7 +97,7 @@ def compreface_gallery(request: Request) -> str:
     """The gallery of the service whose key came in `x-api-key`."""
     settings = app_state(request).settings
     key = request.headers.get("x-api-key")
-    if key is None and (settings.api_keys or settings.compat_keys):
+    if key is None and settings.api_keys:
         raise CompreFaceRefusal("Missing header: x-api-key", 20)  # MISSING_REQUEST_HEADER
     return _gallery_of(settings, key)
 
