@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Annotated, Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from facerest.gallery.calibration import Decision
 from facerest.gallery.people import UNSORTED
 from facerest.gallery.service import FoundFace, GalleryService, check_name
 from facerest.gallery.store import MAX_TOP_K, StoredFace, SubjectMatch
+from facerest.models.faces import Face
 from facerest.pipeline import ExtractOptions
 
 NO_FACE = "No face is found in the given image"
@@ -93,7 +95,7 @@ router = APIRouter(prefix="/api/v1", tags=["CompreFace"], route_class=error_rout
 # --- what every route needs ---
 
 
-def compreface_gallery(request: Request) -> str:
+async def compreface_gallery(request: Request) -> str:
     """The gallery of the service whose key came in `x-api-key`."""
     settings = app_state(request).settings
     key = request.headers.get("x-api-key")
@@ -209,32 +211,35 @@ def _loaded(images: list[str | bytes], state: AppState) -> list[np.ndarray]:
     return out
 
 
-def _face(found: FoundFace, plugins: set[str]) -> dict[str, Any]:
+def _record(found: FoundFace) -> Face:
+    assert found.face is not None  # the detection options were ours: each face keeps its record
+    return found.face
+
+
+def _face(face: Face, plugins: set[str]) -> dict[str, Any]:
     """One face as CompreFace writes it: plugin fields, then its box and landmarks."""
-    face = found.face
     out: dict[str, Any] = {}
-    if face is not None:
-        if "age" in plugins and face.age is not None:
-            out["age"] = {"probability": None, "high": int(face.age), "low": int(face.age)}
-        if "gender" in plugins and face.gender is not None:
-            out["gender"] = {"probability": None, "value": face.gender}
-        if "mask" in plugins and face.mask_probs is not None:
-            masked = face.mask_probs.get("mask", 0.0)
-            out["mask"] = {
-                "probability": round(float(max(masked, 1.0 - masked)), 5),
-                "value": "with_mask" if face.mask else "without_mask",
-            }
-    if "calculator" in plugins:
-        out["embedding"] = [float(v) for v in found.embedding]
-    x1, y1, x2, y2 = found.bbox or (0.0, 0.0, 0.0, 0.0)
+    if "age" in plugins and face.age is not None:
+        out["age"] = {"probability": None, "high": int(face.age), "low": int(face.age)}
+    if "gender" in plugins and face.gender is not None:
+        out["gender"] = {"probability": None, "value": face.gender}
+    if "mask" in plugins and face.mask_probs is not None:
+        masked = face.mask_probs.get("mask", 0.0)
+        out["mask"] = {
+            "probability": round(float(max(masked, 1.0 - masked)), 5),
+            "value": "with_mask" if face.mask else "without_mask",
+        }
+    if "calculator" in plugins and face.embedding is not None:
+        out["embedding"] = [float(v) for v in face.embedding]
+    x1, y1, x2, y2 = (float(v) for v in face.bbox)
     out["box"] = {
-        "probability": round(float(found.prob or 0.0), 5),
+        "probability": round(float(face.score), 5),
         "x_max": round(x2),
         "y_max": round(y2),
         "x_min": max(round(x1), 0),
         "y_min": max(round(y1), 0),
     }
-    if "landmarks" in plugins and face is not None and face.landmarks is not None:
+    if "landmarks" in plugins and face.landmarks is not None:
         out["landmarks"] = [[round(float(x)), round(float(y))] for x, y in face.landmarks]
     return out
 
@@ -515,7 +520,7 @@ async def recognize(
         raise NoFace(NO_FACE)
     result = []
     for found, matches in faces:
-        item = _face(found, plugins)
+        item = _face(_record(found), plugins)
         item["subjects"] = [
             {"subject": m.subject, "similarity": _similarity(service, m.similarity, decision)}
             for m in matches
@@ -557,7 +562,7 @@ async def verify_face(
     assert stored.embedding is not None
     result = [
         {
-            **_face(found, plugins),
+            **_face(_record(found), plugins),
             "subject": stored.subject,
             "similarity": _similarity(service, float(found.embedding @ stored.embedding), decision),
         }
@@ -641,18 +646,19 @@ async def detect(
     face_plugins: Plugins = "",
     status: Status = False,
 ) -> JSONResponse:
-    state, service = _service(request)
+    state = app_state(request)
     image = (await _images(request, state, ("file",)))[0]
     plugins = _plugins(face_plugins)
-    options = _options(state, det_prob_threshold, limit, plugins)
-    found = await state.run(
-        lambda: service.detect(_loaded([image], state), largest_only=False, options=options)[0]
+    # detection only: the recognizer runs when the embedding (`calculator`) is asked for
+    options = replace(
+        _options(state, det_prob_threshold, limit, plugins), extract_embedding="calculator" in plugins
     )
-    if found.error is not None:
-        raise found.error
-    if not found.faces:
+    result = await state.run(lambda: state.analyzer.process(_loaded([image], state), options)[0])
+    if not result.ok:
+        raise BadInput(result.error or "the image failed")
+    if not result.faces:
         raise NoFace(NO_FACE)
-    answer: dict[str, Any] = {"result": [_face(f, plugins) for f in found.faces]}
+    answer: dict[str, Any] = {"result": [_face(f, plugins) for f in result.faces]}
     if status:
         answer["plugins_versions"] = _versions(state, plugins)
     return JSONResponse(answer)
@@ -686,12 +692,15 @@ async def verify_images(
     decision = service.decision()
     matches = [
         {
-            **_face(face, plugins),
+            **_face(_record(face), plugins),
             "similarity": _similarity(service, float(face.embedding @ source_face.embedding), decision),
         }
         for face in target_faces
     ]
-    entry: dict[str, Any] = {"source_image_face": _face(source_face, plugins), "face_matches": matches}
+    entry: dict[str, Any] = {
+        "source_image_face": _face(_record(source_face), plugins),
+        "face_matches": matches,
+    }
     entry["plugins_versions"] = _versions(state, plugins)
     return JSONResponse({"result": [entry]})
 

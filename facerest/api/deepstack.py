@@ -31,7 +31,7 @@ from facerest.errors import (
     Unauthorized,
 )
 from facerest.gallery.people import UNSORTED
-from facerest.gallery.service import FoundFace, GalleryService
+from facerest.gallery.service import GalleryService
 from facerest.pipeline import ExtractOptions
 
 #: form fields one request may carry (DeepStack's register takes any number of image files)
@@ -130,8 +130,8 @@ def _loaded(images: list[bytes], state: AppState) -> list[np.ndarray]:
     return out
 
 
-def _box(face: FoundFace) -> dict[str, int]:
-    x1, y1, x2, y2 = face.bbox or (0.0, 0.0, 0.0, 0.0)
+def _box(bbox: list[float] | None) -> dict[str, int]:
+    x1, y1, x2, y2 = bbox or (0.0, 0.0, 0.0, 0.0)
     return {"x_min": max(round(x1), 0), "y_min": max(round(y1), 0), "x_max": round(x2), "y_max": round(y2)}
 
 
@@ -144,18 +144,20 @@ def _ok(started: float, **body: Any) -> JSONResponse:
 async def detect(request: Request) -> JSONResponse:
     """`min_confidence`: the detection score a face needs (default: the server's)."""
     started = time.perf_counter()
-    state, service = _service(request)
+    state = app_state(request)
     fields, images = await _form(request, state)
     _gallery(state, fields)
     image = _one_image(images)
     threshold = _min_confidence(fields)
-    options = ExtractOptions(threshold=state.settings.det_thresh if threshold is None else threshold)
-    found = await state.run(
-        lambda: service.detect(_loaded([image], state), largest_only=False, options=options)[0]
+    options = ExtractOptions(  # detection only: no recognizer run
+        threshold=state.settings.det_thresh if threshold is None else threshold, extract_embedding=False
     )
-    if found.error is not None:
-        raise found.error
-    predictions = [{"confidence": round(float(f.prob or 0.0), 5), **_box(f)} for f in found.faces]
+    result = await state.run(lambda: state.analyzer.process(_loaded([image], state), options)[0])
+    if not result.ok:
+        raise DeepStackRefusal(result.error or "invalid image")
+    predictions = [
+        {"confidence": round(float(f.score), 5), **_box([float(v) for v in f.bbox])} for f in result.faces
+    ]
     return _ok(started, predictions=predictions, count=len(predictions))
 
 
@@ -201,7 +203,7 @@ async def recognize(request: Request) -> JSONResponse:
             found = service.detect(loaded, largest_only=False, options=options)[0]
             if found.error is not None:
                 raise found.error
-            return [{"confidence": 0, "userid": "unknown", **_box(f)} for f in found.faces]
+            return [{"confidence": 0, "userid": "unknown", **_box(f.bbox)} for f in found.faces]
         decision, answers = service.search(gallery, loaded, top_k=1, detect_options=options)
         answer = answers[0]
         if isinstance(answer, FaceRestError):
@@ -215,7 +217,7 @@ async def recognize(request: Request) -> JSONResponse:
                 {
                     "confidence": score if named else 0,
                     "userid": best.subject if named and best is not None else "unknown",
-                    **_box(hit.face),
+                    **_box(hit.face.bbox),
                 }
             )
         return out

@@ -21,6 +21,7 @@ Payloads are JSON without embeddings or pictures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -159,7 +160,10 @@ class MqttPublisher:
             self._thread.join(timeout_s)
         self._subscription.close()
         if self.connected:
-            self.client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(timeout_s)
+            with contextlib.suppress(RuntimeError, ValueError):  # the broker went meanwhile
+                self.client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(
+                    timeout_s
+                )
         self.client.disconnect()
         self.client.loop_stop()
 
