@@ -7,7 +7,9 @@ started again (publishing resumes). Skips with the reason where mosquitto is not
 from __future__ import annotations
 
 import base64
+import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -396,3 +398,68 @@ def test_broker_urls() -> None:
     for bad in ("http://x", "mqtt://", "mqtt://host:99999"):
         with pytest.raises(BadInput):
             broker_of(Settings(mqtt_url=bad))
+
+
+def _certificates(root: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl); the CA's file."""
+    run = lambda *args: subprocess.run(args, cwd=root, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "1", "-subj", "/CN=facerest-test-ca")  # fmt: skip
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (root / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return root / "ca.crt"
+
+
+def test_tls_and_credentials(tmp_path: Path) -> None:
+    """mqtts:// with the broker's CA and a user name and password: published; a wrong password is
+    refused by the broker and the messages are counted as dropped."""
+    if not MOSQUITTO.exists() or not shutil.which("openssl") or not shutil.which("mosquitto_passwd"):
+        pytest.skip("needs Debian's mosquitto and mosquitto_passwd (scripts/ensure-mosquitto.sh) and openssl")
+    ca = _certificates(tmp_path)
+    (tmp_path / "passwd").touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(tmp_path / "passwd"), "cam", "s3cret"], check=True)
+    port = free_port()
+    broker = Mosquitto(tmp_path, port)
+    # root drops to the mosquitto user, who cannot read pytest's folders: stay (a loopback test broker)
+    user = "user root\n" if os.geteuid() == 0 else ""
+    broker.config.write_text(
+        f"{user}listener {port} 127.0.0.1\ncafile {ca}\ncertfile {tmp_path / 'server.crt'}\n"
+        f"keyfile {tmp_path / 'server.key'}\nallow_anonymous false\npassword_file {tmp_path / 'passwd'}\n"
+        "log_dest stderr\n"
+    )
+    broker.start()
+    reader = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-reader")
+    reader.tls_set(ca_certs=str(ca))
+    reader.username_pw_set("cam", "s3cret")
+    got: list[str] = []
+    reader.on_message = lambda c, u, m: got.append(m.topic)
+    reader.connect("127.0.0.1", port)
+    reader.subscribe(f"{PREFIX}/#")
+    reader.loop_start()
+    try:
+        for password, should_arrive in (("s3cret", True), ("wrong", False)):
+            bus = EventBus()
+            settings = Settings(mqtt_url=f"mqtts://cam:{password}@127.0.0.1:{port}", mqtt_tls_ca_file=ca)
+            publisher = MqttPublisher(settings, bus)
+            publisher.start()
+            deadline = time.monotonic() + 5
+            while not publisher.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert publisher.connected is should_arrive
+            got.clear()
+            bus.publish(FacesRecognized("tls", "search", [_face(None)]))
+            deadline = time.monotonic() + 5
+            while not got and publisher.dropped["disconnected"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if should_arrive:
+                assert got == [f"{PREFIX}/recognized/tls"]
+            else:
+                assert got == [] and publisher.dropped["disconnected"] == 1
+            publisher.close()
+    finally:
+        reader.disconnect()
+        reader.loop_stop()
+        broker.stop()
