@@ -133,6 +133,7 @@ def test_compreface_sdk_recognition_detection_verification(compat_server: Server
     assert subjects.list() == {"subjects": []}
 
     added = {}
+    assert subjects.add(known[0]) == {"subject": known[0]}  # kept once it has a face (docs/moving.md)
     for person in known:
         answer = faces.add(str(root / by_person[person][0]), person)
         assert answer["subject"] == person and uuid.UUID(answer["image_id"]), answer
