@@ -10,8 +10,19 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class AccessKey(BaseModel):
+    """One hashed key given in the environment (FACEREST_ACCESS_KEYS); the key file holds the same."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@\-]+$")
+    role: Literal["viewer", "operator", "admin"]
+    galleries: list[str] | None = None  # None: every gallery
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 def _default_threads() -> int:
@@ -437,6 +448,38 @@ class Settings(BaseSettings):
     )
     enrol_min_quality: float = Field(
         0.0, ge=0.0, le=1.0, description="Enrolment refuses faces whose quality score is lower; 0: no check."
+    )
+
+    # --- access: keys with roles and galleries, the audit trail, retention (issue 30) ---
+    access_keys_file: Path | None = Field(
+        None,
+        description="Hashed keys with roles and galleries, written by `facerest keys` and read again "
+        "whenever it changes (a revoked key is refused at once by every worker); unset: "
+        "data_dir/keys.json. Once the file exists (even empty) every request needs a key.",
+    )
+    access_keys: list[AccessKey] = Field(
+        default_factory=list,
+        description="Hashed keys given in the environment: a JSON list of objects {name, role, galleries, "
+        "sha256} (`facerest keys create --env` prints one).",
+    )
+    access_audit: bool = Field(
+        True,
+        description="Write the audit trail: one JSON line per gallery read or write and per refused "
+        "request (who, what, which gallery, subjects as pseudonyms, face ids, outcome).",
+    )
+    access_audit_dir: Path | None = Field(
+        None, description="Folder of the audit trail (one file per UTC day); unset: data_dir/audit."
+    )
+    access_audit_keep_days: int = Field(
+        365, ge=0, description="Days an audit file is kept before the server erases it; 0: forever."
+    )
+    retention_unsorted_days: float = Field(
+        0.0,
+        ge=0.0,
+        description="Days a face enrolled without a subject is kept before the server erases it; 0: forever.",
+    )
+    retention_interval_s: float = Field(
+        3600.0, gt=0, description="How often the server erases what the retention settings have expired."
     )
 
     @field_validator(

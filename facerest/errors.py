@@ -119,6 +119,13 @@ class NotFound(FaceRestError):
     code = "not_found"
 
 
+class Forbidden(FaceRestError):
+    """The key is valid but its role or its galleries do not cover the request (issue 30)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class Overloaded(FaceRestError):
     """The inference queue is full; the client should retry later."""
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from facerest import __version__
+from facerest.api.access import Access
 from facerest.api.demo import router as demo_router
 from facerest.api.errors import document_errors, install_error_handlers
 from facerest.api.gallery import router as gallery_router
@@ -20,6 +21,7 @@ from facerest.api.metrics import Metrics
 from facerest.api.metrics import router as metrics_router
 from facerest.api.middleware import HardeningMiddleware
 from facerest.api.people import router as people_router
+from facerest.api.retention import router as retention_router
 from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
 from facerest.api.video import router as video_router
@@ -76,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         root_path=settings.root_path,
     )
-    app.add_middleware(HardeningMiddleware, settings=settings)
+    app.state.access = Access(settings)  # keys and the audit trail (issue 30)
+    app.add_middleware(HardeningMiddleware, settings=settings, access=app.state.access)
     if settings.cors_origins:  # added last = outermost: preflights are answered before the key check
         app.add_middleware(
             CORSMiddleware,
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(people_router)
     app.include_router(metrics_router)
     app.include_router(video_router)  # /video/..., /multipart/video/extract (issue 17)
+    app.include_router(retention_router)  # no routes: erases what has expired (issue 30)
     _document_bodies(app)
     return app
 

@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError, WithJsonSchema
 
+from facerest.api.access import BODY, Grant, allow
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.schemas import Images, Name
@@ -188,9 +189,9 @@ def _box(face: FoundFace) -> dict[str, Any]:
 
 
 @router.get("/galleries", summary="Every gallery with its model and size")
-async def list_galleries(request: Request) -> JSONResponse:
+async def list_galleries(request: Request, grant: Grant = Depends(allow("read"))) -> JSONResponse:
     state, service = _service(request)
-    found = await state.run(service.store.galleries)
+    found = [g for g in await state.run(service.store.galleries) if grant.sees(g.name)]
     return JSONResponse(
         {
             "galleries": [
@@ -209,11 +210,11 @@ async def list_galleries(request: Request) -> JSONResponse:
 
 
 @router.delete("/gallery/{gallery}", summary="Delete a gallery and every face in it")
-async def delete_gallery(request: Request, gallery: Name) -> JSONResponse:
+async def delete_gallery(
+    request: Request, gallery: Name, _: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
     state, service = _service(request)
-    if not await state.run(lambda: service.store.delete_gallery(gallery)):
-        raise NotFound(f"no gallery {gallery!r}")
-    await state.run(lambda: service.people.forget(gallery))
+    await state.run(lambda: service.delete_gallery(gallery))
     return JSONResponse({"gallery": gallery, "deleted": True})
 
 
@@ -222,7 +223,12 @@ async def delete_gallery(request: Request, gallery: Name) -> JSONResponse:
     openapi_extra=parsed_body(EnrolRequest),
     summary="Enrol faces into a subject",
 )
-async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+async def enrol(
+    request: Request,
+    gallery: Name,
+    subject: Name,
+    grant: Grant = Depends(allow("enrol", gallery="gallery")),
+) -> JSONResponse:
     """From images (the largest face of each, or all with `all_faces`) and/or posted embeddings.
 
     The gallery is created on first use and records the recognizer; images without a face are
@@ -238,6 +244,7 @@ async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
         return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force)
 
     done = await state.run(work)
+    grant.touched(subjects=[subject], faces=[face_id for face_id, _ in done.added])
     return JSONResponse(
         {
             "gallery": gallery,
@@ -252,7 +259,9 @@ async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
 
 
 @router.get("/gallery/{gallery}/subjects", summary="The subjects of a gallery and their face counts")
-async def list_subjects(request: Request, gallery: Name) -> JSONResponse:
+async def list_subjects(
+    request: Request, gallery: Name, _: Grant = Depends(allow("read", gallery="gallery"))
+) -> JSONResponse:
     state, service = _service(request)
 
     def work() -> list[tuple[str, int]]:
@@ -269,9 +278,12 @@ async def get_subject(
     request: Request,
     gallery: Name,
     subject: Name,
-    embeddings: bool = Query(False, description="Add each face's embedding (for export)."),
+    embeddings: bool = Query(False, description="Add each face's embedding (for export: operator)."),
+    grant: Grant = Depends(allow("read", gallery="gallery")),
 ) -> JSONResponse:
     state, service = _service(request)
+    if embeddings:
+        grant.require("export", gallery)
 
     def work():  # type: ignore[no-untyped-def]
         if service.store.gallery(gallery) is None:
@@ -279,6 +291,7 @@ async def get_subject(
         return service.store.faces(gallery, subject, with_embeddings=embeddings)
 
     faces = await state.run(work)
+    grant.touched(subjects=[subject], faces=[f.face_id for f in faces])
     if not faces:
         raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
     out = []
@@ -302,20 +315,31 @@ async def get_subject(
     openapi_extra=parsed_body(RenameRequest),
     summary="Rename a subject",
 )
-async def rename_subject(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+async def rename_subject(
+    request: Request,
+    gallery: Name,
+    subject: Name,
+    grant: Grant = Depends(allow("edit", gallery="gallery")),
+) -> JSONResponse:
     state, service = _service(request)
     req: RenameRequest = await parse_body(request, RenameRequest)
+    grant.touched(subjects=[subject, req.new_name])
     moved = await state.run(lambda: service.store.rename_subject(gallery, subject, req.new_name))
     return JSONResponse({"gallery": gallery, "subject": req.new_name, "faces": moved})
 
 
 @router.delete("/gallery/{gallery}/subjects/{subject}", summary="Delete a subject and its faces")
-async def delete_subject(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+async def delete_subject(
+    request: Request,
+    gallery: Name,
+    subject: Name,
+    grant: Grant = Depends(allow("delete", gallery="gallery")),
+) -> JSONResponse:
     state, service = _service(request)
-    deleted = await state.run(lambda: service.store.delete_subject(gallery, subject))
-    if not deleted:
-        raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
-    return JSONResponse({"gallery": gallery, "subject": subject, "deleted_faces": deleted})
+    grant.touched(subjects=[subject])
+    removed = await state.run(lambda: service.delete_subject(gallery, subject))
+    grant.touched(faces=removed.faces)
+    return JSONResponse({"gallery": gallery, "subject": subject, "deleted_faces": len(removed.faces)})
 
 
 #: face ids are 64-bit integers in both stores; a larger number can name no face
@@ -324,11 +348,14 @@ FACE_ID_MAX = 2**63 - 1
 
 @router.delete("/gallery/{gallery}/faces/{face_id}", summary="Delete one face")
 async def delete_face(
-    request: Request, gallery: Name, face_id: Annotated[int, Path(ge=1, le=FACE_ID_MAX)]
+    request: Request,
+    gallery: Name,
+    face_id: Annotated[int, Path(ge=1, le=FACE_ID_MAX)],
+    grant: Grant = Depends(allow("delete", gallery="gallery")),
 ) -> JSONResponse:
     state, service = _service(request)
-    if not await state.run(lambda: service.store.delete_face(gallery, face_id)):
-        raise NotFound(f"no face {face_id} in gallery {gallery!r}")
+    grant.touched(faces=[face_id])
+    await state.run(lambda: service.delete_face(gallery, face_id))
     return JSONResponse({"gallery": gallery, "face_id": face_id, "deleted": True})
 
 
@@ -337,7 +364,9 @@ async def delete_face(
     openapi_extra=parsed_body(SearchRequest),
     summary="Identify every face in the images (1:N)",
 )
-async def search(request: Request, gallery: Name) -> JSONResponse:
+async def search(
+    request: Request, gallery: Name, grant: Grant = Depends(allow("search", gallery="gallery"))
+) -> JSONResponse:
     """For every face, the `top_k` closest subjects; `subject` is null below the threshold.
 
     `data` holds one entry per image (request order), then one per posted embedding.
@@ -359,6 +388,11 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
         if isinstance(result, FaceRestError):
             data.append({"status": "failed", "traceback": result.detail, "code": result.code, "faces": []})
             continue
+        # who was looked up: the subjects named, and those shown as candidates below the threshold
+        grant.touched(
+            subjects=[hit.subject for hit in result if hit.subject is not None],
+            candidates=[m.subject for hit in result for m in hit.matches],
+        )
         faces = [
             {
                 **_box(hit.face),
@@ -388,7 +422,7 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
     openapi_extra=parsed_body(VerifyRequest),
     summary="Same person? Two images, an image and a subject, or two embeddings",
 )
-async def verify(request: Request) -> JSONResponse:
+async def verify(request: Request, grant: Grant = Depends(allow("verify", gallery=BODY))) -> JSONResponse:
     """Compares the largest face of each image (or the posted embeddings); against a subject, its
     closest face counts. `same` is `similarity >= threshold`."""
     state, service = _service(request)
@@ -399,6 +433,9 @@ async def verify(request: Request) -> JSONResponse:
     with_subject = req.gallery is not None or req.subject is not None
     if with_subject and (req.gallery is None or req.subject is None):
         raise BadInput("verify against a subject needs both `gallery` and `subject`")
+    if req.gallery is not None and req.subject is not None:
+        grant.use_gallery(req.gallery)
+        grant.touched(subjects=[req.subject])
     wanted = 1 if with_subject else 2
     if inputs != wanted:
         raise BadInput(

@@ -1,5 +1,6 @@
 """One ASGI middleware for what every request goes through before any route: a request id,
-API keys, the body-size limit, an access log line and the request metrics.
+API keys (who the request acts as: facerest/api/access.py), the body-size limit, an access log
+line and the request metrics.
 
 It is plain ASGI (not Starlette's BaseHTTPMiddleware) so that bodies stream through untouched and
 an oversized body is cut off while it arrives, whatever route (JSON, msgpack, multipart) reads it.
@@ -7,7 +8,6 @@ an oversized body is cut off while it arrives, whatever route (JSON, msgpack, mu
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import time
@@ -16,6 +16,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facerest.api.access import PRINCIPAL_KEY, Access
 from facerest.api.errors import ERROR_CODE_KEY, error_body
 from facerest.api.responses import JSONResponse
 from facerest.config import Settings
@@ -37,28 +38,11 @@ def incoming_request_id(headers: Headers) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def key_is_valid(given: str, keys: list[str]) -> bool:
-    """Constant-time comparison against every configured key (no early exit on the first match)."""
-    given_bytes = given.encode("utf-8", "replace")
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given_bytes, key.encode("utf-8"))
-    return matched
-
-
-def presented_key(headers: Headers) -> str:
-    """`X-API-Key: <key>`, or `Authorization: Bearer <key>` (what Prometheus scrapers can send)."""
-    key = headers.get("x-api-key")
-    if key is not None:
-        return key
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else ""
-
-
 class HardeningMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, access: Access) -> None:
         self.app = app
         self.settings = settings
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -115,11 +99,9 @@ class HardeningMiddleware:
             return message
 
         try:
-            if (
-                self.settings.api_keys
-                and self._path(scope) not in OPEN_PATHS
-                and not key_is_valid(presented_key(headers), self.settings.api_keys)
-            ):
+            principal = scope[PRINCIPAL_KEY] = self.access.principal(headers)
+            if principal is None and self._path(scope) not in OPEN_PATHS:
+                self.access.refused_key(scope)
                 await self._reject(
                     scope,
                     send_with_id_raw,
@@ -156,6 +138,7 @@ class HardeningMiddleware:
                     raise
         finally:
             self._record(scope, status, time.perf_counter() - started)
+            self.access.finish(scope, status)  # the audit record, with the outcome the client saw
             request_id.reset(token)
 
     @staticmethod

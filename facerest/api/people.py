@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from facerest.api.access import Grant, allow
 from facerest.api.gallery import FACE_ID_MAX, EnrolRequest, ErrorRate, Similarity, _box, _images, _service
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import parse_body, parsed_body
@@ -59,7 +60,9 @@ def _face(face: StoredFace) -> dict[str, Any]:
     openapi_extra=parsed_body(EnrolRequest),
     summary="Enrol faces without a subject (for clustering)",
 )
-async def enrol_unsorted(request: Request, gallery: str) -> JSONResponse:
+async def enrol_unsorted(
+    request: Request, gallery: str, grant: Grant = Depends(allow("enrol", gallery="gallery"))
+) -> JSONResponse:
     """As enrolling into a subject, with the subject left open: `POST /gallery/{gallery}/cluster`
     groups these faces into people."""
     state, service = _service(request)
@@ -70,6 +73,7 @@ async def enrol_unsorted(request: Request, gallery: str) -> JSONResponse:
         return service.enrol(gallery, None, images, req.embeddings or [], req.all_faces, req.force)
 
     done = await state.run(work)
+    grant.touched(faces=[face_id for face_id, _ in done.added])
     return JSONResponse(
         {
             "gallery": gallery,
@@ -85,7 +89,9 @@ async def enrol_unsorted(request: Request, gallery: str) -> JSONResponse:
     openapi_extra=parsed_body(ClusterRequest),
     summary="Group the faces enrolled without a subject into people",
 )
-async def cluster(request: Request, gallery: str) -> JSONResponse:
+async def cluster(
+    request: Request, gallery: str, _: Grant = Depends(allow("review", gallery="gallery"))
+) -> JSONResponse:
     """Clusters (largest first) of the unsorted faces, each with its most central faces and the
     enrolled subject it matches at the decision point, if any. New faces join the last clusters
     (cluster ids stay put) unless `recluster`; "different" feedback always holds."""
@@ -117,7 +123,9 @@ async def cluster(request: Request, gallery: str) -> JSONResponse:
     openapi_extra=parsed_body(FeedbackRequest),
     summary='Say "these faces are different people" or "this face is not X"',
 )
-async def feedback(request: Request, gallery: str) -> JSONResponse:
+async def feedback(
+    request: Request, gallery: str, grant: Grant = Depends(allow("edit", gallery="gallery"))
+) -> JSONResponse:
     """Kept for the gallery: later clustering never groups a "different" pair, never suggests X
     for a cluster holding a face that is "not X", and search never names X for a probe of the same
     picture. Unknown faces or subjects: 404, nothing stored."""
@@ -125,5 +133,7 @@ async def feedback(request: Request, gallery: str) -> JSONResponse:
     req: FeedbackRequest = await parse_body(request, FeedbackRequest)
     different = [(a, b) for a, b in req.different]
     not_subject = [(n.face_id, n.subject) for n in req.not_]
+    grant.touched(subjects=[s for _, s in not_subject], faces=[i for pair in different for i in pair])
+    grant.touched(faces=[i for i, _ in not_subject])
     await state.run(lambda: service.feedback(gallery, different, not_subject))
     return JSONResponse({"gallery": gallery, "different": len(different), "not": len(not_subject)})

@@ -10,13 +10,14 @@ from typing import Any
 import msgpack
 import numpy as np
 import orjson
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from facerest import __version__
+from facerest.api.access import allow, public
 from facerest.api.responses import JSONResponse, body_response
 from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions, Images
 from facerest.api.serialize import MSGPACK_TYPES, FaceFields, encode_jpeg, v1_body, v2_body
@@ -172,6 +173,7 @@ def parsed_body(model: type[BaseModel]) -> dict[str, Any]:
 
 @router.post(
     "/extract",
+    dependencies=[Depends(allow("extract"))],
     openapi_extra=parsed_body(ExtractRequest),
     summary="Detect faces and extract embeddings, gender/age, masks",
     responses={200: {"content": {"application/json": {}, "application/x-msgpack": {}}}},
@@ -187,6 +189,7 @@ async def extract(request: Request) -> Response:
 
 @router.post(
     "/multipart/extract",
+    dependencies=[Depends(allow("extract"))],
     summary="Same as /extract, images uploaded as files",
     responses={200: {"content": {"application/json": {}, "application/x-msgpack": {}}}},
 )
@@ -262,6 +265,7 @@ async def _draw(
 
 @router.post(
     "/draw_detections",
+    dependencies=[Depends(allow("extract"))],
     openapi_extra=parsed_body(DrawRequest),
     summary="Draw the detected faces on each image",
     responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}},
@@ -296,6 +300,7 @@ async def draw_detections(request: Request) -> Response:
 
 @router.post(
     "/multipart/draw_detections",
+    dependencies=[Depends(allow("extract"))],
     summary="Draw the detected faces on an uploaded image",
     responses={200: {"content": {"image/jpeg": {}}}},
 )
@@ -329,7 +334,7 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
-@router.get("/info", summary="Version, models and settings in force")
+@router.get("/info", dependencies=[Depends(allow("info"))], summary="Version, models and settings in force")
 async def info(request: Request) -> JSONResponse:
     state = app_state(request)
     s = state.settings
@@ -424,7 +429,9 @@ def _decisions(state: AppState) -> dict[str, Any]:
     }
 
 
-@router.get("/health", summary="Ready when the models are loaded and answer")
+@router.get(
+    "/health", dependencies=[Depends(public())], summary="Ready when the models are loaded and answer"
+)
 async def health(request: Request) -> JSONResponse:
     state = app_state(request)
     probe = np.zeros((64, 64, 3), np.uint8)
@@ -435,6 +442,6 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "models": state.analyzer.models.backends})
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", dependencies=[Depends(public())], include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/docs")

@@ -15,14 +15,15 @@ import anyio
 import anyio.to_thread
 import numpy as np
 import orjson
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
+from facerest.api.access import BODY, Grant, allow
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.state import AppState
-from facerest.errors import FaceRestError, FeatureUnavailable, StorageUnavailable, VideoTooLarge
+from facerest.errors import FaceRestError, FeatureUnavailable, NotFound, StorageUnavailable, VideoTooLarge
 from facerest.imaging.loader import fetch_policy
 from facerest.imaging.sources import load_source
 from facerest.pipeline import ExtractOptions
@@ -67,6 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.facerest
     jobs = JobManager(state.analyzer, state.settings)
     app.state.video_jobs = jobs
+    app.state.video_job_owners = {}  # job id -> the name of the key that made it (issue 30)
     try:
         yield
     finally:
@@ -178,12 +180,23 @@ def _analyse(
     }
 
 
-async def _respond(state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool) -> JSONResponse:
+async def _respond(
+    state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool, grant: Grant
+) -> JSONResponse:
     started = time.perf_counter()
     identify = _identifier(state, body)
     answer = await state.run(lambda: _analyse(state, data, body, return_boxes, identify))
+    grant.touched(
+        subjects=[t["identity"]["subject"] for t in answer["tracks"] if t.get("identity", {}).get("subject")]
+    )
     answer["took"] = {"total_ms": round((time.perf_counter() - started) * 1000, 1)}
     return JSONResponse(answer)
+
+
+def _searches(grant: Grant, body: VideoOptionsBody) -> None:
+    """Identifying tracks in a gallery is a search of it: the key must be allowed to."""
+    if body.gallery is not None:
+        grant.use_gallery(body.gallery, "search")
 
 
 _NO_GALLERY = {404: {"description": "The `gallery` named does not exist"}}
@@ -204,6 +217,7 @@ async def video_extract_multipart(
     return_boxes: bool = Form(False),
     gallery: str | None = Form(None),
     gallery_threshold: float | None = Form(None, ge=-1.0, le=1.0),
+    grant: Grant = Depends(allow("extract", gallery=BODY)),
 ) -> Response:
     """One entry per track (a person's continuous appearance): first/last timestamp, best frame,
     aggregated embedding, optional per-frame boxes, gender/age and gallery identity."""
@@ -222,7 +236,8 @@ async def video_extract_multipart(
         gallery=gallery or None,
         gallery_threshold=gallery_threshold,
     )
-    return await _respond(state, data, body, return_boxes)
+    _searches(grant, body)
+    return await _respond(state, data, body, return_boxes, grant)
 
 
 @router.post(
@@ -231,12 +246,15 @@ async def video_extract_multipart(
     summary="Face tracks of a video file fetched from a URL",
     responses=_NO_GALLERY,
 )
-async def video_extract_url(request: Request) -> Response:
+async def video_extract_url(
+    request: Request, grant: Grant = Depends(allow("extract", gallery=BODY))
+) -> Response:
     state = app_state(request)
     req: VideoExtractRequest = await parse_body(request, VideoExtractRequest)
+    _searches(grant, req)  # before the download
     policy = replace(fetch_policy(state.settings), max_bytes=state.settings.video_max_bytes)
     data = await state.run(lambda: load_source(req.url, policy, req.img_req_headers))
-    return await _respond(state, data, req, req.return_boxes)
+    return await _respond(state, data, req, req.return_boxes, grant)
 
 
 def _jobs(request: Request) -> JobManager:
@@ -246,6 +264,27 @@ def _jobs(request: Request) -> JobManager:
     return request.app.state.video_jobs
 
 
+def _owners(request: Request) -> dict[str, str]:
+    return request.app.state.video_job_owners  # type: ignore[no-any-return]
+
+
+def _mine(request: Request, grant: Grant, job: VideoJob) -> bool:
+    """A job belongs to the key that made it; an admin of every gallery sees every job."""
+    return grant.principal.sees_everything or _owners(request).get(job.id) == grant.principal.name
+
+
+def _described(request: Request, job: VideoJob) -> dict[str, Any]:
+    return {**job.describe(), "owner": _owners(request).get(job.id)}
+
+
+def _own_job(request: Request, grant: Grant, job_id: str) -> VideoJob:
+    """The job, when this key may see it; another key's job is answered as no job at all."""
+    job = _jobs(request).get(job_id)
+    if not _mine(request, grant, job):
+        raise NotFound(f"no video job {job_id!r}")
+    return job
+
+
 @router.post(
     "/video/jobs",
     openapi_extra=parsed_body(VideoJobRequest),
@@ -253,11 +292,14 @@ def _jobs(request: Request) -> JobManager:
     summary="Start a live-stream job (when the operator enabled streams)",
     responses={**_NO_GALLERY, 429: {"description": "FACEREST_VIDEO_MAX_JOBS jobs are running"}},
 )
-async def create_job(request: Request) -> JSONResponse:
-    """Tracks are published as they end: `GET /video/jobs/{id}/events` (Server-Sent Events)."""
-    jobs = _jobs(request)
+async def create_job(request: Request, grant: Grant = Depends(allow("stream", gallery=BODY))) -> JSONResponse:
+    """Tracks are published as they end: `GET /video/jobs/{id}/events` (Server-Sent Events). The
+    job belongs to the key that made it: other keys neither see nor stop it (admins do)."""
     state = app_state(request)
     req: VideoJobRequest = await parse_body(request, VideoJobRequest)
+    if req.gallery is not None:
+        grant.use_gallery(req.gallery)
+    jobs = _jobs(request)
     identify = _identifier(state, req)
     if identify is not None:
         await anyio.to_thread.run_sync(identify, [])
@@ -271,24 +313,28 @@ async def create_job(request: Request) -> JSONResponse:
             webhook=req.webhook,
         )
     )
-    return JSONResponse(job.describe(), 201)
+    _owners(request)[job.id] = grant.principal.name
+    return JSONResponse(_described(request, job), 201)
 
 
-@router.get("/video/jobs", summary="Every stream job of this server")
-async def list_jobs(request: Request) -> JSONResponse:
-    return JSONResponse({"jobs": [job.describe() for job in _jobs(request).list()]})
+@router.get("/video/jobs", summary="The stream jobs of this key (an admin's: every one)")
+async def list_jobs(request: Request, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
+    mine = [_described(request, job) for job in _jobs(request).list() if _mine(request, grant, job)]
+    return JSONResponse({"jobs": mine})
 
 
 @router.get("/video/jobs/{job_id}", summary="A stream job's state and counters")
-async def get_job(request: Request, job_id: str) -> JSONResponse:
-    return JSONResponse(_jobs(request).get(job_id).describe())
+async def get_job(request: Request, job_id: str, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
+    return JSONResponse(_described(request, _own_job(request, grant, job_id)))
 
 
 @router.delete("/video/jobs/{job_id}", summary="Stop a stream job and free what it holds")
-async def delete_job(request: Request, job_id: str) -> JSONResponse:
+async def delete_job(request: Request, job_id: str, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
     jobs = _jobs(request)
+    _own_job(request, grant, job_id)
     job = await anyio.to_thread.run_sync(lambda: jobs.delete(job_id))
-    return JSONResponse({**job.describe(), "deleted": True})
+    owner = _owners(request).pop(job_id, None)
+    return JSONResponse({**job.describe(), "owner": owner, "deleted": True})
 
 
 @router.get(
@@ -296,11 +342,13 @@ async def delete_job(request: Request, job_id: str) -> JSONResponse:
     summary="Finished tracks and status changes as Server-Sent Events",
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def job_events(request: Request, job_id: str) -> StreamingResponse:
+async def job_events(
+    request: Request, job_id: str, grant: Grant = Depends(allow("stream"))
+) -> StreamingResponse:
     """`event: track` carries one finished track (the body of /multipart/video/extract's tracks),
     `event: status` the job's status changes. The stream ends when the job does; reconnect with
     `Last-Event-ID` to resume after the last event received."""
-    job = _jobs(request).get(job_id)
+    job = _own_job(request, grant, job_id)
     last_event_id = request.headers.get("last-event-id")  # the SSE resume header, any client's
     last = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     return StreamingResponse(_events(request, job, last), media_type="text/event-stream")

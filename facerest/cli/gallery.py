@@ -1,4 +1,5 @@
-"""`facerest gallery import | export | list`: galleries from folders of photos, to and from JSON."""
+"""`facerest gallery import | export | list | erase-subject | export-subject | compact`: galleries from
+folders of photos, to and from JSON; a person's data erased or exported (issue 30)."""
 
 from __future__ import annotations
 
@@ -181,3 +182,144 @@ def list_() -> None:
             typer.echo(f"{g.name}\t{g.model.name}\t{g.subjects} subjects\t{g.faces} faces")
     finally:
         store.close()
+
+
+# --- a person's data: erase it, export it (issue 30) ---
+
+
+def _feedback(settings: Settings):  # type: ignore[no-untyped-def]
+    from facerest.gallery.people import FeedbackStore
+
+    path = settings.data_dir / "people.db"
+    return FeedbackStore(path) if path.exists() else None
+
+
+def _audit(settings: Settings, record: dict) -> None:  # type: ignore[type-arg]
+    """What the command did, in the audit trail, as the key "cli" (no key is used here)."""
+    from facerest.access.audit import AuditTrail
+
+    trail = AuditTrail.from_settings(settings)
+    try:
+        trail.write({"key": "cli", "role": "admin", **record})
+    finally:
+        trail.close()
+
+
+@app.command("erase-subject")
+def erase_subject(
+    gallery: str = typer.Argument(..., help="The gallery."),
+    subject: str = typer.Argument(..., help="The subject to erase."),
+    vacuum: bool = typer.Option(
+        False, help="SQLite: also rewrite the whole file (space freed before secure_delete was on)."
+    ),
+) -> None:
+    """Erase a person: every face (embedding, crop, index entry), the feedback naming them, and
+    their bytes from the files (PostgreSQL: VACUUM FULL of facerest's tables). Prints what went."""
+    from facerest.access.audit import AuditTrail
+    from facerest.gallery import erasure
+
+    settings = Settings()
+    store = _store(settings)
+    feedback = _feedback(settings)
+    try:
+        if store.gallery(gallery) is None:
+            fail(f"no gallery {gallery!r}")
+        removed = erasure.erase_subject(store, feedback, gallery, subject, vacuum=vacuum)
+    except FaceRestError as exc:
+        fail(exc.detail)
+        return
+    finally:
+        store.close()
+        if feedback is not None:
+            feedback.close()
+    trail = AuditTrail.from_settings(settings)
+    _audit(
+        settings,
+        {
+            "action": "delete",
+            "gallery": gallery,
+            "subjects": trail.pseudonyms([subject]) if removed.faces else [],
+            "faces": removed.faces,
+            "outcome": "ok" if removed.faces else "not_found",
+        },
+    )
+    if not removed.faces:
+        typer.echo(f"no subject {subject!r} in gallery {gallery!r}; nothing held about it was left")
+    else:
+        ids = ", ".join(str(i) for i in removed.faces)
+        typer.echo(f"erased {len(removed.faces)} faces of {subject!r} from {gallery!r}: {ids}")
+    typer.echo(f"feedback rows naming them: {removed.feedback}")
+    for step in removed.erased:
+        typer.echo(f"erased from disk: {step}")
+
+
+@app.command("export-subject")
+def export_subject(
+    gallery: str = typer.Argument(..., help="The gallery."),
+    subject: str = typer.Argument(..., help="The subject."),
+    output: Path = typer.Option(..., "--output", "-o", help="JSON file to write."),
+    audit: bool = typer.Option(True, help="Add the audit records about the subject (who looked them up)."),
+) -> None:
+    """Everything held about one person (a data-subject access export): faces with embeddings and
+    where they came from, the feedback naming them, and the audit records about them."""
+    from facerest.access.audit import AuditTrail, audit_dir, load_secret, pseudonym, records
+    from facerest.gallery import erasure
+
+    settings = Settings()
+    store = _store(settings)
+    feedback = _feedback(settings)
+    try:
+        if store.gallery(gallery) is None:
+            fail(f"no gallery {gallery!r}")
+        body = erasure.export_subject(store, feedback, gallery, subject)
+    finally:
+        store.close()
+        if feedback is not None:
+            feedback.close()
+    if not body["faces"]:
+        fail(f"no subject {subject!r} in gallery {gallery!r}")
+    if audit:
+        secret = load_secret(audit_dir(settings), create=False)
+        wanted = None if secret is None else pseudonym(secret, subject)
+        body["audit"] = [
+            {**r, "subjects": [subject], "candidates": []}
+            for r in records(audit_dir(settings))
+            if wanted is not None and wanted in (r.get("subjects") or [])
+        ]
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text(json.dumps(body), "utf-8")
+    tmp.replace(output)
+    trail = AuditTrail.from_settings(settings)
+    faces = [f["face_id"] for f in body["faces"]]
+    _audit(
+        settings,
+        {
+            "action": "export",
+            "gallery": gallery,
+            "subjects": trail.pseudonyms([subject]),
+            "faces": faces,
+            "outcome": "ok",
+        },
+    )
+    typer.echo(f"{len(faces)} faces of {subject!r} written to {output}")
+
+
+@app.command()
+def compact(
+    vacuum: bool = typer.Option(True, help="SQLite: rewrite the whole file too (VACUUM)."),
+) -> None:
+    """Make the bytes of everything deleted so far gone from the gallery's files (PostgreSQL:
+    VACUUM FULL of facerest's tables, which locks each while it is rewritten)."""
+    settings = Settings()
+    store = _store(settings)
+    feedback = _feedback(settings)
+    try:
+        steps = store.erase_deleted(vacuum=vacuum) + (
+            feedback.erase_deleted() if feedback is not None else []
+        )
+    finally:
+        store.close()
+        if feedback is not None:
+            feedback.close()
+    for step in steps:
+        typer.echo(step)

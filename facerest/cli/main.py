@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from facerest.cli import audit as cli_audit
 from facerest.cli import calibrate as cli_calibrate
 from facerest.cli import cluster as cli_cluster
 from facerest.cli import config as cli_config
@@ -17,6 +18,7 @@ from facerest.cli.bench import app as bench_app
 from facerest.cli.common import fail, setup_logging
 from facerest.cli.deploy import add_deploy_commands
 from facerest.cli.gallery import app as gallery_app
+from facerest.cli.keys import app as keys_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -42,6 +44,8 @@ app.add_typer(cli_calibrate.app)
 app.add_typer(cli_cluster.app)
 app.add_typer(cli_config.app)
 app.add_typer(gallery_app, name="gallery")
+app.add_typer(keys_app, name="keys")  # issue 30
+app.add_typer(cli_audit.app)  # `facerest audit` (issue 30)
 app.add_typer(bench_app, name="bench")
 add_deploy_commands(app)  # `facerest triton ...`, `facerest ray ...`
 

@@ -44,6 +44,8 @@ class FeedbackStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # what is forgotten is overwritten, not only unlinked from the tree (issue 30)
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
@@ -90,10 +92,48 @@ class FeedbackStore:
                 "INSERT INTO clustered VALUES (?, ?, ?)", [(gallery, f, label) for f, label in labels.items()]
             )
 
-    def forget(self, gallery: str) -> None:
+    def forget(self, gallery: str) -> int:
+        """Everything said about the gallery; the rows removed (then gone from the files too)."""
         with self._lock, self._db:
-            for table in ("different", "not_subject", "clustered"):
-                self._db.execute(f"DELETE FROM {table} WHERE gallery = ?", (gallery,))
+            removed = sum(
+                self._db.execute(f"DELETE FROM {table} WHERE gallery = ?", (gallery,)).rowcount
+                for table in ("different", "not_subject", "clustered")
+            )
+        self.erase_deleted()
+        return removed
+
+    def forget_faces(self, gallery: str, face_ids: Sequence[int]) -> int:
+        """What was said about faces that are deleted goes with them; the rows removed."""
+        rows = [(gallery, i) for i in face_ids]
+        removed = 0
+        with self._lock, self._db:
+            for row in rows:
+                removed += self._db.execute(
+                    "DELETE FROM different WHERE gallery = ?1 AND (face_a = ?2 OR face_b = ?2)", row
+                ).rowcount
+                for table in ("not_subject", "clustered"):
+                    removed += self._db.execute(
+                        f"DELETE FROM {table} WHERE gallery = ? AND face_id = ?", row
+                    ).rowcount
+        if removed:
+            self.erase_deleted()
+        return removed
+
+    def forget_subject(self, gallery: str, subject: str) -> int:
+        """Every "face F is not X" once X is deleted: the name goes with the subject."""
+        with self._lock, self._db:
+            removed = self._db.execute(
+                "DELETE FROM not_subject WHERE gallery = ? AND subject = ?", (gallery, subject)
+            ).rowcount
+        if removed:
+            self.erase_deleted()
+        return removed
+
+    def erase_deleted(self) -> list[str]:
+        """The WAL emptied into the file (secure_delete zeroed the rows there): what was done."""
+        with self._lock:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return ["people.db: WAL emptied" if not busy else "people.db: WAL busy, emptied at the next delete"]
 
     def close(self) -> None:
         self._db.close()

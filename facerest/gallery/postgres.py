@@ -10,6 +10,11 @@ LIMIT n`, the only one pgvector's index serves; see docs/performance.md for its 
 scored, and only then grouped by subject. `hnsw.ef_search` follows the recall asked for; `exact`
 scans every face. Every replica sees every other's writes at once: the records live in the one
 database, and the codes catch up with its change log before every search.
+
+Deleting (issue 30): a deleted face is gone from every query and every replica's codes at once,
+but PostgreSQL never overwrites a row in place: its bytes stay in the table's and indexes' pages
+(and in the WAL) until the pages are rewritten. `erase_deleted` rewrites facerest's tables and
+indexes (VACUUM FULL); docs/privacy.md says what that costs and what it cannot reach.
 """
 
 from __future__ import annotations
@@ -368,6 +373,10 @@ class PostgresStore(GalleryStore):
     def delete_face(self, gallery: str, face_id: int) -> bool:
         return bool(self._delete(gallery, "id = %s", face_id))
 
+    @_recounts
+    def delete_faces(self, gallery: str, face_ids: list[int]) -> list[int]:
+        return self._delete(gallery, "id = ANY(%s)", list(face_ids)) if face_ids else []
+
     def _delete(self, gallery: str, which: str, value: object) -> list[int]:
         """Delete the gallery's faces matching `which`; their ids, logged for the other replicas."""
         with self._pool.connection() as conn, conn.transaction():
@@ -427,6 +436,33 @@ class PostgresStore(GalleryStore):
                     rows = conn.execute(exact_sql, args).fetchall()  # type: ignore[arg-type]
                 results.append(SearchResult([SubjectMatch(r[0], float(r[1])) for r in rows]))
         return results
+
+    def erase_deleted(self, vacuum: bool = False) -> list[str]:
+        """Every facerest table (and its indexes: the HNSW graph holds the vectors too) rewritten
+        without the deleted rows (VACUUM FULL: an exclusive lock on each table while it is
+        rewritten, searches wait), then a checkpoint, which a superuser or pg_checkpoint member
+        may ask for. The old files are emptied when each rewrite commits."""
+        import psycopg
+
+        done = []
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                    "AND tablename LIKE 'facerest\\_%' ORDER BY tablename"
+                )
+            ]
+            for table in tables:
+                started = time.perf_counter()
+                conn.execute(f"VACUUM FULL {table}")  # type: ignore[arg-type]
+                done.append(f"{table} rewritten (VACUUM FULL, {time.perf_counter() - started:.1f} s)")
+            try:
+                conn.execute("CHECKPOINT")
+                done.append("checkpoint")
+            except psycopg.errors.InsufficientPrivilege:
+                done.append("no checkpoint (needs superuser or pg_checkpoint): old WAL stays until recycled")
+        return done
 
     def wait_for_indexes(self, timeout_s: float | None = None) -> bool:
         """Block until no gallery's codes are loading (tests, benchmarks); False when still loading."""

@@ -25,6 +25,7 @@ from facerest.errors import (
     TooManyEmbeddings,
 )
 from facerest.gallery import calibration as calib
+from facerest.gallery import erasure
 from facerest.gallery.calibration import Calibration, Decision
 from facerest.gallery.people import UNSORTED, FeedbackStore, PersonCluster, check_faces, cluster_unsorted
 from facerest.gallery.store import (
@@ -319,6 +320,32 @@ class GalleryService:
         if self._people is None:
             self._people = FeedbackStore(self.settings.data_dir / "people.db")
         return self._people
+
+    def feedback_store(self) -> FeedbackStore | None:
+        """The feedback file when there is one (a deletion has nothing to forget otherwise)."""
+        if self._people is None and not (self.settings.data_dir / "people.db").exists():
+            return None
+        return self.people
+
+    # --- the one deletion path (facerest/gallery/erasure.py) ---
+
+    def delete_face(self, gallery: str, face_id: int) -> erasure.Removed:
+        removed = erasure.delete_faces(self.store, self.feedback_store(), gallery, [face_id])
+        if not removed.faces:
+            raise NotFound(f"no face {face_id} in gallery {gallery!r}")
+        return removed
+
+    def delete_subject(self, gallery: str, subject: str) -> erasure.Removed:
+        removed = erasure.delete_subject(self.store, self.feedback_store(), gallery, subject)
+        if not removed.faces:
+            raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
+        return removed
+
+    def delete_gallery(self, gallery: str) -> erasure.Removed:
+        removed = erasure.delete_gallery(self.store, self.feedback_store(), gallery)
+        if removed is None:
+            raise NotFound(f"no gallery {gallery!r}")
+        return removed
 
     def enrol(
         self,

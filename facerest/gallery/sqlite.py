@@ -6,6 +6,10 @@ codes (facerest/gallery/index.py, files beside the database) proposes candidate 
 re-ranked exactly against the same copy. Other processes writing the same file (several
 workers) are noticed through `PRAGMA data_version`: the in-memory copy is read again and the
 index caught up with it.
+
+Deleted faces leave no bytes behind (issue 30): `secure_delete` overwrites deleted rows with
+zeros, every delete then empties the WAL into the database (`wal_checkpoint(TRUNCATE)`: the WAL
+held the pages as they were) and rewrites the gallery's index file without their codes.
 """
 
 from __future__ import annotations
@@ -267,6 +271,9 @@ class SQLiteStore(GalleryStore):
         # FULL: a commit is on disk before the client hears "added", not only in the OS cache
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # deleted rows are overwritten with zeros, not only unlinked (many builds default to it;
+        # said here so that no build is trusted to)
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         self._matrices: dict[str, _Matrix] = {}
         self._data_version = -1
@@ -335,7 +342,8 @@ class SQLiteStore(GalleryStore):
         matrix = self._matrices[gallery]
         options = self.index_options
         if options.min_faces <= 0 or matrix.count < options.min_faces:
-            self._indexes.pop(gallery, None)
+            if gallery in self._indexes or self._index_path(gallery).exists():
+                self._drop_index(gallery)  # a file left behind would keep codes of deleted faces
             return
         if gallery in self._building:
             return  # the build under way catches up with every write before it is put in use
@@ -400,6 +408,8 @@ class SQLiteStore(GalleryStore):
                 assert index is not None
                 self._indexes[gallery] = index
                 self._changes_since_save[gallery] = 0
+                if index.dirty:  # faces deleted during the build: their codes leave the file too
+                    self._save_index(gallery)
                 log.info(
                     "gallery %r index in use after %.1f s (%s since the snapshot)",
                     gallery,
@@ -584,19 +594,31 @@ class SQLiteStore(GalleryStore):
                 gone = matrix.delete_subject(subject)
                 if gone and (index := self._indexed(gallery, len(gone))):
                     index.remove(gone)
+            if deleted:
+                self._erase_leftovers(gallery)
         return deleted
 
     def delete_face(self, gallery: str, face_id: int) -> bool:
+        return bool(self.delete_faces(gallery, [face_id]))
+
+    def delete_faces(self, gallery: str, face_ids: list[int]) -> list[int]:
         with self._lock:
             with self._write() as db:
-                deleted = db.execute(
-                    "DELETE FROM faces WHERE gallery = ? AND id = ?", (gallery, face_id)
-                ).rowcount
+                gone = [
+                    face_id
+                    for face_id in face_ids
+                    if db.execute(
+                        "DELETE FROM faces WHERE gallery = ? AND id = ?", (gallery, face_id)
+                    ).rowcount
+                ]
             if matrix := self._matrices.get(gallery):
-                matrix.delete(face_id)
-                if deleted and (index := self._indexed(gallery, 1)):
-                    index.remove([face_id])
-        return bool(deleted)
+                for face_id in gone:
+                    matrix.delete(face_id)
+                if gone and (index := self._indexed(gallery, len(gone))):
+                    index.remove(gone)
+            if gone:
+                self._erase_leftovers(gallery)
+        return gone
 
     def delete_gallery(self, gallery: str) -> bool:
         with self._lock:
@@ -605,7 +627,37 @@ class SQLiteStore(GalleryStore):
                 deleted = db.execute("DELETE FROM galleries WHERE name = ?", (gallery,)).rowcount
             self._matrices.pop(gallery, None)
             self._drop_index(gallery)
+            if deleted:
+                self._erase_leftovers(None)
         return bool(deleted)
+
+    def _erase_leftovers(self, gallery: str | None) -> None:
+        """After a delete (holding the lock): the gallery's index file rewritten without the gone
+        faces' codes, and the WAL, which still holds the rows as they were, emptied into the
+        database, where secure_delete has zeroed them."""
+        if gallery is not None and gallery in self._indexes:
+            self._save_index(gallery)
+        self._checkpoint()
+
+    def _checkpoint(self) -> str:
+        busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:  # another process kept reading past the busy timeout; its next delete tries again
+            log.warning(
+                "the gallery's WAL could not be emptied now: deleted rows stay in it until the next delete"
+            )
+            return "WAL busy: emptied at the next delete"
+        return "WAL emptied into the database (deleted rows zeroed there)"
+
+    def erase_deleted(self, vacuum: bool = False) -> list[str]:
+        """Every delete already zeroes and checkpoints; `vacuum` also rewrites the whole file,
+        for space freed before secure_delete was on (a database made by an older version)."""
+        with self._lock:
+            done = []
+            if vacuum:
+                self._db.execute("VACUUM")
+                done.append("database rewritten (VACUUM)")
+            done.append(self._checkpoint())
+            return done
 
     def search(
         self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False, floor: float | None = None
@@ -635,6 +687,8 @@ class SQLiteStore(GalleryStore):
             self._closed = True  # a build under way stops at its next chunk
         self.wait_for_indexes(timeout_s=60)
         with self._lock:
+            # caught up first: another worker's deletes must not come back with our saved codes
+            self._refresh()
             for gallery, index in self._indexes.items():
                 if index.dirty:
                     self._save_index(gallery)

@@ -123,6 +123,16 @@ class GalleryStore(ABC):
         can never turn a known face into an unknown one.
         """
 
+    def delete_faces(self, gallery: str, face_ids: list[int]) -> list[int]:
+        """The ids of those of `face_ids` that were faces of `gallery` and are deleted now
+        (backends do it in one transaction; this default, one face at a time)."""
+        return [face_id for face_id in face_ids if self.delete_face(gallery, face_id)]
+
+    def erase_deleted(self, vacuum: bool = False) -> list[str]:
+        """Make the bytes of what was deleted so far gone from the files (issue 30): what was done.
+        `vacuum`: also rewrite what only a full rewrite cleans (facerest/gallery/erasure.py)."""
+        return []
+
     @abstractmethod
     def close(self) -> None: ...
 
