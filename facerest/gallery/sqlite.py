@@ -342,8 +342,7 @@ class SQLiteStore(GalleryStore):
         matrix = self._matrices[gallery]
         options = self.index_options
         if options.min_faces <= 0 or matrix.count < options.min_faces:
-            if gallery in self._indexes or self._index_path(gallery).exists():
-                self._drop_index(gallery)  # a file left behind would keep codes of deleted faces
+            self._indexes.pop(gallery, None)
             return
         if gallery in self._building:
             return  # the build under way catches up with every write before it is put in use
@@ -635,8 +634,14 @@ class SQLiteStore(GalleryStore):
         """After a delete (holding the lock): the gallery's index file rewritten without the gone
         faces' codes, and the WAL, which still holds the rows as they were, emptied into the
         database, where secure_delete has zeroed them."""
-        if gallery is not None and gallery in self._indexes:
+        if gallery in self._indexes:
             self._save_index(gallery)
+        elif gallery is not None and gallery not in self._building:
+            # a file this process does not keep (another one's, or left from when the gallery was
+            # larger): it may hold the deleted faces' codes, and it is only derived data
+            path = self._index_path(gallery)
+            for leftover in (path, path.with_name(path.name + ".json")):
+                leftover.unlink(missing_ok=True)
         self._checkpoint()
 
     def _checkpoint(self) -> str:
