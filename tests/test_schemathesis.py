@@ -17,6 +17,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
+from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from facerest.api.app import create_app
@@ -65,9 +66,18 @@ def _can_be_invalid(method: str, path: str) -> bool:
     return False
 
 
+# A body over one of the server's counts (embeddings, arrays) is refused 413 before its schema is
+# read, so a schema-breaking body that is also too big is rightly rejected with 413 (a negative
+# example of 1240 arrays did that once the schema documented 403, which moved the generated data)
+REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+
 @pytest.fixture(scope="module")
 def api_schema(server):  # type: ignore[no-untyped-def]
-    return schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    config = SchemathesisConfig.from_dict(
+        {"checks": {"negative_data_rejection": {"expected-statuses": REJECTIONS}}}
+    )
+    return schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=config)
 
 
 @pytest.fixture(scope="module")
