@@ -5,9 +5,11 @@ and shown once; what is kept is its SHA-256, with the key's name, role and galle
 SHA-256 and not a slow password hash (measured by benchmarks/key_hashing.py, docs/privacy.md):
 slow hashes (scrypt, argon2, PBKDF2) exist to make guessing a *low-entropy* password from its
 hash costly; a 256-bit random key cannot be guessed from its SHA-256 at any speed, while a slow
-hash would cost every request tens of milliseconds of CPU (scrypt: ~40 ms on these cores, more
-than detecting a face) or a cache of keys in clear in memory. The lookup is one digest (~1 us)
-and one dictionary probe; the digest, not the key, is what is compared, so timing tells nothing.
+hash would cost every request its full time (benchmarks/key_hashing.py on the 2-core machines:
+scrypt n=2^14 69 ms, PBKDF2 600k 273 ms, more than detecting a face) or a cache of keys in clear in
+memory. The lookup is one digest (SHA-256 1.1 us) and one dictionary probe (the whole check, stat
+of the key file included: 6.5 us); the digest, not the key, is what is compared, so its timing
+tells nothing about the key.
 
 The key file is JSON, written whole to a temporary file and renamed over the old one (a reader
 sees the old file or the new one), mode 0600, under a lock so two `facerest keys` runs do not
