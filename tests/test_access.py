@@ -31,6 +31,7 @@ from facerest.access.roles import ACTIONS, PUBLIC, Principal
 from facerest.api.access import BODY, Rule, rule_of
 from facerest.api.app import create_app
 from facerest.api.middleware import OPEN_PATHS
+from facerest.client import Client, Forbidden
 from facerest.config import Settings
 
 YAO = package_photo("yaoming.jpg")
@@ -271,6 +272,12 @@ def test_a_refusal_names_what_is_missing_and_does_nothing(server: Server, keys: 
         # nothing was made by either
         listed = client.get("/galleries", headers={"X-API-Key": keys["admin"]}).json()["galleries"]
         assert [g["name"] for g in listed] == []
+    # the Python client raises it as its own error, with the detail
+    with (
+        Client(server.url, api_key=keys["scoped"]) as facerest_client,
+        pytest.raises(Forbidden, match="visitors"),
+    ):
+        facerest_client.delete_subject("visitors", "x")
 
 
 def test_listings_show_only_what_the_key_may_see(server: Server, keys: dict[str, str]) -> None:
