@@ -136,9 +136,13 @@ class AuditTrail:
                 fd = self._file(_day(at))
                 os.write(fd, data)
         except OSError as exc:
-            if time.monotonic() - self._failed_at > 60:  # once a minute, not once a request
-                self._failed_at = time.monotonic()
-                log.error("the audit trail cannot be written in %s: %s", self.folder, exc)
+            self.failed(exc)
+
+    def failed(self, exc: OSError) -> None:
+        """The trail (or its secret) cannot be written: said once a minute, never failing a request."""
+        if time.monotonic() - self._failed_at > 60:
+            self._failed_at = time.monotonic()
+            log.error("the audit trail cannot be written in %s: %s", self.folder, exc)
 
     def _file(self, day: str) -> int:
         if self._fd is None or day != self._day:

@@ -231,6 +231,9 @@ class KeyRing:
         except FileNotFoundError:
             self._signature, self._from_file, self._file_exists = None, {}, False
             return
+        except OSError as exc:  # cannot look (permissions): what was read last stays in force
+            log.error("the key file cannot be looked at: %s", exc)
+            return
         signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if signature == self._signature:
             return

@@ -134,6 +134,12 @@ class Access:
             outcome = "ok"
         else:
             outcome = scope.get(ERROR_CODE_KEY) or str(status)
+        try:
+            self._write(grant, status, outcome)
+        except OSError as exc:  # e.g. a read-only data folder: the request is answered regardless
+            self.trail.failed(exc)
+
+    def _write(self, grant: Grant, status: int, outcome: str) -> None:
         record: dict[str, Any] = {
             "key": grant.principal.name,
             "role": grant.principal.role,

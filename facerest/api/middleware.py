@@ -29,6 +29,11 @@ log = logging.getLogger("facerest.access")
 # schema holds nothing secret and the docs page is where a user enters the key).
 OPEN_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
+
+def is_open(path: str) -> bool:
+    """Whether `path` is answered without a key (its route's rule is `public()`)."""
+    return path in OPEN_PATHS
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -100,7 +105,7 @@ class HardeningMiddleware:
 
         try:
             principal = scope[PRINCIPAL_KEY] = self.access.principal(headers)
-            if principal is None and self._path(scope) not in OPEN_PATHS:
+            if principal is None and not is_open(self._path(scope)):
                 self.access.refused_key(scope)
                 await self._reject(
                     scope,
