@@ -34,6 +34,7 @@ def is_open(path: str) -> bool:
     """Whether `path` is answered without a key (its route's rule is `public()`)."""
     return path in OPEN_PATHS
 
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 

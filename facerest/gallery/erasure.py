@@ -39,15 +39,6 @@ class Removed:
     feedback: int = 0  # feedback rows about them
     erased: list[str] = field(default_factory=list)  # what was done so the bytes are gone from disk
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "gallery": self.gallery,
-            "subject": None if self.subject == UNSORTED else self.subject,
-            "faces": self.faces,
-            "feedback_rows": self.feedback,
-            "erased": self.erased,
-        }
-
 
 def delete_faces(
     store: GalleryStore, feedback: FeedbackStore | None, gallery: str, face_ids: Sequence[int]
