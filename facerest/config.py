@@ -135,7 +135,9 @@ class Settings(BaseSettings):
 
     # --- access ---
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Accepted X-API-Key values; empty: no key needed."
+        default_factory=list,
+        description="Accepted X-API-Key values, each an admin of every gallery; with no key here, in "
+        "FACEREST_ACCESS_KEYS or in the key file, no key is needed.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS; empty: none."
