@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +119,15 @@ class PersonCluster:
 
 def cluster_unsorted(
     faces: list[StoredFace],
-    subjects: dict[str, np.ndarray],
+    subjects: Callable[[np.ndarray], dict[str, np.ndarray]],
     decision: Decision,
     feedback: FeedbackStore,
     gallery: str,
     recluster: bool,
 ) -> list[PersonCluster]:
     """The unsorted faces grouped at the decision threshold; incrementally (new faces join the
-    last clustering's groups) unless `recluster`. `subjects`: each enrolled subject's faces."""
+    last clustering's groups) unless `recluster`. `subjects(vectors)`: the enrolled faces of the
+    subjects a group of faces could be (facerest/gallery/service.py searches for them)."""
     if not faces:
         feedback.save_labels(gallery, {})
         return []
@@ -164,7 +165,8 @@ def cluster_unsorted(
         banned = set().union(*(refused.get(f.face_id, set()) for f in members))
         centre = vectors[group.members]
         best, best_score = None, None
-        for subject, enrolled in subjects.items():
+        # the candidates come from the group's most central faces; every face counts in the score
+        for subject, enrolled in subjects(vectors[group.representatives]).items():
             if subject in banned:
                 continue
             score = float((centre @ enrolled.T).max(axis=1).mean())

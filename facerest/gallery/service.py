@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +80,11 @@ def name_problem(name: str) -> str | None:
         return f"must be {NAME_RULE}"
     return None
 
+
+#: subjects a search proposes per face when a cluster's name is suggested
+SUGGEST_TOP_K = 5
+#: how long GET .../clusters reuses a clustering of unchanged faces
+CLUSTERS_KEEP_S = 30.0
 
 #: queries x gallery faces compared per call into the store: bounds the similarity matrix of
 #: one search to 16 MB however many queries it holds (FACEREST_MAX_SEARCH_COMPARISONS bounds the work)
@@ -216,6 +222,9 @@ class GalleryService:
                 self.default_threshold = entry.verify_threshold
         self.calibration = self._calibration(settings)
         self._people: FeedbackStore | None = None
+        #: writes through this server (a kept clustering is stale after one)
+        self._generation = 0
+        self._clusters: dict[str, tuple[tuple, float, Decision, list[PersonCluster]]] = {}
         self.review: ReviewQueue | None = None
         if settings.people_review and store is not None and self.model is not None:
             self.review = ReviewQueue(
@@ -453,6 +462,7 @@ class GalleryService:
     def _changed(
         self, gallery: str, action: str, subject: str | None = None, ids: Sequence[int] = (), **detail: object
     ) -> None:
+        self._generation += 1
         self.events.publish(
             GalleryChanged(gallery, action, None if subject == UNSORTED else subject, list(ids), dict(detail))
         )
@@ -563,11 +573,25 @@ class GalleryService:
 
     # --- people: unsorted faces, clustering, feedback (issue 20) ---
 
-    def _all_faces(self, gallery: str) -> dict[str, list[StoredFace]]:
-        return {
-            subject: self.store.faces(gallery, subject, with_embeddings=True)
-            for subject, _ in self.store.subjects(gallery)
-        }
+    def _suggestions(
+        self, gallery: str, faces: int, threshold: float
+    ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        """For a group of faces, the enrolled faces of the subjects it could be: those a search
+        names for one of its faces at the decision point (the suggestion is the subject closest
+        on average; a subject no face of the group reaches cannot be). Searched, not read whole:
+        a gallery of 100,000 subjects costs a search per group, not 100,000 reads."""
+
+        def candidates(vectors: np.ndarray) -> dict[str, np.ndarray]:
+            results = self._search(gallery, faces, list(vectors), SUGGEST_TOP_K, floor=None)
+            names = {m.subject for r in results for m in r.matches if m.similarity >= threshold} - {UNSORTED}
+            enrolled = {}
+            for name in sorted(names):
+                vectors_of = [f.embedding for f in self.store.faces(gallery, name, with_embeddings=True)]
+                if vectors_of:
+                    enrolled[name] = np.stack([v for v in vectors_of if v is not None])
+            return enrolled
+
+        return candidates
 
     def cluster(
         self,
@@ -579,16 +603,11 @@ class GalleryService:
         """The gallery's unsorted faces grouped into people. The default decision follows their
         number, as search follows its subjects: FACEREST_SEARCH_FPIR over the comparisons of a
         face with all the others."""
-        self.require(gallery)
-        by_subject = self._all_faces(gallery)
-        unsorted = by_subject.pop(UNSORTED, [])
+        info = self.require(gallery)
+        unsorted = self.store.faces(gallery, UNSORTED, with_embeddings=True)
         decision = self.decision(threshold, fmr, subjects=max(len(unsorted) - 1, 1))
-        enrolled = {
-            subject: np.stack([f.embedding for f in faces if f.embedding is not None])
-            for subject, faces in by_subject.items()
-            if faces
-        }
-        return decision, cluster_unsorted(unsorted, enrolled, decision, self.people, gallery, recluster)
+        suggest = self._suggestions(gallery, info.faces, decision.threshold)
+        return decision, cluster_unsorted(unsorted, suggest, decision, self.people, gallery, recluster)
 
     def feedback(
         self,
@@ -601,13 +620,11 @@ class GalleryService:
         this picture (its `image_hash`, as search answers it) is X"; NotFound for faces or subjects
         the gallery does not have (nothing is stored then)."""
         self.require(gallery)
-        by_subject = self._all_faces(gallery)
-        faces = {f.face_id: f for group in by_subject.values() for f in group}
-        check_faces(
-            set(faces), [i for pair in different for i in pair] + [i for i, _ in not_subject], gallery
-        )
+        asked = {i for pair in different for i in pair} | {i for i, _ in not_subject}
+        faces = {i: face for i in asked if (face := self.store.face(gallery, i)) is not None}
+        check_faces(set(faces), sorted(asked), gallery)
         named = {s for _, s in not_subject} | {s for _, s in not_in_picture}
-        unknown = sorted(named - (set(by_subject) - {UNSORTED}))
+        unknown = sorted(s for s in named if s == UNSORTED or not self.store.faces_page(gallery, s, None, 1))
         if unknown:
             raise NotFound(f"no subject {', '.join(repr(s) for s in unknown[:5])} in gallery {gallery!r}")
         if any(a == b for a, b in different):
@@ -708,10 +725,20 @@ class GalleryService:
         self, gallery: str, limit: int, cursor: str | None, q: str | None
     ) -> tuple[Decision, Page[PersonCluster]]:
         """The unsorted faces' clusters (as `cluster`, incrementally), largest first, by (size,
-        cluster id); `q`: the suggested subject's name contains it."""
+        cluster id); `q`: the suggested subject's name contains it. The clustering is kept while
+        the unsorted faces and the gallery's size stay as they are (and no write went through
+        this server), at most CLUSTERS_KEEP_S: turning pages costs a clustering once."""
         after = decode_cursor(cursor, "clusters", [int, int])
         check_page(limit)
-        decision, clusters = self.cluster(gallery)
+        info = self.require(gallery)
+        ids = tuple(f.face_id for f in self.store.faces(gallery, UNSORTED))
+        key = (ids, info.faces, info.subjects, self._generation)
+        kept = self._clusters.get(gallery)
+        if kept is not None and kept[0] == key and time.monotonic() < kept[1]:
+            decision, clusters = kept[2], kept[3]
+        else:
+            decision, clusters = self.cluster(gallery)
+            self._clusters[gallery] = (key, time.monotonic() + CLUSTERS_KEEP_S, decision, clusters)
         rows = sorted(clusters, key=lambda c: (-len(c.faces), c.cluster_id))
         if after is not None:
             rows = [c for c in rows if (-len(c.faces), c.cluster_id) > (-after[0], after[1])]

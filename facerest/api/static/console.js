@@ -32,7 +32,12 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function setStatus(text) { $("#status").textContent = text || ""; }
+// a message set just before the page changes (after a rename, a merge...) shows on the next page
+let pendingStatus = "";
+function setStatus(text) {
+  $("#status").textContent = text || "";
+  pendingStatus = text || "";
+}
 
 function fmt(value, digits = 3) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
@@ -47,6 +52,8 @@ function when(unix) {
 }
 
 function enc(name) { return encodeURIComponent(name); }
+
+function plural(count, word) { return `${count} ${word}${count === 1 ? "" : "s"}`; }
 
 // --- the API ------------------------------------------------------------------------------------
 
@@ -135,7 +142,7 @@ const pictureObserver = new IntersectionObserver((entries) => {
     pictureObserver.unobserve(entry.target);
     loadPicture(entry.target);
   }
-}, { rootMargin: "200px" });
+});
 
 const loads = new WeakMap(); // img -> the promise of its picture
 
@@ -147,6 +154,11 @@ function loadPicture(img) {
   }, () => { img.replaceWith(placeholder(img.alt)); });
   loads.set(img, done);
   return done;
+}
+
+/** Pictures about to leave the page are not fetched any more. */
+function forget(root) {
+  for (const img of root.querySelectorAll("img[data-picture]")) pictureObserver.unobserve(img);
 }
 
 function placeholder(label) {
@@ -250,8 +262,10 @@ async function route() {
     } else link.removeAttribute("aria-current");
   }
   const main = $("#main");
+  forget(main);
   main.replaceChildren();
-  setStatus("");
+  $("#status").textContent = pendingStatus;
+  pendingStatus = "";
   try {
     await render(main, { gallery: gallery || currentGallery(), rest, query, token });
   } catch (error) {
@@ -358,6 +372,7 @@ PAGES.people = async (main, { gallery, query, token }) => {
     shown = index;
     if (answer.next_cursor) cursors[index + 1] = answer.next_cursor;
     else cursors.length = index + 1;
+    forget(grid);
     grid.replaceChildren(...answer.subjects.map((s) => el("a", { className: "card", href: `#/g/${enc(gallery)}/person/${enc(s.subject)}`, dataset: { subject: s.subject } },
       picture(s.representative ? `${galleryPath(gallery, "faces", String(s.representative))}/image` : null, s.subject),
       el("span", { className: "name" }, s.subject),
@@ -381,8 +396,9 @@ PAGES.people = async (main, { gallery, query, token }) => {
     el("h1", {}, `${gallery}: people`),
     el("p", { className: "muted", id: "gallery-summary" }, `${info.faces} faces · model ${info.model} · index ${info.index} · `,
       el("a", { href: `#/g/${enc(gallery)}/clusters` }, "unsorted faces"), " · ", el("a", { href: `#/g/${enc(gallery)}/review` }, "review queue")),
-    el("div", { className: "toolbar" }, search), error, grid,
-    el("nav", { className: "pager", "aria-label": "Pages of people" }, prev, where, next));
+    // the pager above the grid: turning a page needs no scrolling past (and loading) this one
+    el("div", { className: "toolbar" }, search, el("nav", { className: "pager", "aria-label": "Pages of people" }, prev, where, next)),
+    error, grid);
   await show(0);
 };
 
@@ -458,7 +474,7 @@ PAGES.person = async (main, { gallery, rest, token }) => {
   merge.addEventListener("submit", async (event) => {
     event.preventDefault();
     const answer = await attempt(mergeError, () => api("POST", galleryPath(gallery, "subjects", subject, "merge"), { body: { into: into.value.trim() } }));
-    if (answer) { setStatus(`${answer.moved} faces merged into ${answer.subject}.${samePhotoNote(answer)}`); location.hash = `#/g/${enc(gallery)}/person/${enc(answer.subject)}`; }
+    if (answer) { setStatus(`${plural(answer.moved, "face")} merged into ${answer.subject}.${samePhotoNote(answer)}`); location.hash = `#/g/${enc(gallery)}/person/${enc(answer.subject)}`; }
   });
 
   // move the selected faces
@@ -471,7 +487,7 @@ PAGES.person = async (main, { gallery, rest, token }) => {
     if (!selected.size) { moveError.textContent = "Select the faces to move first."; return; }
     const name = target.value.trim();
     const answer = await attempt(moveError, () => api("POST", galleryPath(gallery, "faces", "move"), { body: { face_ids: [...selected], subject: name || null, new: onlyNew.checked } }));
-    if (answer) { setStatus(`${answer.moved} face(s) moved to ${answer.subject || "the unsorted faces"}.${samePhotoNote(answer)}`); route(); }
+    if (answer) { setStatus(`${plural(answer.moved, "face")} moved to ${answer.subject || "the unsorted faces"}.${samePhotoNote(answer)}`); route(); }
   });
 
   // delete the person
@@ -777,7 +793,7 @@ PAGES.review = async (main, { gallery, token }) => {
     const card = el("div", { className: "card review-item", dataset: { reviewId: String(entry.review_id), group: String(entry.group) } },
       el("label", {}, box, `#${entry.review_id}`),
       picture(entry.has_image ? `${galleryPath(gallery, "review", String(entry.review_id))}/image` : null, `review item ${entry.review_id}`),
-      el("span", { className: "count" }, `${entry.source}${entry.ref ? ` · ${entry.ref}` : ""}`),
+      el("span", { className: "count", title: entry.ref || "" }, entry.source, entry.ref ? ` · ${entry.ref.slice(0, 28)}` : ""),
       el("span", { className: "count" }, when(entry.created_at)),
       el("span", { className: "count candidates" }, entry.candidates.length ? `closest: ${entry.candidates.map((c) => `${c.subject} ${fmt(c.similarity, 2)}`).join(", ")}` : "no candidate"),
       entry.excluded.length ? el("span", { className: "count warn" }, `not ${entry.excluded.join(", ")}`) : null);
@@ -817,10 +833,10 @@ PAGES.review = async (main, { gallery, token }) => {
     const answer = await attempt(error, () => api("POST", galleryPath(gallery, "review", path), { body: { review_ids: [...selected], ...body } }));
     if (answer) { setStatus(done(answer)); await load(true); }
   }
-  buttons.assign.addEventListener("click", () => act("assign", { subject: subject.value.trim() }, (a) => `${a.moved} face(s) enrolled as ${a.subject}.${samePhotoNote(a)}`));
-  buttons.create.addEventListener("click", () => act("assign", { subject: subject.value.trim(), new: true }, (a) => `New person ${a.subject} with ${a.moved} face(s).${samePhotoNote(a)}`));
+  buttons.assign.addEventListener("click", () => act("assign", { subject: subject.value.trim() }, (a) => `${plural(a.moved, "face")} enrolled as ${a.subject}.${samePhotoNote(a)}`));
+  buttons.create.addEventListener("click", () => act("assign", { subject: subject.value.trim(), new: true }, (a) => `New person ${a.subject} with ${plural(a.moved, "face")}.${samePhotoNote(a)}`));
   buttons.not.addEventListener("click", () => act("not", { subject: subject.value.trim() }, (a) => `Noted: not ${a.subject}.`));
-  buttons.dismiss.addEventListener("click", () => act("dismiss", {}, (a) => `${a.dismissed} face(s) dismissed.`));
+  buttons.dismiss.addEventListener("click", () => act("dismiss", {}, (a) => `${plural(a.dismissed, "face")} dismissed.`));
   more.addEventListener("click", () => load(false));
   main.append(
     el("h1", {}, `${gallery}: review`),
@@ -849,7 +865,7 @@ PAGES.clusters = async (main, { gallery, token }) => {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const answer = await attempt(mistake, () => api("POST", galleryPath(gallery, "faces", "move"), { body: { face_ids: c.faces.map((f) => f.face_id), subject: name.value.trim() } }));
-      if (answer) { setStatus(`${answer.moved} face(s) named ${answer.subject}.${samePhotoNote(answer)}`); card.remove(); }
+      if (answer) { setStatus(`${plural(answer.moved, "face")} named ${answer.subject}.${samePhotoNote(answer)}`); card.remove(); }
     });
     return card;
   }
