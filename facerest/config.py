@@ -444,7 +444,7 @@ class Settings(BaseSettings):
         True,
         description="Keep a JPEG crop of every face enrolled from an image (and of every review-queue face), "
         "in the gallery store beside the face, deleted with it: what the console shows, and what another "
-        "recognizer can embed again. About 17 KB a face at the default size; false: keep none.",
+        "recognizer can embed again. About 18 KB a face on disk at the default size; false: keep none.",
     )
     gallery_crop_size: int = Field(
         256,

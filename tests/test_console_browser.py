@@ -313,6 +313,18 @@ def test_a_day_with_the_console(browser, server: Server, tmp_path: Path) -> None
     page.wait_for_selector("#people-grid[data-state=ready]")
     cards = page.eval_on_selector_all("#people-grid .card", "cs => cs.map(c => c.dataset.subject)")
     assert cards == sorted(subjects_of(client, gallery))
+    # readable on a phone: nothing wider than the screen on the main pages
+    page.set_viewport_size({"width": 390, "height": 844})
+    for route, name in (
+        ("people", "people"),
+        ("person/Stranger", "person"),
+        ("review", "review"),
+        ("enrol", "enrol"),
+    ):
+        page.goto(f"{console}#/g/{gallery}/{route}")
+        ready(page, name)
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"), route
+    page.set_viewport_size(VIEWPORT)
 
     # bad input: the API's message next to what caused it, never a blank page
     page.goto(f"{console}#/galleries")

@@ -172,6 +172,17 @@ def _review(r: Any, embedding: Any = None) -> ReviewItem:
     )
 
 
+#: whether the schema above (and the replicas' change log) is all there, read from the catalogue
+SCHEMA_CURRENT = """
+SELECT to_regclass('facerest_review_by_age') IS NOT NULL
+   AND to_regclass('facerest_face_crops') IS NOT NULL
+   AND to_regclass('facerest_changes') IS NOT NULL
+   AND (SELECT count(*) FROM pg_attribute
+        WHERE attrelid = to_regclass('facerest_faces') AND attname IN ('quality', 'source', 'cover')) = 3
+   AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass('facerest_galleries') AND attname = 'version')
+"""
+
 # the schema is created once per database even when several replicas start together
 SCHEMA_LOCK = 0x66616365  # "face"
 # one replica at a time builds an HNSW index
@@ -254,8 +265,12 @@ class PostgresStore(GalleryStore):
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
                 try:
-                    conn.execute(SCHEMA)
-                    conn.execute(replica_codes.SCHEMA)
+                    # DDL only when something is missing: even `IF NOT EXISTS` takes its table's
+                    # lock (ALTER TABLE an exclusive one), which would stall the other replicas'
+                    # searches and can deadlock with their writes at every start
+                    if not conn.execute(SCHEMA_CURRENT).fetchone()[0]:  # type: ignore[index]
+                        conn.execute(SCHEMA)
+                        conn.execute(replica_codes.SCHEMA)
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
         except psycopg.Error as exc:
