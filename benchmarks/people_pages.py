@@ -118,6 +118,31 @@ def measure(client: httpx.Client, names: list[str], runs: int = 50) -> dict[str,
     return {label: (float(np.median(t)), float(np.percentile(t, 95))) for label, t in times.items()}
 
 
+def settled(client: httpx.Client, url: str, timeout_s: float = 600) -> None:
+    """Until the indexes a server builds in the background after it starts are in use (SQLite's
+    sign codes; PostgreSQL's HNSW index or codes and its index of subject names): pages are timed
+    as they are from then on."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        index = client.get(f"/gallery/{GALLERY}").json()["index"]
+        names = True
+        if url.startswith("postgres"):
+            import psycopg
+
+            from facerest.gallery.postgres import NAME_INDEX
+
+            with psycopg.connect(url) as conn:
+                row = conn.execute(
+                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname = %s",
+                    (NAME_INDEX,),
+                ).fetchone()
+            names = row is not None and bool(row[0])
+        if index in ("codes", "hnsw") and names:
+            return
+        time.sleep(1)
+
+
 def report(title: str, results: dict[str, tuple[float, float]]) -> str:
     lines = [title, f"  {'endpoint (one page of 100)':<38} {'p50 ms':>8} {'p95 ms':>8}"]
     lines += [f"  {label:<38} {p50:>8.1f} {p95:>8.1f}" for label, (p50, p95) in results.items()]
@@ -134,8 +159,9 @@ def run(backend: str, subjects: int, runs: int) -> None:
             sys.path.insert(0, str(ROOT / "tests"))
             from gallery_pg import new_database, start_postgres
 
-            (root / "pg").mkdir()
-            uri, postgres = start_postgres(root / "pg")
+            # a folder of its own: the server may run as `postgres`, which cannot enter ours
+            pg_root = Path(tempfile.mkdtemp(prefix="facerest-pg-"))
+            uri, postgres = start_postgres(pg_root)
             url = new_database(uri)
         store = open_store(url, IndexOptions(min_faces=0))  # no index while loading: it is built at start
         started = time.perf_counter()
@@ -148,6 +174,7 @@ def run(backend: str, subjects: int, runs: int) -> None:
         server_url, process = start_local_server(env, root / "server.log", cwd=root)
         try:
             with httpx.Client(base_url=server_url, timeout=60) as client:
+                settled(client, url)
                 print(
                     report(f"{backend}, {subjects} subjects, {runs} runs each:", measure(client, names, runs))
                 )
@@ -156,7 +183,7 @@ def run(backend: str, subjects: int, runs: int) -> None:
             if postgres is not None:
                 from gallery_pg import stop_postgres
 
-                stop_postgres(postgres, root / "pg")
+                stop_postgres(postgres, pg_root)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ server on 127.0.0.1 with the real models.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from browser import chromium, save_screenshot
-from conftest import ROOT, Server, shared_path, start_server, stop_server
+from conftest import ROOT, Server, shared_people, start_server, stop_server
 
 from benchmarks.people_pages import GALLERY, build, measure, report
 from facerest.gallery.sqlite import SQLiteStore
@@ -80,15 +79,6 @@ def shot(page, name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     save_screenshot(path, IMG / f"console-{name}.png")
 
 
-def identities(set_name: str) -> dict[str, list[Path]]:
-    root = shared_path("verify", set_name)
-    people: dict[str, list[Path]] = {}
-    with (root / "identities.csv").open() as fh:
-        for row in csv.DictReader(fh):
-            people.setdefault(row["identity"], []).append(root / row["img"])
-    return people
-
-
 def subjects_of(client: httpx.Client, gallery: str) -> dict[str, int]:
     out: dict[str, int] = {}
     cursor = None
@@ -103,8 +93,7 @@ def subjects_of(client: httpx.Client, gallery: str) -> dict[str, int]:
 
 
 def test_a_day_with_the_console(browser, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    people = {**identities("deepface"), **identities("facerec_ageitgey")}
-    people.pop("identity", None)
+    people = {**shared_people("deepface"), **shared_people("facerec_ageitgey")}
     enrolled = [
         "id00",
         "id01",
@@ -194,6 +183,20 @@ def test_a_day_with_the_console(browser, server: Server, tmp_path: Path) -> None
     )
     assert right >= 0.9 * (right + wrong) and unknown_ok >= 0.9 * (unknown_ok + unknown_wrong)
     shot(page, "identify", tmp_path)
+    # "this is X" on one known face, "not X" on another: one click each, and the API agrees
+    first, second = page.locator(".identify-item").nth(0), page.locator(".identify-item").nth(1)
+    named = first.locator(".identify-face").first.get_attribute("data-subject") or ""
+    before = subjects_of(client, gallery)[named]
+    first.locator(f'.identify-face button.this-is[data-subject="{named}"]').first.click()
+    first.locator(".identify-face[data-enrolled]").wait_for()
+    assert subjects_of(client, gallery)[named] == before + 1
+    refused = second.locator(".identify-face").first.get_attribute("data-subject") or ""
+    second.locator(".identify-face button.not-x").first.click()
+    second.locator('.identify-face[data-unknown="true"]').first.wait_for()
+    again = client.post(
+        f"/gallery/{gallery}/search", json={"images": {"data": [_b64(known_photos[1])]}}
+    ).json()
+    assert refused and again["data"][0]["faces"][0]["subject"] is None  # never that person for this photo
 
     # 4. the review queue holds the strangers' faces, grouped; three are assigned to a new person
     items = _wait_review(client, gallery, unknown_ok)

@@ -3,7 +3,6 @@ deleted), the people API (pages, merge, move, one person per photo) and the revi
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import Server, package_photo, read_bgr, shared_path, start_server, stop_server
+from conftest import Server, package_photo, read_bgr, shared_path, shared_people, start_server, stop_server
 from helpers import b64
 
 from facerest.gallery.sqlite import SQLiteStore
@@ -185,15 +184,6 @@ def wait_for_review(client: httpx.Client, gallery: str, count: int, timeout_s: f
         if len(items) >= count or time.monotonic() > deadline:
             return items
         time.sleep(0.1)
-
-
-def shared_people(set_name: str) -> dict[str, list[Path]]:
-    root = shared_path("verify", set_name)
-    people: dict[str, list[Path]] = {}
-    with (root / "identities.csv").open() as fh:
-        for row in csv.DictReader(fh):
-            people.setdefault(row["identity"], []).append(root / row["img"])
-    return people
 
 
 def test_people_api_pages_merge_move_and_one_person_per_photo(

@@ -255,7 +255,14 @@ async def list_galleries(
     return page_body("galleries", page, [gallery_body(g) for g in page.items])
 
 
-@router.put("/gallery/{gallery}", summary="Create an empty gallery for the recognizer in use")
+@router.put(
+    "/gallery/{gallery}",
+    summary="Create an empty gallery for the recognizer in use",
+    responses={
+        201: {"description": "Created", "content": {"application/json": {}}},
+        409: {"description": "The gallery exists, built with another recognizer"},
+    },
+)
 async def create_gallery(request: Request, gallery: Name) -> JSONResponse:
     """A gallery is also created by its first enrolment; this makes one to enrol into later. 201
     when new, 200 when it exists (409 when it was built with another recognizer)."""

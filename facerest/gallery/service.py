@@ -738,6 +738,9 @@ class GalleryService:
             decision, clusters = kept[2], kept[3]
         else:
             decision, clusters = self.cluster(gallery)
+            for group in clusters:  # kept for the ids and pictures only: the vectors can go
+                for face in (*group.faces, *group.representatives):
+                    face.embedding = None
             self._clusters[gallery] = (key, time.monotonic() + CLUSTERS_KEEP_S, decision, clusters)
         rows = sorted(clusters, key=lambda c: (-len(c.faces), c.cluster_id))
         if after is not None:

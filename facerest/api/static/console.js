@@ -713,14 +713,21 @@ PAGES.identify = async (main, { gallery }) => {
     }
     block.append(error);
 
-    async function thisIs(subject) {
-      const answer = await attempt(error, () => api("POST", `${galleryPath(gallery, "subjects", subject)}/faces`, { body: { images: { data: [data], faces: [[{ bbox: hit.bbox }]] }, force: true } }));
+    async function thisIs(subject, force = false) {
+      const body = { images: { data: [data], faces: [[{ bbox: hit.bbox }]] }, force };
+      const answer = await attempt(error, () => api("POST", `${galleryPath(gallery, "subjects", subject)}/faces`, { body }));
       if (answer && answer.added.length) {
         who.textContent = `${subject} (enrolled)`;
         block.dataset.subject = subject;
         block.dataset.unknown = "false";
         block.dataset.enrolled = String(answer.added[0].face_id);
-      } else if (answer) error.textContent = answer.failed.map((f) => f.detail).join("; ");
+      } else if (answer) {
+        // below a quality floor: the reason, and the choice to enrol it all the same
+        error.textContent = `Refused: ${answer.failed.map((f) => f.detail).join("; ")} `;
+        const anyway = el("button", { type: "button", className: "force" }, "Enrol anyway");
+        anyway.addEventListener("click", () => thisIs(subject, true));
+        error.append(anyway);
+      }
     }
     return block;
   }
