@@ -584,3 +584,25 @@ def test_concurrent_clients_lose_nothing_and_invent_nothing(any_server: Server) 
             f"{sum(done.values())} concurrent operations from 4 clients {done}"
         )
         assert client.delete(f"/gallery/{gallery}").status_code == 200
+
+
+def test_keeping_pictures_can_be_turned_off(analyzer, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """FACEREST_GALLERY_KEEP_CROPS=false: faces are enrolled without a picture (the console shows
+    a placeholder) and the review queue keeps none either."""
+    from facerest.gallery.service import GalleryService
+    from facerest.imaging.decode import decode_image
+
+    off = settings.model_copy(update={"gallery_keep_crops": False, "data_dir": tmp_path})
+    service = GalleryService(SQLiteStore(tmp_path / "gallery.db"), analyzer, off)
+    try:
+        image = decode_image(YAO.read_bytes(), max_pixels=off.max_image_pixels)
+        [(face_id, _)] = service.enrol("g", "yao", [image]).added
+        assert not service.face("g", face_id).has_crop
+        with pytest.raises(Exception, match="no picture"):
+            service.face_image("g", face_id)
+        on = GalleryService(service.store, analyzer, settings.model_copy(update={"data_dir": tmp_path}))
+        [(kept, _)] = on.enrol("g", "yao", [image]).added
+        assert on.face("g", kept).has_crop and on.face_image("g", kept).jpeg[:2] == b"\xff\xd8"
+        on.review.close()  # type: ignore[union-attr]
+    finally:
+        service.close()
