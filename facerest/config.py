@@ -439,6 +439,39 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=1.0, description="Enrolment refuses faces whose quality score is lower; 0: no check."
     )
 
+    # --- people: face crops, the review queue, the console (issue 29) ---
+    gallery_keep_crops: bool = Field(
+        True,
+        description="Keep a JPEG crop of every face enrolled from an image (and of every review-queue face), "
+        "in the gallery store beside the face, deleted with it: what the console shows, and what another "
+        "recognizer can embed again. About 18 KB a face on disk at the default size; false: keep none.",
+    )
+    gallery_crop_size: int = Field(
+        256,
+        ge=64,
+        le=1024,
+        description="Longest side of a kept crop, pixels (a square twice the face's box, scaled to fit).",
+    )
+    people_review: bool = Field(
+        True,
+        description="Keep the faces that gallery searches, video requests and stream jobs could not name "
+        "(unknown, or named within FACEREST_PEOPLE_REVIEW_MARGIN of the decision) in a review queue per "
+        "gallery, for a person to assign, name or dismiss.",
+    )
+    people_review_max_items: int = Field(
+        1000, ge=1, le=100_000, description="Review-queue items a gallery keeps; the oldest go first."
+    )
+    people_review_max_age_s: float = Field(
+        604_800.0, gt=0, description="Seconds a review-queue item is kept (default a week)."
+    )
+    people_review_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="A face named with a similarity less than this above the decision threshold is queued "
+        "for review too (0: only unknown faces).",
+    )
+
     @field_validator(
         "providers", "url_allowlist", "api_keys", "cors_origins", "video_stream_allowlist", mode="before"
     )

@@ -36,6 +36,18 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def shared_people(set_name: str) -> dict[str, list[Path]]:
+    """A shared verification set's photos by identity (its identities.csv)."""
+    import csv
+
+    root = shared_path("verify", set_name)
+    people: dict[str, list[Path]] = {}
+    with (root / "identities.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            people.setdefault(row["identity"], []).append(root / row["img"])
+    return people
+
+
 def read_bgr(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert image is not None, path

@@ -215,9 +215,23 @@ def test_gallery_management_over_http(server: Server) -> None:
             "index": "exact",
         }
         subjects = client.get("/gallery/team/subjects").json()["subjects"]
-        assert subjects == [{"subject": "players", "faces": len(added)}, {"subject": "yao", "faces": 1}]
+        assert [{k: s[k] for k in ("subject", "faces")} for s in subjects] == [
+            {"subject": "players", "faces": len(added)},
+            {"subject": "yao", "faces": 1},
+        ]
         face = client.get("/gallery/team/subjects/yao").json()["faces"][0]
-        assert set(face) == {"face_id", "bbox", "prob", "image_hash", "model", "added_at"}
+        assert set(face) == {
+            "face_id",
+            "bbox",
+            "prob",
+            "image_hash",
+            "model",
+            "added_at",
+            "quality",
+            "source",
+            "has_image",
+            "representative",
+        }
         assert len(face["image_hash"]) == 64 and face["model"] == "w600k_mbf"
 
         # the tallest player is Yao Ming: searching his portrait names him, the rest are someone else

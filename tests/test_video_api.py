@@ -3,6 +3,7 @@ stream served from 127.0.0.1 that drops once (must show 2), and bad input (must 
 
 from __future__ import annotations
 
+import base64
 import http.server
 import io
 import json
@@ -12,6 +13,7 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import psutil
@@ -326,7 +328,71 @@ def test_tracks_are_identified_in_a_gallery(
             data={"gallery": "nope"},
         )
         assert missing.status_code == 404
+
+        # issue 29: the tracks nobody could name wait in the gallery's review queue, each with its
+        # best face's picture (also returned with `return_crops`) and where it came from
+        unknown = [t for t in tracks if t["identity"]["subject"] is None]
+        deadline = time.monotonic() + 20
+        while True:
+            items = client.get("/gallery/video-test/review").json()["items"]
+            if len(items) >= len(unknown) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(items) == len(unknown) >= 2
+        assert all(i["source"] == "video" and i["has_image"] for i in items)
+        assert sorted(i["ref"] for i in items) == sorted(
+            f"upload scene.mp4 track {t['track']}" for t in unknown
+        )
+        again = client.post(
+            "/multipart/video/extract",
+            files={"file": ("scene.mp4", path.read_bytes())},
+            data={"fps": "5", "gallery": "video-test", "return_embedding": "false", "return_crops": "true"},
+        )
+        for track in again.json()["tracks"]:
+            picture = cv2.imdecode(
+                np.frombuffer(base64.b64decode(track["best"]["image"]), np.uint8), cv2.IMREAD_COLOR
+            )
+            assert picture is not None and max(picture.shape[:2]) <= 256
+        time.sleep(1.0)  # the same tracks of the same file are not queued twice
+        assert len(client.get("/gallery/video-test/review").json()["items"]) == len(unknown)
         client.delete("/gallery/video-test")
+
+
+def test_unknown_tracks_of_a_stream_job_go_to_the_review_queue(video_server: Server, cast: Cast) -> None:
+    """Issue 29: a stream job identifying in a gallery queues the tracks it could not name."""
+    script = Script(
+        fps=10.0,
+        duration_s=2.5,
+        appearances=[Appearance(cast.people["gdp1"], 0.2, 2.2, (60, 60), (200, 80))],
+        seed=7,
+    )
+    with video_server.client(timeout=60) as client:
+        client.delete("/gallery/stream-review")
+        client.post(
+            "/gallery/stream-review/subjects/yao/faces",
+            json={"images": {"data": [b64(package_photo("yaoming.jpg"))]}},
+        )
+        with serve_mjpeg(script, drop_s=script.duration_s) as url:
+            created = client.post(
+                "/video/jobs", json={"url": url, "fps": 5, "gallery": "stream-review", "return_crops": True}
+            )
+            assert created.status_code == 201, created.text
+            job_id = created.json()["id"]
+            events = _read_events(client, job_id, want_tracks=1, timeout_s=30)
+            client.delete(f"/video/jobs/{job_id}")
+        [track] = [e for e in events if e["event"] == "track"]
+        assert track["identity"]["subject"] is None and track["best"]["image"]
+        deadline = time.monotonic() + 20
+        while (
+            not (items := client.get("/gallery/stream-review/review").json()["items"])
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        [item] = items
+        assert item["source"] == "stream" and item["ref"] == f"job {job_id} track {track['track']}"
+        assert item["has_image"] and item["candidates"][0]["subject"] == "yao"
+        assert client.get(f"/gallery/stream-review/review/{item['review_id']}/image").status_code == 200
+        client.delete("/gallery/stream-review")
 
 
 def test_a_stream_that_never_comes_fails_with_a_reason(
