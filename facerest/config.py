@@ -13,13 +13,16 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
 #: FACEREST_MODEL_PACK (issue 32): the catalogue names each pack chooses for the model settings
 #: left unset. The models still come from the catalogue and go through the same preparation,
 #: scheduler and runtimes; "commercial" holds only weights whose licence allows commercial use.
 MODEL_PACKS: dict[str, dict[str, str]] = {
     "default": {"det_name": "scrfd_500m_bnkps", "rec_name": "w600k_mbf", "ga_name": "age_gender_dlib"},
-    "commercial": {"det_name": "yunet_2023mar_int8bq", "rec_name": "sface_2021dec_int8bq", "ga_name": "age_gender_dlib"},
+    "commercial": {
+        "det_name": "yunet_2023mar_int8bq",
+        "rec_name": "sface_2021dec_int8bq",
+        "ga_name": "age_gender_dlib",
+    },
 }
 
 

@@ -77,7 +77,9 @@ def score(hits: list[dict], known: list[Photo], unknown: list[Photo]) -> tuple[i
     return named, rank1, answered_unknown
 
 
-def test_open_set_identification(server: Server, analyzer) -> None:  # type: ignore[no-untyped-def]
+def test_open_set_identification(pack_server: Server, pack_analyzer) -> None:  # type: ignore[no-untyped-def]
+    """With each model pack (issue 32)."""
+    server, analyzer = pack_server, pack_analyzer
     references, known, unknown = split(photos())
     gallery = "open-set"
     with server.client() as client:

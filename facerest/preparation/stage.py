@@ -26,7 +26,13 @@ log = logging.getLogger("facerest.models")
 
 def configured_models(settings: Settings) -> list[str]:
     """The catalogue names of every model the settings ask for, detector first."""
-    names = [settings.det_name, settings.rec_name, settings.ga_name, settings.mask_name, settings.landmarks_name]
+    names = [
+        settings.det_name,
+        settings.rec_name,
+        settings.ga_name,
+        settings.mask_name,
+        settings.landmarks_name,
+    ]
     return [name for name in names if name]
 
 
@@ -46,7 +52,7 @@ def check_licences(settings: Settings, store: ModelStore) -> None:
             + ", ".join(refused)
             + " does not allow commercial use (or is not known); set FACEREST_MODEL_PACK=commercial or "
             "choose models whose licence allows it (`facerest models list`; a custom model's entry in "
-            "<models>/catalog.json may say \"commercial_use\": true)"
+            '<models>/catalog.json may say "commercial_use": true)'
         )
 
 

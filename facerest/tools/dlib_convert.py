@@ -241,9 +241,8 @@ def read_dlib_resnet(path: Path) -> DlibNet:
     if reader.expect("loss_metric_", "loss_metric_2") == "loss_metric_2":
         reader.float(), reader.float()  # margin, distance threshold (training only)
     layout = anet_layout()
-    versions = []
-    for kind in layout[:-1]:  # headers, outermost first; the bottom layer's comes just below
-        versions.append(reader.int())
+    # the headers (versions) of every layer, outermost first; the bottom layer's comes just below
+    versions = [reader.int() for _ in layout[:-1]]
     # the bottom layer: add_layer<con, input_rgb_image_sized<150>> (version 2 or 3)
     bottom_version = reader.int()
     reader.expect("input_rgb_image_sized")
@@ -386,7 +385,11 @@ def to_onnx(net: DlibNet) -> onnx.ModelProto:
     graph = helper.make_graph(
         b.nodes,
         "dlib_face_recognition_resnet_model_v1",
-        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["batch", 3, net.chip_size, net.chip_size])],
+        [
+            helper.make_tensor_value_info(
+                "data", TensorProto.FLOAT, ["batch", 3, net.chip_size, net.chip_size]
+            )
+        ],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 128])],
         initializer=b.weights,
     )

@@ -112,7 +112,9 @@ def remove_unused_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _dequantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int, block: int) -> np.ndarray:
+def _dequantize(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int, block: int
+) -> np.ndarray:
     """DequantizeLinear as ONNX Runtime computes it: (int32(x) - int32(zero)) * scale, in float32;
     scale (and zero) per tensor, per axis, or per block of `block` elements along `axis` (opset 21)."""
     zero = np.zeros_like(scale, dtype=np.int32) if zero is None else zero.astype(np.int32)

@@ -33,7 +33,7 @@ class YuNetDetector(Detector):
     def decode(
         self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int], threshold: float
     ) -> Detections:
-        height, width = input_hw
+        width = input_hw[1]
         boxes_all, scores_all, kps_all = [], [], []
         for stride in self.strides:
             cols = -(-width // stride)
