@@ -231,15 +231,17 @@ def open_set(data, vectors, calibration, decide, settings) -> list[tuple[str, in
             fallback_threshold=0.5,
         )
 
-        def answer(path: Path) -> str | None:
-            scores = gallery @ vectors[path]
-            best = int(np.argmax(scores))
-            return names[best] if scores[best] >= decision.threshold else None  # noqa: B023
-
-        named = sum(answer(p) == w for p, w in known)
-        rejected = sum(answer(p) is None for p, _ in unknown)
+        named = sum(answer(gallery, names, vectors[p], decision.threshold) == w for p, w in known)
+        rejected = sum(answer(gallery, names, vectors[p], decision.threshold) is None for p, _ in unknown)
         out.append((case, named, len(known), rejected, len(unknown)))
     return out
+
+
+def answer(gallery: np.ndarray, names: list[str], probe: np.ndarray, threshold: float) -> str | None:
+    """The best match's name at or above the threshold, else None (unknown)."""
+    scores = gallery @ probe
+    best = int(np.argmax(scores))
+    return names[best] if scores[best] >= threshold else None
 
 
 def recognizer_speed(name: str, pack: str, models_dir: Path, batch: int = 8, rounds: int = 5) -> float:
