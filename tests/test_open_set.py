@@ -16,7 +16,7 @@ from conftest import Server, package_photo, read_bgr, shared_path
 from helpers import b64
 from scipy.stats import binom
 
-from facerest.gallery.calibration import clopper_pearson_upper
+from facerest.gallery.calibration import clopper_pearson_upper, shipped
 from facerest.pipeline import ExtractOptions
 
 SETS = ["deepface", "facerec_ageitgey"]
@@ -99,7 +99,13 @@ def test_open_set_identification(pack_server: Server, pack_analyzer) -> None:  #
             f"({answered_unknown / len(unknown):.4f})"
         )
         assert decision["basis"] == "fpir" and decision["subjects"] == len(references)
-        assert named / len(known) >= 0.99
+        # known probes are named as often as the calibration says genuine pairs pass this threshold
+        # (1.0 for w600k_mbf; the commercial recognizers' figures are in docs/models.md)
+        model = client.get("/info").json()["models"]["rec_name"]
+        tmr = shipped(model).tmr_at(decision["threshold"])  # type: ignore[union-attr]
+        slack = 3 * np.sqrt(tmr * (1 - tmr) / len(known)) + 1 / len(known)
+        print(f"  {model}: calibrated TMR at the threshold {tmr:.4f}")
+        assert named / len(known) >= (0.99 if tmr >= 0.99 else tmr - slack)
         assert answered_unknown / len(unknown) >= 0.99
         for hit in hits:  # each match says what its score means
             assert all(0 < m["fmr"] <= 1 for m in hit["matches"])
