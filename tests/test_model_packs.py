@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from conftest import ROOT, package_photo, read_bgr, start_server, stop_server
 from helpers import b64, error_lines, serve_until_exit
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from facerest.config import MODEL_PACKS, Settings
 from facerest.errors import ChecksumMismatch, LicenceRefused, ModelError, ModelMissing
 from facerest.models.catalog import Catalog
+from facerest.models.routing import classify
 from facerest.models.store import ModelStore, embedded_path, md5_of
 from facerest.preparation import load_detector, load_face_model
 from facerest.preparation.stage import check_licences
@@ -65,6 +67,9 @@ def test_conversions_give_the_catalogue_md5(store: ModelStore) -> None:
         [path] = store.ensure(name, converters=CONVERTERS)
         assert (md5_of(path), path.stat().st_size) == (file.md5, file.size), name
         assert entry.licence and entry.source and entry.commercial_use is True, name
+    # a YuNet graph dropped in <models>/custom/ is told by its outputs
+    assert classify(onnx.load(str(store.path(store.entry(YUNET))))) == ("detection", "yunet")
+    assert classify(onnx.load(str(original(YUNET)))) == ("detection", "yunet")
 
 
 def test_a_conversion_is_needed_and_checked(tmp_path: Path) -> None:
