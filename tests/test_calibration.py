@@ -86,7 +86,9 @@ def test_shipped_calibration_is_what_its_data_gives(path: Path, models_dir: Path
     assert thresholds == sorted(thresholds), "a smaller FMR must need a higher threshold"
     # FMR 1e-3, the verify default: w600k_mbf separates the shared sets; the commercial
     # recognizers do less well (docs/models.md), dlib's ResNet least
-    assert shipped["thresholds"][1]["tmr"] >= {"w600k_mbf": 0.99, "sface_2021dec_int8bq": 0.9}.get(path.stem, 0.5)
+    assert shipped["thresholds"][1]["tmr"] >= {"w600k_mbf": 0.99, "sface_2021dec_int8bq": 0.9}.get(
+        path.stem, 0.5
+    )
     assert (path.with_suffix(".png")).stat().st_size > 10_000
 
 

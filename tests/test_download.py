@@ -252,7 +252,8 @@ def _sdist(folder: Path, member: bytes) -> None:
     import tarfile
 
     files = {
-        "pyproject.toml": b'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        "pyproject.toml": b'[build-system]\nrequires = ["setuptools"]\n'
+        b'build-backend = "setuptools.build_meta"\n'
         b'[project]\nname = "weights"\nversion = "1.0"\n[tool.setuptools]\npy-modules = []\n',
         "PKG-INFO": b"Metadata-Version: 2.1\nName: weights\nVersion: 1.0\n",
         "models/w.onnx": member,
