@@ -119,7 +119,9 @@ def test_upload_and_url_give_one_track_per_appearance(
         response = client.post(
             "/multipart/video/extract",
             files={"file": ("scene.mp4", path.read_bytes(), "video/mp4")},
-            data={"fps": "5", "return_boxes": "true", "extract_ga": "true"},
+            # the scene's people are 60-80 px wide; YuNet (the commercial pack) also finds a face
+            # of 14 to 21 px in the background of one of their photos, not one of the appearances
+            data={"fps": "5", "return_boxes": "true", "extract_ga": "true", "min_face_size": "32"},
         )
         assert response.status_code == 200, response.text
         body = response.json()
@@ -130,7 +132,8 @@ def test_upload_and_url_give_one_track_per_appearance(
         base, folder = file_server
         (folder / "scene.mp4").write_bytes(path.read_bytes())
         response = client.post(
-            "/video/extract", json={"url": f"{base}/scene.mp4", "fps": 5, "return_boxes": True}
+            "/video/extract",
+            json={"url": f"{base}/scene.mp4", "fps": 5, "return_boxes": True, "min_face_size": 32},
         )
         assert response.status_code == 200, response.text
         _check_tracks(response.json(), script, cast, 5.0)
@@ -340,7 +343,7 @@ def test_tracks_are_identified_in_a_gallery(
         response = client.post(
             "/multipart/video/extract",
             files={"file": ("scene.mp4", path.read_bytes())},
-            data={"fps": "5", "gallery": "video-test", "return_embedding": "false"},
+            data={"fps": "5", "gallery": "video-test", "return_embedding": "false", "min_face_size": "32"},
         )
         assert response.status_code == 200, response.text
         tracks = response.json()["tracks"]
