@@ -15,8 +15,9 @@ same pipeline (the server's defaults: FACEREST_DETECT_SCALE=adaptive, max_size 6
   pairs.csv at that threshold, and the open-set protocol of tests/test_open_set.py at the server's
   default FPIR 1e-2 (every second identity enrolled with its first photo, every other photo a
   probe; then every crowd face enrolled as a distractor);
-- speed per core: one inference thread, ONNX Runtime; a detector's mean time per labelled photo
-  (decode excluded), a recognizer's time per face in batches of 8.
+- speed per core: one inference thread, ONNX Runtime, timed in CPU seconds of this process (so
+  other work on a shared machine does not count); a detector's mean per labelled photo (decode
+  excluded), a recognizer's per face in batches of 8.
 
 Every figure is printed with the counts behind it.
 """
@@ -125,9 +126,9 @@ def measure_detector(name: str, models_dir: Path, labels: dict[str, dict]) -> De
         for photo, label in labels.items():
             image = cv2.imread(str(labelled_path(photo)))
             analyzer.process([image], options)  # warm: the first call of a shape builds its plan
-            start = time.perf_counter()
+            start = time.process_time()
             [found] = analyzer.process([image], options)
-            spent += time.perf_counter() - start
+            spent += time.process_time() - start
             boxes = np.array([f.bbox for f in found.faces], np.float64).reshape(-1, 4)
             faces = np.array(label["faces"], np.float64).reshape(-1, 4)
             ignore = np.array(label["ignore"], np.float64).reshape(-1, 4)
@@ -268,9 +269,9 @@ def recognizer_speed(name: str, pack: str, models_dir: Path, batch: int = 8, rou
     model.infer(tensor)
     times = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = time.process_time()
         model.infer(tensor)
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return 1000 * statistics.median(times) / batch
 
 
@@ -289,7 +290,7 @@ def render(detections: list[DetectionResult], recognitions: list[RecognitionResu
         f"Detection: {len(labels)} photos, {faces} labelled faces (benchmarks/data/face_boxes.json), "
         "threshold 0.6, the server's default scale policy.",
         "",
-        "| detector | licence | recall | precision | ms per photo, 1 core |",
+        "| detector | licence | recall | precision | CPU ms per photo, 1 thread |",
         "|---|---|---|---|---|",
     ]
     for d in detections:
@@ -309,7 +310,7 @@ def render(detections: list[DetectionResult], recognitions: list[RecognitionResu
         "| recognizer | licence | dim | detector | TMR at FMR 1e-3 (threshold; impostor pairs above) "
         "| the same, labelled photos' genuine pairs only | pair accuracy, deepface "
         "| pair accuracy, facerec_ageitgey | open set: known named / unknown rejected "
-        "| + crowd distractors | ms per face, 1 core |",
+        "| + crowd distractors | CPU ms per face, 1 thread |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in recognitions:
