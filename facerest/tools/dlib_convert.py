@@ -111,20 +111,20 @@ class Layer:
     padding: tuple[int, int] = (0, 0)
 
 
-def _block(stride_down: bool) -> list[str]:
-    """dlib's `block` (top first): BN<con<N,3,3,1,1,relu<BN<con<N,3,3,s,s,SUBNET>>>>>."""
-    del stride_down  # the stride is read from the file; the layout is the same
+def _block() -> list[str]:
+    """dlib's `block` (top first): BN<con<N,3,3,1,1,relu<BN<con<N,3,3,s,s,SUBNET>>>>> (the stride
+    s, 1 or 2, is read from the file with the convolution)."""
     return ["affine", "con", "relu", "affine", "con"]
 
 
 def _ares() -> list[str]:
     # relu<add_prev1<block<N,BN,1,tag1<SUBNET>>>>
-    return ["relu", "add_prev:1", *_block(False), "tag:1"]
+    return ["relu", "add_prev:1", *_block(), "tag:1"]
 
 
 def _ares_down() -> list[str]:
     # relu<add_prev2<avg_pool<2,2,2,2,skip1<tag2<block<N,BN,2,tag1<SUBNET>>>>>>>
-    return ["relu", "add_prev:2", "avg_pool", "skip:1", "tag:2", *_block(True), "tag:1"]
+    return ["relu", "add_prev:2", "avg_pool", "skip:1", "tag:2", *_block(), "tag:1"]
 
 
 def anet_layout() -> list[str]:
