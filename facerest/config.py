@@ -13,6 +13,18 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: FACEREST_MODEL_PACK (issue 32): the catalogue names each pack chooses for the model settings
+#: left unset. The models still come from the catalogue and go through the same preparation,
+#: scheduler and runtimes; "commercial" holds only weights whose licence allows commercial use.
+MODEL_PACKS: dict[str, dict[str, str]] = {
+    "default": {"det_name": "scrfd_500m_bnkps", "rec_name": "w600k_mbf", "ga_name": "age_gender_dlib"},
+    "commercial": {
+        "det_name": "yunet_2023mar_int8bq",
+        "rec_name": "sface_2021dec_int8bq",
+        "ga_name": "age_gender_dlib",
+    },
+}
+
 
 def _default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -42,6 +54,19 @@ class Settings(BaseSettings):
     )
     auto_download: bool = Field(
         False, description="Download configured models that are missing at start (needs a network)."
+    )
+
+    # --- model packs and licences (issue 32) ---
+    model_pack: Literal["default", "commercial"] = Field(
+        "default",
+        description="Which models the model settings left unset name: default (InsightFace's SCRFD-500M "
+        "and w600k_mbf, non-commercial research only) or commercial (YuNet and SFace, MIT and Apache-2.0; "
+        "docs/models.md). FACEREST_DET_NAME and the others still override it.",
+    )
+    commercial_use: bool = Field(
+        False,
+        description="The service is used commercially: refuse to start while any model in use has a licence "
+        "that does not allow it (or an unknown one).",
     )
 
     # --- inference ---
@@ -511,6 +536,13 @@ class Settings(BaseSettings):
     def gpu_required(self) -> bool:
         """FACEREST_REQUIRE_GPU, defaulting to on when GPUs are named."""
         return bool(self.gpus) if self.require_gpu is None else self.require_gpu
+
+    @model_validator(mode="after")
+    def _apply_model_pack(self) -> Settings:
+        for name, value in MODEL_PACKS[self.model_pack].items():
+            if name not in self.model_fields_set:
+                setattr(self, name, value)
+        return self
 
     @model_validator(mode="after")
     def _check_precision(self) -> Settings:
