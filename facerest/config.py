@@ -13,6 +13,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: FACEREST_MODEL_PACK (issue 32): the catalogue names each pack chooses for the model settings
+#: left unset. The models still come from the catalogue and go through the same preparation,
+#: scheduler and runtimes; "commercial" holds only weights whose licence allows commercial use.
+MODEL_PACKS: dict[str, dict[str, str]] = {
+    "default": {"det_name": "scrfd_500m_bnkps", "rec_name": "w600k_mbf", "ga_name": "age_gender_dlib"},
+    "commercial": {
+        "det_name": "yunet_2023mar_int8bq",
+        "rec_name": "sface_2021dec_int8bq",
+        "ga_name": "age_gender_dlib",
+    },
+}
+
 
 class AccessKey(BaseModel):
     """One hashed key given in the environment (FACEREST_ACCESS_KEYS); the key file holds the same."""
@@ -53,6 +65,19 @@ class Settings(BaseSettings):
     )
     auto_download: bool = Field(
         False, description="Download configured models that are missing at start (needs a network)."
+    )
+
+    # --- model packs and licences (issue 32) ---
+    model_pack: Literal["default", "commercial"] = Field(
+        "default",
+        description="Which models the model settings left unset name: default (InsightFace's SCRFD-500M "
+        "and w600k_mbf, non-commercial research only) or commercial (YuNet and SFace, MIT and Apache-2.0; "
+        "docs/models.md). FACEREST_DET_NAME and the others still override it.",
+    )
+    commercial_use: bool = Field(
+        False,
+        description="The service is used commercially: refuse to start while any model in use has a licence "
+        "that does not allow it (or an unknown one).",
     )
 
     # --- inference ---
@@ -481,7 +506,46 @@ class Settings(BaseSettings):
         description="Days a face enrolled without a subject is kept before the server erases it; 0: forever.",
     )
     retention_interval_s: float = Field(
-        3600.0, gt=0, description="How often the server erases what the retention settings have expired."
+        3600.0,
+        gt=0,
+        description="How often the server erases what the retention settings have expired (unsorted faces, "
+        "review items past FACEREST_PEOPLE_REVIEW_MAX_AGE_S, audit files).",
+    )
+
+    # --- people: face crops, the review queue, the console (issue 29) ---
+    gallery_keep_crops: bool = Field(
+        True,
+        description="Keep a JPEG crop of every face enrolled from an image (and of every review-queue face), "
+        "in the gallery store beside the face, deleted with it: what the console shows, and what another "
+        "recognizer can embed again. About 18 KB a face on disk at the default size; false: keep none.",
+    )
+    gallery_crop_size: int = Field(
+        256,
+        ge=64,
+        le=1024,
+        description="Longest side of a kept crop, pixels (a square twice the face's box, scaled to fit).",
+    )
+    people_review: bool = Field(
+        True,
+        description="Keep the faces that gallery searches, video requests and stream jobs could not name "
+        "(unknown, or named within FACEREST_PEOPLE_REVIEW_MARGIN of the decision) in a review queue per "
+        "gallery, for a person to assign, name or dismiss.",
+    )
+    people_review_max_items: int = Field(
+        1000, ge=1, le=100_000, description="Review-queue items a gallery keeps; the oldest go first."
+    )
+    people_review_max_age_s: float = Field(
+        604_800.0,
+        gt=0,
+        description="Seconds a review-queue item is kept (default a week): older ones are never listed and "
+        "are erased by the server (every FACEREST_RETENTION_INTERVAL_S, and as new items arrive).",
+    )
+    people_review_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="A face named with a similarity less than this above the decision threshold is queued "
+        "for review too (0: only unknown faces).",
     )
 
     @field_validator(
@@ -523,6 +587,13 @@ class Settings(BaseSettings):
     def gpu_required(self) -> bool:
         """FACEREST_REQUIRE_GPU, defaulting to on when GPUs are named."""
         return bool(self.gpus) if self.require_gpu is None else self.require_gpu
+
+    @model_validator(mode="after")
+    def _apply_model_pack(self) -> Settings:
+        for name, value in MODEL_PACKS[self.model_pack].items():
+            if name not in self.model_fields_set:
+                setattr(self, name, value)
+        return self
 
     @model_validator(mode="after")
     def _check_precision(self) -> Settings:

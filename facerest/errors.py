@@ -171,6 +171,12 @@ class BackendUnavailable(ModelError):
     code = "backend_unavailable"
 
 
+class LicenceRefused(ModelError):
+    """FACEREST_COMMERCIAL_USE=true and a configured model's licence does not allow it (issue 32)."""
+
+    code = "licence_refused"
+
+
 class InferenceBackendError(FaceRestError):
     """A remote inference backend (Triton) failed or could not be reached during a request."""
 

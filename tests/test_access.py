@@ -222,7 +222,7 @@ def test_every_route_answers_every_role_as_its_rule_says(server: Server, keys: d
     """The whole matrix: route x (no key, each role, a key scoped to gallery A) x gallery A or B."""
     wrong = []
     checked = 0
-    params = {"subject": "s", "face_id": "1", "job_id": "0" * 32, "name": "demo.js"}
+    params = {"subject": "s", "face_id": "1", "review_id": "1", "job_id": "0" * 32, "name": "demo.js"}
     with server.client() as client:
         for method, path, [rule] in [r for r in routes() if r[2]]:
             galleries = ["A", "B"] if rule.gallery is not None else [None]

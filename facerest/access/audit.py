@@ -47,6 +47,7 @@ FIELDS = frozenset(
         "subjects",
         "candidates",
         "faces",
+        "review_items",  # how many review items a retention sweep erased (a count, no ids)
         "request_id",
         "outcome",
         "status",

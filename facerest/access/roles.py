@@ -20,18 +20,20 @@ ACTIONS: dict[str, Role] = {
     "info": "viewer",  # /info: version, models, limits
     "metrics": "viewer",  # /metrics: counts by route and code, nothing about anyone
     # reading galleries
-    "read": "viewer",  # galleries, subjects and their faces listed (without embeddings)
+    "read": "viewer",  # galleries, subjects, faces, clusters and face pictures (without embeddings)
     "search": "viewer",  # 1:N
     "verify": "viewer",  # 1:1, also against a subject
     # changing what a gallery holds
     "enrol": "operator",
-    "edit": "operator",  # rename, merge, move, feedback
-    "review": "operator",  # clustering unsorted faces, the review queue
+    "edit": "operator",  # rename, merge, move, a subject's picture, feedback
+    "review": "operator",  # clustering unsorted faces, the review queue (its candidates' names too)
     "delete": "operator",  # faces and subjects, with everything kept about them
-    "export": "operator",  # embeddings and face crops taken out of the server
+    # embeddings taken out of the server (a face's picture is `read`: the console shows faces to
+    # viewers; the audit trail records every picture fetched, by face id)
+    "export": "operator",
     "stream": "operator",  # live-stream jobs: a key sees and stops its own, an admin every one
     # the server itself
-    "manage": "admin",  # create and delete whole galleries
+    "manage": "admin",  # create (PUT) and delete whole galleries
     "calibrate": "admin",
     "settings": "admin",
 }

@@ -14,19 +14,23 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from facerest import __version__
 from facerest.api.access import Access
+from facerest.api.console import router as console_router
 from facerest.api.demo import router as demo_router
 from facerest.api.errors import document_errors, install_error_handlers
+from facerest.api.faces import router as faces_router
 from facerest.api.gallery import router as gallery_router
 from facerest.api.metrics import Metrics
 from facerest.api.metrics import router as metrics_router
 from facerest.api.middleware import HardeningMiddleware
 from facerest.api.people import router as people_router
 from facerest.api.retention import router as retention_router
+from facerest.api.review import router as review_router
 from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
 from facerest.api.video import router as video_router
 from facerest.config import Settings
 from facerest.errors import FaceRestError
+from facerest.events import EventBus
 from facerest.imaging.decode import decode_image
 from facerest.pipeline import FaceAnalyzer
 from facerest.preparation import load_models
@@ -59,11 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             log.debug("start-up failed", exc_info=True)
             raise
+        events = EventBus()
         app.state.facerest = AppState(
             settings=settings,
             analyzer=analyzer,
-            metrics=Metrics(analyzer.scheduler.stats, analyzer.models.backends),
+            metrics=Metrics(analyzer.scheduler.stats, analyzer.models.backends, events),
             limiter=anyio.CapacityLimiter(settings.queue_size + 4),
+            events=events,
         )
         log.info("facerest %s ready", __version__)
         try:
@@ -93,6 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(demo_router)  # /demo (issue 7)
     app.include_router(gallery_router)
     app.include_router(people_router)
+    app.include_router(faces_router)  # pages, pictures, merge and move (issue 29)
+    app.include_router(review_router)  # the review queue (issue 29)
+    app.include_router(console_router)  # /console (issue 29)
     app.include_router(metrics_router)
     app.include_router(video_router)  # /video/..., /multipart/video/extract (issue 17)
     app.include_router(retention_router)  # no routes: erases what has expired (issue 30)

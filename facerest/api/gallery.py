@@ -18,20 +18,29 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from facerest.api.access import BODY, Grant, allow
 from facerest.api.responses import JSONResponse
-from facerest.api.routes import app_state, parse_body, parsed_body
+from facerest.api.routes import app_state, face_marks, parse_body, parsed_body
 from facerest.api.schemas import Images, Name
 from facerest.api.serialize import MSGPACK_TYPES
 from facerest.api.state import AppState
-from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable, TooManyEmbeddings
+from facerest.errors import BadInput, FaceRestError, StorageUnavailable, TooManyEmbeddings
 from facerest.gallery import gallery_url, index_options, open_store
-from facerest.gallery.people import UNSORTED
-from facerest.gallery.service import FoundFace, GalleryService, check_embedding_count
-from facerest.gallery.store import MAX_TOP_K
+from facerest.gallery.pages import DEFAULT_PAGE, MAX_CURSOR, Page
+from facerest.gallery.service import Enrolled, FoundFace, GalleryService, check_embedding_count
+from facerest.gallery.store import MAX_PAGE, MAX_TOP_K, UNSORTED, GalleryInfo, StoredFace
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
 
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
+#: every list is a page (issue 29): `limit` rows after `cursor` (the last page's `next_cursor`)
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Rows per page (at most {MAX_PAGE}).")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=MAX_CURSOR, description="`next_cursor` of the previous page (absent: the first page)."),
+]
+Needle = Annotated[
+    str | None, Query(max_length=200, description="Only rows whose name contains this (case-insensitive).")
+]
 ErrorRate = Annotated[float, Field(gt=0.0, lt=1.0)]
 #: embedding lists are only counted while the body is parsed (on the event loop); their numbers
 #: are validated in the worker thread (`_vectors`), so 40,000 posted vectors cost the loop nothing
@@ -118,7 +127,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # the rest of the service works without its gallery; gallery requests say why not
         reason = exc.detail if isinstance(exc, FaceRestError) else f"{type(exc).__name__}: {exc}"
         log.error("gallery storage %s cannot be opened: %s", url.split("://")[0], reason)
-    state.gallery = GalleryService(store, state.analyzer, state.settings, store_error=reason)
+    state.gallery = GalleryService(
+        store, state.analyzer, state.settings, store_error=reason, events=state.events
+    )
     try:
         yield
     finally:
@@ -188,31 +199,101 @@ def _box(face: FoundFace) -> dict[str, Any]:
     return {"bbox": bbox, "prob": face.prob}
 
 
-@router.get("/galleries", summary="Every gallery with its model and size")
-async def list_galleries(request: Request, grant: Grant = Depends(allow("read"))) -> JSONResponse:
+def gallery_body(g: GalleryInfo) -> dict[str, Any]:
+    return {
+        "name": g.name,
+        "model": g.model.name,
+        "model_md5": g.model.md5,
+        "subjects": g.subjects,
+        "faces": g.faces,
+        "index": g.index,
+    }
+
+
+def face_body(f: StoredFace, subject: bool = False) -> dict[str, Any]:
+    """A stored face as the API writes it (`subject` too where the list is not one subject's)."""
+    item: dict[str, Any] = {
+        "face_id": f.face_id,
+        "bbox": None if f.bbox is None else [round(v) for v in f.bbox],
+        "prob": f.prob,
+        "image_hash": f.image_hash,
+        "model": f.model,
+        "added_at": f.added_at,
+        "quality": f.quality,
+        "source": f.source,
+        "has_image": f.has_crop,
+        "representative": f.representative,
+    }
+    if subject:
+        item["subject"] = None if f.subject == UNSORTED else f.subject
+    if f.embedding is not None:
+        item["embedding"] = f.embedding.tolist()
+    return item
+
+
+def page_body(key: str, page: Page[Any], rows: list[Any], **extra: Any) -> JSONResponse:
+    return JSONResponse({**extra, key: rows, "next_cursor": page.next_cursor})
+
+
+def added_body(done: Enrolled, asked_quality: bool) -> dict[str, Any]:
+    return {
+        "added": [
+            {"face_id": face_id, **_box(face), **_quality(face, asked_quality)}
+            for face_id, face in done.added
+        ],
+        "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
+        # two faces of one picture in one subject: one of them is someone else (move it)
+        "same_photo": [list(pair) for pair in done.same_photo],
+    }
+
+
+@router.get("/galleries", summary="Every gallery with its model and size, a page at a time")
+async def list_galleries(
+    request: Request,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    q: Needle = None,
+    grant: Grant = Depends(allow("read")),
+) -> JSONResponse:
+    """A key limited to some galleries sees only those (issue 30)."""
     state, service = _service(request)
-    found = [g for g in await state.run(service.store.galleries) if grant.sees(g.name)]
-    return JSONResponse(
-        {
-            "galleries": [
-                {
-                    "name": g.name,
-                    "model": g.model.name,
-                    "model_md5": g.model.md5,
-                    "subjects": g.subjects,
-                    "faces": g.faces,
-                    "index": g.index,
-                }
-                for g in found
-            ]
-        }
-    )
+    only = grant.principal.galleries
+    page = await state.run(lambda: service.galleries_page(limit, cursor, q, only))
+    return page_body("galleries", page, [gallery_body(g) for g in page.items])
+
+
+@router.put(
+    "/gallery/{gallery}",
+    summary="Create an empty gallery for the recognizer in use",
+    responses={
+        201: {"description": "Created", "content": {"application/json": {}}},
+        409: {"description": "The gallery exists, built with another recognizer"},
+    },
+)
+async def create_gallery(
+    request: Request, gallery: Name, _: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
+    """A gallery is also created by its first enrolment; this makes one to enrol into later. 201
+    when new, 200 when it exists (409 when it was built with another recognizer)."""
+    state, service = _service(request)
+    info, created = await state.run(lambda: service.create_gallery(gallery))
+    return JSONResponse({**gallery_body(info), "created": created}, 201 if created else 200)
+
+
+@router.get("/gallery/{gallery}", summary="One gallery: its model, size and index")
+async def get_gallery(
+    request: Request, gallery: Name, _: Grant = Depends(allow("read", gallery="gallery"))
+) -> JSONResponse:
+    state, service = _service(request)
+    info = await state.run(lambda: service.info(gallery))
+    return JSONResponse(gallery_body(info))
 
 
 @router.delete("/gallery/{gallery}", summary="Delete a gallery and every face in it")
 async def delete_gallery(
     request: Request, gallery: Name, _: Grant = Depends(allow("manage", gallery="gallery"))
 ) -> JSONResponse:
+    """Its faces, their pictures, its review queue, its index and the feedback given on it."""
     state, service = _service(request)
     await state.run(lambda: service.delete_gallery(gallery))
     return JSONResponse({"gallery": gallery, "deleted": True})
@@ -229,10 +310,12 @@ async def enrol(
     subject: Name,
     grant: Grant = Depends(allow("enrol", gallery="gallery")),
 ) -> JSONResponse:
-    """From images (the largest face of each, or all with `all_faces`) and/or posted embeddings.
+    """From images (the largest face of each, or all with `all_faces`, or the faces marked in
+    `images.faces`) and/or posted embeddings.
 
     The gallery is created on first use and records the recognizer; images without a face are
-    listed in `failed`.
+    listed in `failed`. Each face keeps a picture (FACEREST_GALLERY_KEEP_CROPS); `same_photo` lists
+    pairs of the subject's faces taken from one picture.
     """
     state, service = _service(request)
     req: EnrolRequest = await _parse(request, state, EnrolRequest)
@@ -241,73 +324,60 @@ async def enrol(
     def work():  # type: ignore[no-untyped-def]
         vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force)
+        marks = face_marks(req.images) if req.images is not None else None
+        return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force, marks)
 
     done = await state.run(work)
     grant.touched(subjects=[subject], faces=[face_id for face_id, _ in done.added])
-    return JSONResponse(
-        {
-            "gallery": gallery,
-            "subject": subject,
-            "added": [
-                {"face_id": face_id, **_box(face), **_quality(face, req.return_quality)}
-                for face_id, face in done.added
-            ],
-            "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
-        }
-    )
+    return JSONResponse({"gallery": gallery, "subject": subject, **added_body(done, req.return_quality)})
 
 
-@router.get("/gallery/{gallery}/subjects", summary="The subjects of a gallery and their face counts")
+@router.get("/gallery/{gallery}/subjects", summary="The subjects of a gallery, a page at a time")
 async def list_subjects(
-    request: Request, gallery: Name, _: Grant = Depends(allow("read", gallery="gallery"))
+    request: Request,
+    gallery: Name,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    q: Needle = None,
+    _: Grant = Depends(allow("read", gallery="gallery")),
 ) -> JSONResponse:
+    """Sorted by name; each with its number of faces and the face that shows it
+    (`representative`: the one chosen, else the best quality one)."""
     state, service = _service(request)
-
-    def work() -> list[tuple[str, int]]:
-        service.require(gallery)
-        return service.store.subjects(gallery)
-
-    subjects = await state.run(work)
-    listed = [{"subject": s, "faces": n} for s, n in subjects if s != UNSORTED]
-    return JSONResponse({"gallery": gallery, "subjects": listed})
+    page = await state.run(lambda: service.subjects_page(gallery, limit, cursor, q))
+    rows = [{"subject": s.subject, "faces": s.faces, "representative": s.representative} for s in page.items]
+    return page_body("subjects", page, rows, gallery=gallery)
 
 
-@router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject")
+@router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject, a page at a time")
 async def get_subject(
     request: Request,
     gallery: Name,
     subject: Name,
     embeddings: bool = Query(False, description="Add each face's embedding (for export: operator)."),
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Only faces whose source contains this.")
+    ] = None,
     grant: Grant = Depends(allow("read", gallery="gallery")),
 ) -> JSONResponse:
     state, service = _service(request)
     if embeddings:
         grant.require("export", gallery)
 
-    def work():  # type: ignore[no-untyped-def]
-        if service.store.gallery(gallery) is None:
-            raise NotFound(f"no gallery {gallery!r}")
-        return service.store.faces(gallery, subject, with_embeddings=embeddings)
+    def work() -> Page[StoredFace]:
+        page = service.faces_page(gallery, subject, limit, cursor, q)
+        if embeddings:  # the page's faces again, with their vectors
+            wanted = {f.face_id for f in page.items}
+            page.items = [
+                f for f in service.store.faces(gallery, subject, with_embeddings=True) if f.face_id in wanted
+            ]
+        return page
 
-    faces = await state.run(work)
-    grant.touched(subjects=[subject], faces=[f.face_id for f in faces])
-    if not faces:
-        raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
-    out = []
-    for f in faces:
-        item: dict[str, Any] = {
-            "face_id": f.face_id,
-            "bbox": None if f.bbox is None else [round(v) for v in f.bbox],
-            "prob": f.prob,
-            "image_hash": f.image_hash,
-            "model": f.model,
-            "added_at": f.added_at,
-        }
-        if f.embedding is not None:
-            item["embedding"] = f.embedding.tolist()
-        out.append(item)
-    return JSONResponse({"gallery": gallery, "subject": subject, "faces": out})
+    page = await state.run(work)
+    grant.touched(subjects=[subject], faces=[f.face_id for f in page.items])
+    return page_body("faces", page, [face_body(f) for f in page.items], gallery=gallery, subject=subject)
 
 
 @router.patch(
@@ -324,7 +394,7 @@ async def rename_subject(
     state, service = _service(request)
     req: RenameRequest = await parse_body(request, RenameRequest)
     grant.touched(subjects=[subject, req.new_name])
-    moved = await state.run(lambda: service.store.rename_subject(gallery, subject, req.new_name))
+    moved = await state.run(lambda: service.rename(gallery, subject, req.new_name))
     return JSONResponse({"gallery": gallery, "subject": req.new_name, "faces": moved})
 
 
@@ -344,15 +414,17 @@ async def delete_subject(
 
 #: face ids are 64-bit integers in both stores; a larger number can name no face
 FACE_ID_MAX = 2**63 - 1
+FaceIdPath = Annotated[int, Path(ge=1, le=FACE_ID_MAX)]
 
 
 @router.delete("/gallery/{gallery}/faces/{face_id}", summary="Delete one face")
 async def delete_face(
     request: Request,
     gallery: Name,
-    face_id: Annotated[int, Path(ge=1, le=FACE_ID_MAX)],
+    face_id: FaceIdPath,
     grant: Grant = Depends(allow("delete", gallery="gallery")),
 ) -> JSONResponse:
+    """The face, its picture, its index entry and the feedback given on it."""
     state, service = _service(request)
     grant.touched(faces=[face_id])
     await state.run(lambda: service.delete_face(gallery, face_id))
@@ -411,7 +483,8 @@ async def search(
             }
             for hit in result
         ]
-        data.append({"status": "ok", "faces": faces})
+        # the picture's hash: what "no face of this picture is X" feedback names
+        data.append({"status": "ok", "image_hash": result[0].image_hash if result else None, "faces": faces})
     return JSONResponse(
         {"gallery": gallery, "threshold": decision.threshold, "decision": decision.to_json(), "data": data}
     )

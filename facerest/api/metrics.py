@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse, Response
 
 from facerest.api.access import allow
+from facerest.events import EventBus
 from facerest.models.faces import ImageResult
 from facerest.pipeline.scheduler import SchedulerStats
 
@@ -45,8 +46,33 @@ class InferenceCollector(Collector):
         yield inputs
 
 
+class EventsCollector(Collector):
+    """Per listener of the event stream, the events it got and those it missed (its queue full)."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        delivered = CounterMetricFamily(
+            "facerest_events_delivered", "Events queued for a listener", labels=["listener"]
+        )
+        dropped = CounterMetricFamily(
+            "facerest_events_dropped", "Events a listener missed (its queue was full)", labels=["listener"]
+        )
+        for subscription in self.bus.subscriptions():
+            delivered.add_metric([subscription.name], subscription.delivered)
+            dropped.add_metric([subscription.name], subscription.dropped)
+        yield delivered
+        yield dropped
+
+
 class Metrics:
-    def __init__(self, inference: SchedulerStats, backends: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        inference: SchedulerStats,
+        backends: dict[str, str] | None = None,
+        events: EventBus | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         # what really runs each model ("onnxruntime:CPUExecutionProvider" -> runtime, provider):
         # a GPU provider that did not start shows here, not only in the log
@@ -82,6 +108,8 @@ class Metrics:
             "facerest_requests_in_flight", "Requests inside the pipeline", registry=self.registry
         )
         self.registry.register(InferenceCollector(inference))
+        if events is not None:
+            self.registry.register(EventsCollector(events))
 
     def record_results(self, results: list[ImageResult]) -> None:
         for result in results:

@@ -28,11 +28,18 @@ log = logging.getLogger("facerest.access")
 # Paths answered without an API key: readiness probes, and the API's own documentation (the
 # schema holds nothing secret and the docs page is where a user enters the key).
 OPEN_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# the console's page and static files (issue 29): the page is where the key is typed; every call
+# it then makes to the API carries the key
+CONSOLE_PATHS = frozenset({"/console", "/console/"})
+CONSOLE_FILES = "/console/static/"
 
 
 def is_open(path: str) -> bool:
     """Whether `path` is answered without a key (its route's rule is `public()`)."""
-    return path in OPEN_PATHS
+    if path in OPEN_PATHS or path in CONSOLE_PATHS:
+        return True
+    # one file name under the console's folder, nothing deeper (the route serves a fixed list)
+    return path.startswith(CONSOLE_FILES) and "/" not in path[len(CONSOLE_FILES) :]
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -6,12 +6,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from facerest.api.access import Grant, allow
-from facerest.api.gallery import FACE_ID_MAX, EnrolRequest, ErrorRate, Similarity, _box, _images, _service
+from facerest.api.gallery import (
+    FACE_ID_MAX,
+    EnrolRequest,
+    ErrorRate,
+    Similarity,
+    _images,
+    _service,
+    added_body,
+)
 from facerest.api.responses import JSONResponse
-from facerest.api.routes import parse_body, parsed_body
+from facerest.api.routes import face_marks, parse_body, parsed_body
 from facerest.gallery.store import StoredFace
 
 FaceId = Annotated[int, Field(ge=1, le=FACE_ID_MAX)]
@@ -33,8 +41,20 @@ class ClusterRequest(BaseModel):
 class NotSubject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    face_id: FaceId
+    face_id: FaceId | None = Field(None, description="A face of the gallery that is not `subject`.")
+    image_hash: str | None = Field(
+        None,
+        pattern="^[0-9a-f]{64}$",
+        description="Instead of `face_id`: a searched picture (its `image_hash` in the search answer) "
+        "none of whose faces is `subject`.",
+    )
     subject: str
+
+    @model_validator(mode="after")
+    def _one_of(self) -> NotSubject:
+        if (self.face_id is None) == (self.image_hash is None):
+            raise ValueError("give either face_id or image_hash")
+        return self
 
 
 class FeedbackRequest(BaseModel):
@@ -70,18 +90,12 @@ async def enrol_unsorted(
 
     def work():  # type: ignore[no-untyped-def]
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, None, images, req.embeddings or [], req.all_faces, req.force)
+        marks = face_marks(req.images) if req.images is not None else None
+        return service.enrol(gallery, None, images, req.embeddings or [], req.all_faces, req.force, marks)
 
     done = await state.run(work)
     grant.touched(faces=[face_id for face_id, _ in done.added])
-    return JSONResponse(
-        {
-            "gallery": gallery,
-            "subject": None,
-            "added": [{"face_id": face_id, **_box(face)} for face_id, face in done.added],
-            "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
-        }
-    )
+    return JSONResponse({"gallery": gallery, "subject": None, **added_body(done, req.return_quality)})
 
 
 @router.post(
@@ -132,8 +146,11 @@ async def feedback(
     state, service = _service(request)
     req: FeedbackRequest = await parse_body(request, FeedbackRequest)
     different = [(a, b) for a, b in req.different]
-    not_subject = [(n.face_id, n.subject) for n in req.not_]
-    grant.touched(subjects=[s for _, s in not_subject], faces=[i for pair in different for i in pair])
-    grant.touched(faces=[i for i, _ in not_subject])
-    await state.run(lambda: service.feedback(gallery, different, not_subject))
+    not_subject = [(n.face_id, n.subject) for n in req.not_ if n.face_id is not None]
+    not_in_picture = [(n.image_hash, n.subject) for n in req.not_ if n.image_hash is not None]
+    grant.touched(
+        subjects=[n.subject for n in req.not_],
+        faces=[i for pair in different for i in pair] + [i for i, _ in not_subject],
+    )
+    await state.run(lambda: service.feedback(gallery, different, not_subject, not_in_picture))
     return JSONResponse({"gallery": gallery, "different": len(different), "not": len(not_subject)})

@@ -362,7 +362,11 @@ async def info(request: Request) -> JSONResponse:
                 "force_fp16": s.force_fp16,
                 "triton_uri": s.triton_uri if s.runtime == "triton" else None,
                 "providers": models.backends,
+                # issue 32: each model's licence and whether it allows commercial use; the pack
+                # the names came from and whether the operator declared commercial use
                 "licences": models.licences(),
+                "model_pack": s.model_pack,
+                "commercial_use": s.commercial_use,
             },
             "defaults": {
                 "threshold": s.det_thresh,

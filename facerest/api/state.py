@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -11,6 +11,7 @@ import anyio.to_thread
 
 from facerest.api.metrics import Metrics
 from facerest.config import Settings
+from facerest.events import EventBus
 from facerest.pipeline import FaceAnalyzer
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ class AppState:
     metrics: Metrics
     limiter: anyio.CapacityLimiter
     gallery: GalleryService | None = None  # set by the gallery router's lifespan (issue 6)
+    #: what the rooms did, for whoever listens (the review queue; later MQTT, webhooks)
+    events: EventBus = field(default_factory=EventBus)
 
     async def run(self, work: Callable[[], T]) -> T:
         """Run blocking work in a worker thread, admitted by the pipeline's bounded queue."""

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -24,10 +25,11 @@ from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.state import AppState
 from facerest.errors import FaceRestError, FeatureUnavailable, NotFound, StorageUnavailable, VideoTooLarge
+from facerest.events import TrackFinished
 from facerest.imaging.loader import fetch_policy
 from facerest.imaging.sources import load_source
 from facerest.pipeline import ExtractOptions
-from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body
+from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body, track_event
 from facerest.video.decode import Sampling, VideoLimits, VideoSource
 from facerest.video.jobs import JobManager, VideoJob
 from facerest.video.tracker import Track, TrackerConfig, track_gap
@@ -48,6 +50,7 @@ class VideoOptionsBody(BaseModel):
     gallery_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="Similarity at which a track is a subject (gallery default)."
     )
+    return_crops: bool = Field(False, description="Each track's best face as a JPEG (base64), `best.image`.")
 
 
 class VideoExtractRequest(VideoOptionsBody):
@@ -66,7 +69,7 @@ class VideoJobRequest(VideoOptionsBody):
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.facerest
-    jobs = JobManager(state.analyzer, state.settings)
+    jobs = JobManager(state.analyzer, state.settings, state.events)
     app.state.video_jobs = jobs
     app.state.video_job_owners = {}  # job id -> the name of the key that made it (issue 30)
     try:
@@ -92,7 +95,12 @@ def _video_options(body: VideoOptionsBody, state: AppState, return_boxes: bool) 
     )
     tracker = TrackerConfig(max_gap_s=track_gap(state.settings.video_track_gap_s, _sampling(body, state)))
     tracker.high_score = extract.threshold
-    return VideoOptions(extract=extract, return_boxes=return_boxes, tracker=tracker)
+    settings = state.settings
+    # each track's best face is kept as a picture when it is asked for, or for the review queue
+    # of the gallery the tracks are identified in
+    review = body.gallery is not None and settings.people_review and settings.gallery_keep_crops
+    crop_size = settings.gallery_crop_size if body.return_crops or review else 0
+    return VideoOptions(extract=extract, return_boxes=return_boxes, tracker=tracker, crop_size=crop_size)
 
 
 def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
@@ -112,7 +120,7 @@ def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
         if not embeddings:
             return []
         # the gallery's default decision (an FPIR) unless the request gives a raw threshold
-        _, found = service.search(
+        decision, found = service.search(
             gallery, embeddings=[e.tolist() for e in embeddings], top_k=1, threshold=limit
         )
         out = []
@@ -127,6 +135,7 @@ def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
                     "subject": match.subject,
                     "unknown": match.subject is None,
                     "similarity": None if best is None else round(best, 4),
+                    "threshold": round(decision.threshold, 4),
                 }
             )
         return out
@@ -140,6 +149,7 @@ def _analyse(
     body: VideoOptionsBody,
     return_boxes: bool,
     identify: Identify | None,
+    name: str,
 ) -> dict[str, Any]:
     """Blocking: decode, track and identify one video file."""
     settings = state.settings
@@ -159,6 +169,9 @@ def _analyse(
         embedded = [i for i, t in enumerate(ended) if t.embedding is not None]
         for i, identity in zip(embedded, identify([ended[i].embedding for i in embedded]), strict=True):  # type: ignore[misc]
             identities[i] = identity
+        if state.events.wants(TrackFinished):  # the review queue keeps the tracks nobody could name
+            for track, identity in zip(ended, identities, strict=True):
+                state.events.publish(track_event(track, identity, body.gallery, "video", name))
     sampling = _sampling(body, state)
     return {
         "video": {
@@ -174,21 +187,20 @@ def _analyse(
             "keyframes": sampling.keyframes,
         },
         "tracks": [
-            track_body(t, identity, embedding=body.return_embedding)
+            track_body(t, identity, embedding=body.return_embedding, crop=body.return_crops)
             for t, identity in zip(ended, identities, strict=True)
         ],
     }
 
 
 async def _respond(
-    state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool, grant: Grant
+    state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool, name: str, grant: Grant
 ) -> JSONResponse:
     started = time.perf_counter()
     identify = _identifier(state, body)
-    answer = await state.run(lambda: _analyse(state, data, body, return_boxes, identify))
-    grant.touched(
-        subjects=[t["identity"]["subject"] for t in answer["tracks"] if t.get("identity", {}).get("subject")]
-    )
+    answer = await state.run(lambda: _analyse(state, data, body, return_boxes, identify, name))
+    named = [(t.get("identity") or {}).get("subject") for t in answer["tracks"]]
+    grant.touched(subjects=[s for s in named if s])
     answer["took"] = {"total_ms": round((time.perf_counter() - started) * 1000, 1)}
     return JSONResponse(answer)
 
@@ -217,6 +229,7 @@ async def video_extract_multipart(
     return_boxes: bool = Form(False),
     gallery: str | None = Form(None),
     gallery_threshold: float | None = Form(None, ge=-1.0, le=1.0),
+    return_crops: bool = Form(False),
     grant: Grant = Depends(allow("extract", gallery=BODY)),
 ) -> Response:
     """One entry per track (a person's continuous appearance): first/last timestamp, best frame,
@@ -235,9 +248,11 @@ async def video_extract_multipart(
         return_embedding=return_embedding,
         gallery=gallery or None,
         gallery_threshold=gallery_threshold,
+        return_crops=return_crops,
     )
     _searches(grant, body)
-    return await _respond(state, data, body, return_boxes, grant)
+    name = f"upload {(file.filename or 'video')[:100]}"
+    return await _respond(state, data, body, return_boxes, name, grant)
 
 
 @router.post(
@@ -254,7 +269,8 @@ async def video_extract_url(
     _searches(grant, req)  # before the download
     policy = replace(fetch_policy(state.settings), max_bytes=state.settings.video_max_bytes)
     data = await state.run(lambda: load_source(req.url, policy, req.img_req_headers))
-    return await _respond(state, data, req, req.return_boxes, grant)
+    name = urlsplit(req.url).path.rsplit("/", 1)[-1][:100]
+    return await _respond(state, data, req, req.return_boxes, name, grant)
 
 
 def _jobs(request: Request) -> JobManager:
@@ -311,6 +327,8 @@ async def create_job(request: Request, grant: Grant = Depends(allow("stream", ga
             return_embedding=req.return_embedding,
             identify=identify,
             webhook=req.webhook,
+            gallery=req.gallery,
+            return_crops=req.return_crops,
         )
     )
     _owners(request)[job.id] = grant.principal.name

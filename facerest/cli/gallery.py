@@ -213,18 +213,23 @@ def erase_subject(
         False, help="SQLite: also rewrite the whole file (space freed before secure_delete was on)."
     ),
 ) -> None:
-    """Erase a person: every face (embedding, crop, index entry), the feedback naming them, and
-    their bytes from the files (PostgreSQL: VACUUM FULL of facerest's tables). Prints what went."""
+    """Erase a person: every face (embedding, crop, index entry), the review items that are likely
+    their face (the others lose the name), the feedback naming them, and their bytes from the
+    files (PostgreSQL: VACUUM FULL of facerest's tables). Prints what went."""
     from facerest.access.audit import AuditTrail
     from facerest.gallery import erasure
+    from facerest.gallery.service import same_person_threshold
 
     settings = Settings()
     store = _store(settings)
     feedback = _feedback(settings)
     try:
-        if store.gallery(gallery) is None:
+        info = store.gallery(gallery)
+        if info is None:
             fail(f"no gallery {gallery!r}")
-        removed = erasure.erase_subject(store, feedback, gallery, subject, vacuum=vacuum)
+            return
+        same = same_person_threshold(settings, info.model.name)
+        removed = erasure.erase_subject(store, feedback, gallery, subject, same, vacuum=vacuum)
     except FaceRestError as exc:
         fail(exc.detail)
         return
@@ -249,6 +254,10 @@ def erase_subject(
         ids = ", ".join(str(i) for i in removed.faces)
         typer.echo(f"erased {len(removed.faces)} faces of {subject!r} from {gallery!r}: {ids}")
     typer.echo(f"feedback rows naming them: {removed.feedback}")
+    typer.echo(
+        f"review items: {removed.review} erased (scored {same:.3f} or more: likely their face), "
+        f"{removed.review_cleaned} without the name"
+    )
     for step in removed.erased:
         typer.echo(f"erased from disk: {step}")
 

@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from facerest.cli import audit as cli_audit
 from facerest.cli import calibrate as cli_calibrate
@@ -15,7 +16,7 @@ from facerest.cli import extract as cli_extract
 from facerest.cli import models as cli_models
 from facerest.cli import video as cli_video
 from facerest.cli.bench import app as bench_app
-from facerest.cli.common import fail, setup_logging
+from facerest.cli.common import fail, settings_errors, setup_logging
 from facerest.cli.deploy import add_deploy_commands
 from facerest.cli.gallery import app as gallery_app
 from facerest.cli.keys import app as keys_app
@@ -63,8 +64,8 @@ def serve(
         os.environ[f"FACEREST_{key.upper()}"] = str(value)
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic's error lists every bad variable
-        fail(f"invalid settings: {exc}")
+    except ValidationError as exc:  # every bad variable, in one line
+        fail(f"invalid settings: {settings_errors(exc)}")
         return
     setup_logging(settings)
     from facerest.preparation import prepare_models

@@ -3,8 +3,11 @@
 `GalleryService.delete_*` (the API), retention, `facerest gallery erase-subject` and every other
 caller delete through these functions, so "deleted" means the same everywhere:
 
-- the face rows, in one transaction of the store (the store's own tables hang off them: crops and
-  review items are deleted with them, `ON DELETE CASCADE`);
+- the face rows, in one transaction of the store (the store's own tables hang off them: a face's
+  crop is deleted with it, a gallery's review items with the gallery, `ON DELETE CASCADE`);
+- for a subject, the review items that name it: those that scored it at the 1:1 decision point
+  or above (likely the person's own face) are deleted, the others lose the name (from their
+  candidates and from what they were said not to be) and stay queued as the unknown faces they are;
 - their entries in the search indexes: this process's codes at once, the SQLite index file
   rewritten, every other worker's and PostgreSQL replica's codes at its next search (the store's
   change detection, facerest/gallery/sqlite.py and replica_codes.py);
@@ -20,13 +23,15 @@ caller delete through these functions, so "deleted" means the same everywhere:
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from facerest.gallery.people import UNSORTED, FeedbackStore
-from facerest.gallery.store import GalleryStore
+from facerest.gallery.store import MAX_PAGE, GalleryStore
+from facerest.imaging.crops import FaceCrop
 
 
 @dataclass(slots=True)
@@ -37,6 +42,8 @@ class Removed:
     subject: str | None = None
     faces: list[int] = field(default_factory=list)
     feedback: int = 0  # feedback rows about them
+    review: int = 0  # review items deleted because they were likely the subject's face
+    review_cleaned: int = 0  # review items that named the subject, its name taken out
     erased: list[str] = field(default_factory=list)  # what was done so the bytes are gone from disk
 
 
@@ -52,12 +59,20 @@ def delete_faces(
 
 
 def delete_subject(
-    store: GalleryStore, feedback: FeedbackStore | None, gallery: str, subject: str
+    store: GalleryStore,
+    feedback: FeedbackStore | None,
+    gallery: str,
+    subject: str,
+    same_person: float | None = None,
 ) -> Removed:
-    """Every face of the subject, and whatever feedback names the subject or its faces."""
+    """Every face of the subject, the review items that are likely its face (a candidate score
+    of `same_person` or more, the 1:1 decision point; None: every item naming it), its name in the
+    other items, and whatever feedback names the subject or its faces."""
     ids = [f.face_id for f in store.faces(gallery, subject)]
     deleted = store.delete_subject(gallery, subject)
     removed = Removed(gallery, subject, ids if deleted else [])
+    # after the faces: a review item queued meanwhile names a subject that is gone
+    removed.review, removed.review_cleaned = store.forget_review_subject(gallery, subject, same_person)
     if feedback is not None:
         removed.feedback = feedback.forget_faces(gallery, ids) + feedback.forget_subject(gallery, subject)
     return removed
@@ -74,11 +89,16 @@ def delete_gallery(store: GalleryStore, feedback: FeedbackStore | None, gallery:
 
 
 def erase_subject(
-    store: GalleryStore, feedback: FeedbackStore | None, gallery: str, subject: str, vacuum: bool = False
+    store: GalleryStore,
+    feedback: FeedbackStore | None,
+    gallery: str,
+    subject: str,
+    same_person: float | None = None,
+    vacuum: bool = False,
 ) -> Removed:
     """`delete_subject`, then whatever the store must still do so no file holds the bytes
     (PostgreSQL: VACUUM FULL of facerest's tables; SQLite with `vacuum`: the whole file rewritten)."""
-    removed = delete_subject(store, feedback, gallery, subject)
+    removed = delete_subject(store, feedback, gallery, subject, same_person)
     removed.erased = store.erase_deleted(vacuum=vacuum)
     if feedback is not None:
         removed.erased += feedback.erase_deleted()
@@ -98,6 +118,14 @@ def expire_unsorted(
             removed.subject = UNSORTED
             out.append(removed)
     return out
+
+
+def expire_review(store: GalleryStore, older_than_s: float, now: float | None = None) -> list[Removed]:
+    """Retention: the review items queued more than `older_than_s` ago (FACEREST_PEOPLE_REVIEW_MAX_AGE_S),
+    erased from every gallery (new items also push old ones out as they arrive, but a gallery
+    nobody searches any more gets none)."""
+    cutoff = (time.time() if now is None else now) - older_than_s
+    return [Removed(gallery, review=n) for gallery, n in sorted(store.expire_review(cutoff).items())]
 
 
 def export_subject(
@@ -131,9 +159,53 @@ def export_subject(
                 "bbox": f.bbox,
                 "prob": f.prob,
                 "model": f.model,
+                "quality": f.quality,
+                "source": f.source,
                 "embedding": None if f.embedding is None else [float(v) for v in f.embedding],
+                "image": _image(store.face_crop(gallery, f.face_id) if f.has_crop else None),
             }
             for f in faces
         ],
+        "review_items": _review_naming(store, gallery, subject),
         "feedback": said,
     }
+
+
+def _image(crop: FaceCrop | None) -> dict[str, Any] | None:
+    """The picture kept with a face (issue 29), as the export carries it: base64 JPEG."""
+    if crop is None:
+        return None
+    return {
+        "jpeg_base64": base64.b64encode(crop.jpeg).decode("ascii"),
+        "width": crop.width,
+        "height": crop.height,
+        "landmarks": crop.landmarks,
+    }
+
+
+def _review_naming(store: GalleryStore, gallery: str, subject: str) -> list[dict[str, Any]]:
+    """The review items that name the subject among their candidates: faces the server thought
+    might be the person (each with its picture); every item, whatever its age."""
+    out: list[dict[str, Any]] = []
+    after: tuple[int, int] | None = None
+    while True:
+        page = store.review_page(gallery, after, MAX_PAGE, subject, float("inf"))
+        for item in page:
+            similarity = next((v for name, v in item.candidates if name == subject), None)
+            if similarity is None:  # the name only contains `subject`
+                continue
+            out.append(
+                {
+                    "review_id": item.review_id,
+                    "created_at": item.created_at,
+                    "source": item.source,
+                    "ref": item.ref,
+                    "similarity": similarity,
+                    "image_hash": item.image_hash,
+                    "bbox": item.bbox,
+                    "image": _image(store.review_crop(gallery, item.review_id) if item.has_crop else None),
+                }
+            )
+        if len(page) < MAX_PAGE:
+            return out
+        after = (page[-1].group, page[-1].review_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +22,9 @@ import numpy as np
 from facerest.errors import NotFound
 from facerest.gallery import clustering
 from facerest.gallery.calibration import Decision
-from facerest.gallery.store import StoredFace
+from facerest.gallery.store import UNSORTED, StoredFace
 
-#: the subject unsorted faces are stored under (a control character: check_name refuses it)
-UNSORTED = "\x1funsorted"
+__all__ = ["UNSORTED", "FeedbackStore", "PersonCluster", "check_faces", "cluster_unsorted"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS different (gallery TEXT, face_a INTEGER, face_b INTEGER,
@@ -150,14 +149,15 @@ class PersonCluster:
 
 def cluster_unsorted(
     faces: list[StoredFace],
-    subjects: dict[str, np.ndarray],
+    subjects: Callable[[np.ndarray], dict[str, np.ndarray]],
     decision: Decision,
     feedback: FeedbackStore,
     gallery: str,
     recluster: bool,
 ) -> list[PersonCluster]:
     """The unsorted faces grouped at the decision threshold; incrementally (new faces join the
-    last clustering's groups) unless `recluster`. `subjects`: each enrolled subject's faces."""
+    last clustering's groups) unless `recluster`. `subjects(vectors)`: the enrolled faces of the
+    subjects a group of faces could be (facerest/gallery/service.py searches for them)."""
     if not faces:
         feedback.save_labels(gallery, {})
         return []
@@ -166,6 +166,12 @@ def cluster_unsorted(
     links = [
         (position[a], position[b]) for a, b in feedback.different(gallery) if a in position and b in position
     ]
+    # one person appears once in a photo: two faces of one picture are never grouped
+    by_photo: dict[str, list[int]] = {}
+    for i, face in enumerate(faces):
+        if face.image_hash is not None:
+            by_photo.setdefault(face.image_hash, []).append(i)
+    links += [(a, b) for group in by_photo.values() for k, a in enumerate(group) for b in group[k + 1 :]]
     before = {} if recluster else feedback.labels(gallery)
     old = [i for i, f in enumerate(faces) if f.face_id in before]
     new = [i for i, f in enumerate(faces) if f.face_id not in before]
@@ -189,7 +195,8 @@ def cluster_unsorted(
         banned = set().union(*(refused.get(f.face_id, set()) for f in members))
         centre = vectors[group.members]
         best, best_score = None, None
-        for subject, enrolled in subjects.items():
+        # the candidates come from the group's most central faces; every face counts in the score
+        for subject, enrolled in subjects(vectors[group.representatives]).items():
             if subject in banned:
                 continue
             score = float((centre @ enrolled.T).max(axis=1).mean())

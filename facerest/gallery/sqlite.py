@@ -20,25 +20,35 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from facerest.errors import ModelMismatch
+from facerest.errors import Conflict, ModelMismatch, NotFound
 from facerest.gallery.index import FaceIndex, IndexOptions, reconcile, wait_for_threads
 from facerest.gallery.store import (
+    UNSORTED,
     GalleryInfo,
     GalleryStore,
     ModelTag,
     NewFace,
+    NewReviewItem,
+    ReviewBounds,
+    ReviewItem,
     SearchResult,
     StoredFace,
+    SubjectSummary,
     checked_rename,
+    like_pattern,
     mismatch_message,
+    review_dedupe,
+    review_group,
     top_subjects,
 )
+from facerest.imaging.crops import FaceCrop
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +69,59 @@ CREATE TABLE IF NOT EXISTS faces (
     bbox TEXT,
     prob REAL,
     model TEXT NOT NULL,
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    quality REAL,
+    source TEXT,
+    cover INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
+-- a face owns its crop: written in the face's transaction, deleted with it (issue 29)
+CREATE TABLE IF NOT EXISTS face_crops (
+    face_id INTEGER PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
+    jpeg BLOB NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    landmarks TEXT
+);
+-- faces nobody could name, for a person to look at, kept and deleted with their gallery
+CREATE TABLE IF NOT EXISTS review_items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gallery TEXT NOT NULL REFERENCES galleries(name) ON DELETE CASCADE,
+    grp INTEGER NOT NULL,
+    embedding BLOB NOT NULL,
+    jpeg BLOB,
+    width INTEGER,
+    height INTEGER,
+    landmarks TEXT,
+    image_hash TEXT,
+    bbox TEXT,
+    prob REAL,
+    quality REAL,
+    source TEXT NOT NULL,
+    ref TEXT,
+    created_at REAL NOT NULL,
+    candidates TEXT NOT NULL,
+    names TEXT NOT NULL,
+    excluded TEXT NOT NULL DEFAULT '[]',
+    dedupe TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS review_dedupe ON review_items (gallery, dedupe);
+CREATE INDEX IF NOT EXISTS review_by_group ON review_items (gallery, grp, id);
+CREATE INDEX IF NOT EXISTS review_by_age ON review_items (gallery, created_at);
 """
+
+#: columns added to `faces` since issue 6, added to older databases at start
+ADDED_COLUMNS = (("quality", "REAL"), ("source", "TEXT"), ("cover", "INTEGER NOT NULL DEFAULT 0"))
+
+#: a face's record (`f` is faces), as `_stored` reads it
+FACE_COLUMNS = (
+    "f.id, f.subject, f.image_hash, f.bbox, f.prob, f.model, f.added_at, f.quality, f.source, f.cover, "
+    "EXISTS(SELECT 1 FROM face_crops c WHERE c.face_id = f.id)"
+)
+REVIEW_COLUMNS = (
+    "id, grp, source, ref, created_at, candidates, excluded, image_hash, bbox, prob, quality, "
+    "jpeg IS NOT NULL"
+)
 
 
 class _RowsById:
@@ -168,10 +227,7 @@ class _Matrix:
         return len(self.faces_of)
 
     def add(self, subject: str, ids: list[int], vectors: np.ndarray) -> None:
-        code = self.code_of.get(subject)
-        if code is None:
-            code = self.code_of[subject] = len(self.names)
-            self.names.append(subject)
+        code = self._code(subject)
         need = self.count + len(ids)
         if need > len(self.ids):
             # grow by a quarter: at most 25% spare rows (a 100k gallery is 200 MB of float32)
@@ -220,6 +276,42 @@ class _Matrix:
             self.names[code] = new_name
             self.code_of[new_name] = code
 
+    def _code(self, subject: str) -> int:
+        code = self.code_of.get(subject)
+        if code is None:
+            code = self.code_of[subject] = len(self.names)
+            self.names.append(subject)
+        return code
+
+    def merge(self, subject: str, into: str) -> None:
+        """Every face of `subject` becomes one of `into`'s (a rename when `into` is new)."""
+        source = self.code_of.get(subject)
+        if source is None:
+            return
+        target = self.code_of.get(into)
+        if target is None or target not in self.faces_of:
+            self.code_of.pop(into, None)
+            self.rename(subject, into)
+            return
+        rows = np.flatnonzero(self.codes[: self.count] == source)
+        self.codes[rows] = target
+        self.faces_of[target] = self.faces_of.get(target, 0) + self.faces_of.pop(source, 0)
+        # the old name keeps its slot with no face (a subject's best is -inf there: never listed)
+        del self.code_of[subject]
+
+    def move(self, face_ids: list[int], subject: str) -> None:
+        target = self._code(subject)
+        for row in self._rows(np.asarray(face_ids, np.int64)).tolist():
+            old = int(self.codes[row])
+            if old == target:
+                continue
+            if self.faces_of[old] > 1:
+                self.faces_of[old] -= 1
+            else:
+                del self.faces_of[old]
+            self.codes[row] = target
+            self.faces_of[target] = self.faces_of.get(target, 0) + 1
+
     def search(self, queries: np.ndarray, top_k: int) -> list[SearchResult]:
         if self.count == 0:
             return [SearchResult() for _ in queries]
@@ -251,6 +343,52 @@ def _bbox_text(bbox: list[float] | None) -> str | None:
     return None if bbox is None else json.dumps([round(float(v), 2) for v in bbox])
 
 
+def _stored(r: tuple, embedding: bytes | None = None) -> StoredFace:
+    return StoredFace(
+        face_id=r[0],
+        subject=r[1],
+        image_hash=r[2],
+        bbox=None if r[3] is None else json.loads(r[3]),
+        prob=r[4],
+        model=r[5],
+        added_at=r[6],
+        quality=r[7],
+        source=r[8],
+        representative=bool(r[9]),
+        has_crop=bool(r[10]),
+        embedding=None if embedding is None else np.frombuffer(embedding, np.float32),
+    )
+
+
+def _crop(r: tuple | None) -> FaceCrop | None:
+    """(jpeg, width, height, landmarks) -> FaceCrop."""
+    if r is None or r[0] is None:
+        return None
+    return FaceCrop(bytes(r[0]), int(r[1]), int(r[2]), None if r[3] is None else json.loads(r[3]))
+
+
+def _review(r: tuple, embedding: bytes | None = None) -> ReviewItem:
+    return ReviewItem(
+        review_id=r[0],
+        group=r[1],
+        source=r[2],
+        ref=r[3],
+        created_at=r[4],
+        candidates=[(s, float(v)) for s, v in json.loads(r[5])],
+        excluded=json.loads(r[6]),
+        image_hash=r[7],
+        bbox=None if r[8] is None else json.loads(r[8]),
+        prob=r[9],
+        quality=r[10],
+        has_crop=bool(r[11]),
+        embedding=None if embedding is None else np.frombuffer(embedding, np.float32),
+    )
+
+
+def _placeholders(values: list) -> str:
+    return ",".join("?" * len(values))
+
+
 class SQLiteStore(GalleryStore):
     def __init__(self, path: Path, index_options: IndexOptions | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,16 +409,35 @@ class SQLiteStore(GalleryStore):
         # FULL: a commit is on disk before the client hears "added", not only in the OS cache
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        # deleted rows are overwritten with zeros, not only unlinked (many builds default to it;
-        # said here so that no build is trusted to)
+        # deleted rows (faces, crops, review items) are overwritten with zeros, not only unlinked
+        # (many builds default to it; said here so that no build is trusted to); erasure adds the
+        # WAL checkpoint (`_erase_leftovers`)
         self._db.execute("PRAGMA secure_delete=ON")
-        self._db.executescript(SCHEMA)
+        self._migrate()
         self._matrices: dict[str, _Matrix] = {}
         self._data_version = -1
         with self._lock:
             self._refresh()
 
     # --- plumbing ---
+
+    def _migrate(self) -> None:
+        """The schema, with the columns later issues added put into an older database (once, in
+        one transaction, whichever process starts first)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            known = {r[1] for r in self._db.execute("PRAGMA table_info(faces)")}
+            if known:
+                for column, declaration in ADDED_COLUMNS:
+                    if column not in known:
+                        self._db.execute(f"ALTER TABLE faces ADD COLUMN {column} {declaration}")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -487,48 +644,89 @@ class SQLiteStore(GalleryStore):
             return self._info(name)
 
     def add_faces(self, gallery: str, subject: str, model: ModelTag, faces: list[NewFace]) -> list[int]:
-        now = time.time()
-        vectors = np.stack([np.asarray(f.embedding, np.float32) for f in faces]) if faces else None
-        ids: list[int] = []
+        return self.add_many(gallery, model, [(subject, face) for face in faces])
+
+    def add_many(self, gallery: str, model: ModelTag, faces: list[tuple[str, NewFace]]) -> list[int]:
         with self._lock:
             with self._write() as db:
-                row = db.execute(
-                    "SELECT model, model_md5, dim FROM galleries WHERE name = ?", (gallery,)
-                ).fetchone()
-                if row is None:
-                    db.execute(
-                        "INSERT INTO galleries (name, model, model_md5, dim, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (gallery, model.name, model.md5, model.dim, now),
-                    )
-                elif ModelTag(*row) != model:
-                    raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), model))
-                for face, vector in zip(faces, vectors if vectors is not None else [], strict=True):
-                    cursor = db.execute(
-                        "INSERT INTO faces (gallery, subject, embedding, image_hash, bbox, prob, model, "
-                        "added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            gallery,
-                            subject,
-                            vector.tobytes(),
-                            face.image_hash,
-                            _bbox_text(face.bbox),
-                            face.prob,
-                            model.name,
-                            now,
-                        ),
-                    )
-                    ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
+                self._checked_gallery(db, gallery, model, create=True)
+                ids = self._insert(db, gallery, model, faces)
             # committed: the matrix follows, before any other writer gets the lock
-            matrix = self._matrices.setdefault(gallery, _Matrix(model))
-            if vectors is not None:
-                matrix.add(subject, ids, vectors)
-                if gallery in self._indexes:
-                    self._indexes[gallery].add(np.asarray(ids, np.int64), vectors)
-                    self._indexed(gallery, len(ids))
-                elif 0 < self.index_options.min_faces <= matrix.count:
-                    self._sync_index(gallery, from_disk=True)
+            self._added(gallery, model, [s for s, _ in faces], ids, [f.embedding for _, f in faces])
         return ids
+
+    @staticmethod
+    def _checked_gallery(db: sqlite3.Connection, gallery: str, model: ModelTag, create: bool) -> bool:
+        """Whether the gallery exists (created for `model` when asked); ModelMismatch for another model."""
+        row = db.execute("SELECT model, model_md5, dim FROM galleries WHERE name = ?", (gallery,)).fetchone()
+        if row is None:
+            if create:
+                db.execute(
+                    "INSERT INTO galleries (name, model, model_md5, dim, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (gallery, model.name, model.md5, model.dim, time.time()),
+                )
+            return create
+        if ModelTag(*row) != model:
+            raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), model))
+        return True
+
+    @staticmethod
+    def _insert(
+        db: sqlite3.Connection, gallery: str, model: ModelTag, faces: list[tuple[str, NewFace]]
+    ) -> list[int]:
+        """Faces and their crops, in the caller's transaction; their ids."""
+        now = time.time()
+        ids: list[int] = []
+        for subject, face in faces:
+            cursor = db.execute(
+                "INSERT INTO faces (gallery, subject, embedding, image_hash, bbox, prob, model, added_at, "
+                "quality, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    gallery,
+                    subject,
+                    np.asarray(face.embedding, np.float32).tobytes(),
+                    face.image_hash,
+                    _bbox_text(face.bbox),
+                    face.prob,
+                    model.name,
+                    now,
+                    face.quality,
+                    face.source,
+                ),
+            )
+            face_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+            ids.append(face_id)
+            if face.crop is not None:
+                db.execute(
+                    "INSERT INTO face_crops (face_id, jpeg, width, height, landmarks) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        face_id,
+                        face.crop.jpeg,
+                        face.crop.width,
+                        face.crop.height,
+                        None if face.crop.landmarks is None else json.dumps(face.crop.landmarks),
+                    ),
+                )
+        return ids
+
+    def _added(
+        self, gallery: str, model: ModelTag, subjects: list[str], ids: list[int], vectors: list[np.ndarray]
+    ) -> None:
+        """The matrix and index follow committed faces (the caller holds the lock)."""
+        matrix = self._matrices.setdefault(gallery, _Matrix(model))
+        if not ids:
+            return
+        stacked = np.stack([np.asarray(v, np.float32) for v in vectors])
+        start = 0
+        for end in range(1, len(ids) + 1):  # runs of one subject go in together
+            if end == len(ids) or subjects[end] != subjects[start]:
+                matrix.add(subjects[start], ids[start:end], stacked[start:end])
+                start = end
+        if gallery in self._indexes:
+            self._indexes[gallery].add(np.asarray(ids, np.int64), stacked)
+            self._indexed(gallery, len(ids))
+        elif 0 < self.index_options.min_faces <= matrix.count:
+            self._sync_index(gallery, from_disk=True)
 
     def subjects(self, gallery: str) -> list[tuple[str, int]]:
         with self._lock:
@@ -541,25 +739,14 @@ class SQLiteStore(GalleryStore):
             ]
 
     def faces(self, gallery: str, subject: str, with_embeddings: bool = False) -> list[StoredFace]:
+        vector = "f.embedding" if with_embeddings else "NULL"
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, subject, image_hash, bbox, prob, model, added_at, embedding FROM faces "
-                "WHERE gallery = ? AND subject = ? ORDER BY id",
+                f"SELECT {FACE_COLUMNS}, {vector} FROM faces f WHERE f.gallery = ? AND f.subject = ? "
+                "ORDER BY f.id",
                 (gallery, subject),
             ).fetchall()
-        return [
-            StoredFace(
-                face_id=r[0],
-                subject=r[1],
-                image_hash=r[2],
-                bbox=None if r[3] is None else json.loads(r[3]),
-                prob=r[4],
-                model=r[5],
-                added_at=r[6],
-                embedding=np.frombuffer(r[7], np.float32) if with_embeddings else None,
-            )
-            for r in rows
-        ]
+        return [_stored(r, r[11]) for r in rows]
 
     def rename_subject(self, gallery: str, subject: str, new_name: str) -> int:
         with self._lock:
@@ -663,6 +850,352 @@ class SQLiteStore(GalleryStore):
                 done.append("database rewritten (VACUUM)")
             done.append(self._checkpoint())
             return done
+
+    # --- pages, crops, merge and move (issue 29) ---
+
+    def galleries_page(self, after: str | None, limit: int, q: str | None = None) -> list[GalleryInfo]:
+        with self._lock:
+            self._refresh()
+            needle = None if q is None else q.casefold()
+            names = [
+                name
+                for name in sorted(self._matrices)
+                if (after is None or name > after) and (needle is None or needle in name.casefold())
+            ][:limit]
+            return [info for name in names if (info := self._info(name)) is not None]
+
+    def subjects_page(
+        self, gallery: str, after: str | None, limit: int, q: str | None = None
+    ) -> list[SubjectSummary]:
+        # every name a client can give sorts after UNSORTED (a control character): starting there
+        # leaves the unsorted faces out and walks (gallery, subject) in order, a page at a time.
+        # The bare `id` takes the row of MAX(): the chosen face, else the best quality (then the
+        # lowest id, the first in the index's order)
+        where, args = "", [gallery, max(after or UNSORTED, UNSORTED)]
+        if q:
+            where, args = " AND subject LIKE ? ESCAPE '\\'", [*args, like_pattern(q)]
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT subject, COUNT(*), id, MAX(cover * 2.0 + COALESCE(quality, 0.0)) FROM faces "
+                f"WHERE gallery = ? AND subject > ?{where} GROUP BY subject ORDER BY subject LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [SubjectSummary(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    def faces_page(
+        self, gallery: str, subject: str, after: int | None, limit: int, q: str | None = None
+    ) -> list[StoredFace]:
+        where, args = "", [gallery, subject, after or 0]
+        if q:
+            where, args = " AND f.source LIKE ? ESCAPE '\\'", [*args, like_pattern(q)]
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {FACE_COLUMNS} FROM faces f WHERE f.gallery = ? AND f.subject = ? AND f.id > ?"
+                f"{where} ORDER BY f.id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_stored(r) for r in rows]
+
+    def face(self, gallery: str, face_id: int) -> StoredFace | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {FACE_COLUMNS} FROM faces f WHERE f.gallery = ? AND f.id = ?", (gallery, face_id)
+            ).fetchone()
+        return None if row is None else _stored(row)
+
+    def face_crop(self, gallery: str, face_id: int) -> FaceCrop | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT c.jpeg, c.width, c.height, c.landmarks FROM face_crops c "
+                "JOIN faces f ON f.id = c.face_id WHERE f.gallery = ? AND c.face_id = ?",
+                (gallery, face_id),
+            ).fetchone()
+        return _crop(row)
+
+    @staticmethod
+    def _subject_exists(db: sqlite3.Connection, gallery: str, subject: str) -> bool:
+        found = db.execute(
+            "SELECT 1 FROM faces WHERE gallery = ? AND subject = ? LIMIT 1", (gallery, subject)
+        )
+        return found.fetchone() is not None
+
+    def merge_subjects(self, gallery: str, subject: str, into: str) -> int:
+        with self._lock:
+            with self._write() as db:
+                # `into` keeps its chosen picture; a new `into` takes `subject`'s
+                keep = "cover" if not self._subject_exists(db, gallery, into) else "0"
+                moved = db.execute(
+                    f"UPDATE faces SET subject = ?, cover = {keep} WHERE gallery = ? AND subject = ?",
+                    (into, gallery, subject),
+                ).rowcount
+                if moved == 0:
+                    raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
+            if matrix := self._matrices.get(gallery):
+                matrix.merge(subject, into)
+        return moved
+
+    def move_faces(self, gallery: str, face_ids: list[int], subject: str, require_new: bool = False) -> int:
+        ids = sorted(set(face_ids))
+        with self._lock:
+            with self._write() as db:
+                if require_new and self._subject_exists(db, gallery, subject):
+                    raise Conflict(f"subject {subject!r} already exists in gallery {gallery!r}")
+                found = {
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT id FROM faces WHERE gallery = ? AND id IN ({_placeholders(ids)})",
+                        (gallery, *ids),
+                    )
+                }
+                if missing := [i for i in ids if i not in found]:
+                    raise NotFound(f"no face {', '.join(map(str, missing[:5]))} in gallery {gallery!r}")
+                db.execute(
+                    "UPDATE faces SET subject = ?, cover = 0 "
+                    f"WHERE gallery = ? AND id IN ({_placeholders(ids)})",
+                    (subject, gallery, *ids),
+                )
+            if matrix := self._matrices.get(gallery):
+                matrix.move(ids, subject)
+        return len(ids)
+
+    def set_representative(self, gallery: str, subject: str, face_id: int) -> None:
+        with self._lock, self._write() as db:
+            row = db.execute(
+                "SELECT 1 FROM faces WHERE gallery = ? AND subject = ? AND id = ?",
+                (gallery, subject, face_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no face {face_id} of subject {subject!r} in gallery {gallery!r}")
+            db.execute(
+                "UPDATE faces SET cover = (id = ?) WHERE gallery = ? AND subject = ?",
+                (face_id, gallery, subject),
+            )
+
+    # --- the review queue (issue 29) ---
+
+    def add_review(
+        self, gallery: str, item: NewReviewItem, group_threshold: float, bounds: ReviewBounds
+    ) -> int | None:
+        with self._lock:
+            review_id, gone = self._add_review(gallery, item, group_threshold, bounds)
+            if gone:  # items past the bounds are erased: their bytes leave the WAL too (issue 30)
+                self._checkpoint()
+        return review_id
+
+    def _add_review(
+        self, gallery: str, item: NewReviewItem, group_threshold: float, bounds: ReviewBounds
+    ) -> tuple[int | None, int]:
+        """(the new item's id or None, the number of items that went past the bounds)."""
+        now = time.time()
+        dedupe = review_dedupe(item)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM galleries WHERE name = ?", (gallery,)).fetchone() is None:
+                return None, 0
+            gone = db.execute(
+                "DELETE FROM review_items WHERE gallery = ? AND created_at < ?",
+                (gallery, now - bounds.max_age_s),
+            ).rowcount
+            if (
+                dedupe is not None
+                and db.execute(
+                    "SELECT 1 FROM review_items WHERE gallery = ? AND dedupe = ?", (gallery, dedupe)
+                ).fetchone()
+            ):
+                return None, gone
+            rows = db.execute(
+                "SELECT grp, embedding, image_hash FROM review_items WHERE gallery = ?", (gallery,)
+            ).fetchall()
+            vectors = (
+                np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+                if rows
+                else np.zeros((0, len(item.embedding)), np.float32)
+            )
+            groups = np.array([r[0] for r in rows], np.int64)
+            group = review_group(vectors, groups, [r[2] for r in rows], item, group_threshold)
+            crop = item.crop
+            cursor = db.execute(
+                "INSERT INTO review_items (gallery, grp, embedding, jpeg, width, height, landmarks, "
+                "image_hash, bbox, prob, quality, source, ref, created_at, candidates, names, dedupe) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    gallery,
+                    -1 if group is None else group,
+                    np.asarray(item.embedding, np.float32).tobytes(),
+                    None if crop is None else crop.jpeg,
+                    None if crop is None else crop.width,
+                    None if crop is None else crop.height,
+                    None if crop is None or crop.landmarks is None else json.dumps(crop.landmarks),
+                    item.image_hash,
+                    _bbox_text(item.bbox),
+                    item.prob,
+                    item.quality,
+                    item.source,
+                    item.ref,
+                    now,
+                    json.dumps([[s, round(float(v), 6)] for s, v in item.candidates]),
+                    "\n".join(s for s, _ in item.candidates),
+                    dedupe,
+                ),
+            )
+            review_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+            if group is None:
+                db.execute("UPDATE review_items SET grp = ? WHERE id = ?", (review_id, review_id))
+            # the oldest go first past the bound
+            gone += db.execute(
+                "DELETE FROM review_items WHERE id IN (SELECT id FROM review_items WHERE gallery = ? "
+                "ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (gallery, bounds.max_items),
+            ).rowcount
+        return review_id, gone
+
+    def review_page(
+        self, gallery: str, after: tuple[int, int] | None, limit: int, q: str | None, max_age_s: float
+    ) -> list[ReviewItem]:
+        group, last = after or (-1, -1)
+        where, args = "", [gallery, time.time() - max_age_s, group, last]
+        if q:
+            where, args = " AND names LIKE ? ESCAPE '\\'", [*args, like_pattern(q)]
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {REVIEW_COLUMNS} FROM review_items WHERE gallery = ? AND created_at >= ? "
+                f"AND (grp, id) > (?, ?){where} ORDER BY grp, id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_review(r) for r in rows]
+
+    def review_items(self, gallery: str, ids: list[int], with_embeddings: bool = False) -> list[ReviewItem]:
+        vector = "embedding" if with_embeddings else "NULL"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {REVIEW_COLUMNS}, {vector} FROM review_items "
+                f"WHERE gallery = ? AND id IN ({_placeholders(ids)}) ORDER BY id",
+                (gallery, *ids),
+            ).fetchall()
+        return [_review(r, r[12]) for r in rows]
+
+    def review_crop(self, gallery: str, review_id: int) -> FaceCrop | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT jpeg, width, height, landmarks FROM review_items WHERE gallery = ? AND id = ?",
+                (gallery, review_id),
+            ).fetchone()
+        return _crop(row)
+
+    def exclude_review(self, gallery: str, ids: list[int], subject: str) -> int:
+        changed = 0
+        with self._lock, self._write() as db:
+            for review_id, excluded in db.execute(
+                f"SELECT id, excluded FROM review_items WHERE gallery = ? AND id IN ({_placeholders(ids)})",
+                (gallery, *ids),
+            ).fetchall():
+                names = json.loads(excluded)
+                if subject not in names:
+                    db.execute(
+                        "UPDATE review_items SET excluded = ? WHERE id = ?",
+                        (json.dumps([*names, subject]), review_id),
+                    )
+                    changed += 1
+        return changed
+
+    def delete_review(self, gallery: str, ids: list[int]) -> int:
+        with self._lock:
+            with self._write() as db:
+                deleted = int(
+                    db.execute(
+                        f"DELETE FROM review_items WHERE gallery = ? AND id IN ({_placeholders(ids)})",
+                        (gallery, *ids),
+                    ).rowcount
+                )
+            if deleted:  # a dismissed face leaves no bytes in the WAL either (issue 30)
+                self._checkpoint()
+        return deleted
+
+    def expire_review(self, older_than: float) -> dict[str, int]:
+        with self._lock:
+            with self._write() as db:
+                galleries = db.execute(
+                    "DELETE FROM review_items WHERE created_at < ? RETURNING gallery", (older_than,)
+                ).fetchall()
+            if galleries:
+                self._checkpoint()
+        return dict(Counter(g for (g,) in galleries))
+
+    def forget_review_subject(self, gallery: str, subject: str, same_above: float | None) -> tuple[int, int]:
+        needle = json.dumps(subject)  # as the name is written in `candidates` and `excluded`
+        deleted = changed = 0
+        with self._lock:
+            with self._write() as db:
+                rows = db.execute(
+                    "SELECT id, candidates, excluded FROM review_items WHERE gallery = ? "
+                    "AND (instr(candidates, ?) > 0 OR instr(excluded, ?) > 0)",
+                    (gallery, needle, needle),
+                ).fetchall()
+                for review_id, candidates_text, excluded_text in rows:
+                    candidates = json.loads(candidates_text)
+                    excluded = json.loads(excluded_text)
+                    scores = [v for name, v in candidates if name == subject]
+                    if scores and (same_above is None or max(scores) >= same_above):
+                        deleted += db.execute("DELETE FROM review_items WHERE id = ?", (review_id,)).rowcount
+                        continue
+                    kept = [[name, v] for name, v in candidates if name != subject]
+                    if len(kept) == len(candidates) and subject not in excluded:
+                        continue  # the name only appeared inside another one
+                    db.execute(
+                        "UPDATE review_items SET candidates = ?, names = ?, excluded = ? WHERE id = ?",
+                        (
+                            json.dumps(kept),
+                            "\n".join(name for name, _ in kept),
+                            json.dumps([n for n in excluded if n != subject]),
+                            review_id,
+                        ),
+                    )
+                    changed += 1
+            if deleted or changed:  # the old rows leave the WAL too
+                self._checkpoint()
+        return deleted, changed
+
+    def assign_review(
+        self, gallery: str, ids: list[int], subject: str, model: ModelTag, require_new: bool = False
+    ) -> list[int]:
+        wanted = list(dict.fromkeys(ids))
+        with self._lock:
+            with self._write() as db:
+                if not self._checked_gallery(db, gallery, model, create=False):
+                    raise NotFound(f"no gallery {gallery!r}")
+                if require_new and self._subject_exists(db, gallery, subject):
+                    raise Conflict(f"subject {subject!r} already exists in gallery {gallery!r}")
+                rows = {
+                    r[0]: r
+                    for r in db.execute(
+                        "SELECT id, embedding, jpeg, width, height, landmarks, image_hash, bbox, prob, "
+                        "quality, source FROM review_items "
+                        f"WHERE gallery = ? AND id IN ({_placeholders(wanted)})",
+                        (gallery, *wanted),
+                    )
+                }
+                if missing := [i for i in wanted if i not in rows]:
+                    raise NotFound(
+                        f"no review item {', '.join(map(str, missing[:5]))} in gallery {gallery!r}"
+                    )
+                faces = [
+                    NewFace(
+                        np.frombuffer(r[1], np.float32),
+                        r[6],
+                        None if r[7] is None else json.loads(r[7]),
+                        r[8],
+                        _crop(r[2:6]),
+                        r[9],
+                        r[10],
+                    )
+                    for r in (rows[i] for i in wanted)
+                ]
+                face_ids = self._insert(db, gallery, model, [(subject, f) for f in faces])
+                db.execute(
+                    f"DELETE FROM review_items WHERE gallery = ? AND id IN ({_placeholders(wanted)})",
+                    (gallery, *wanted),
+                )
+            self._added(gallery, model, [subject] * len(faces), face_ids, [f.embedding for f in faces])
+        return face_ids
 
     def search(
         self, gallery: str, queries: np.ndarray, top_k: int, exact: bool = False, floor: float | None = None

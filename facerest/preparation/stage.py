@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from facerest.config import Settings
+from facerest.errors import LicenceRefused
 from facerest.models import LoadedModels, build_detector, build_face_model
 from facerest.models.base import FaceModel
 from facerest.models.catalog import CatalogEntry
@@ -17,18 +18,14 @@ from facerest.runtime.base import InferenceSession
 from facerest.runtime.factory import check_runtime
 from facerest.runtime.gpu import check_gpu_runtime
 from facerest.runtime.shapes import ModelRole
+from facerest.tools.converters import CONVERTERS
 from facerest.tools.mxnet_convert import convert_dropped_models
 
 log = logging.getLogger("facerest.models")
 
 
-def prepare_models(settings: Settings) -> dict[str, list[Path]]:
-    """Make sure every configured model's files are present and intact; returns their paths.
-
-    Runs once before any worker starts, so workers never download or copy at the same time.
-    """
-    convert_dropped_models(settings.models_dir, settings.mxnet_env)  # <models>/mxnet/<name>/ -> ONNX
-    store = ModelStore(settings.models_dir)
+def configured_models(settings: Settings) -> list[str]:
+    """The catalogue names of every model the settings ask for, detector first."""
     names = [
         settings.det_name,
         settings.rec_name,
@@ -36,7 +33,42 @@ def prepare_models(settings: Settings) -> dict[str, list[Path]]:
         settings.mask_name,
         settings.landmarks_name,
     ]
-    return {name: store.ensure(name, download=settings.auto_download) for name in names if name}
+    return [name for name in names if name]
+
+
+def check_licences(settings: Settings, store: ModelStore) -> None:
+    """With FACEREST_COMMERCIAL_USE=true, LicenceRefused (one line naming each model and its
+    licence) unless every configured model's licence allows commercial use."""
+    if not settings.commercial_use:
+        return
+    refused = []
+    for name in configured_models(settings):
+        entry = store.entry(name)
+        if entry.commercial_use is not True:
+            refused.append(f"{name} ({entry.licence_shown})")
+    if refused:
+        raise LicenceRefused(
+            "FACEREST_COMMERCIAL_USE=true, but the licence of "
+            + ", ".join(refused)
+            + " does not allow commercial use (or is not known); set FACEREST_MODEL_PACK=commercial or "
+            "choose models whose licence allows it (`facerest models list`; a custom model's entry in "
+            '<models>/catalog.json may say "commercial_use": true)'
+        )
+
+
+def prepare_models(settings: Settings) -> dict[str, list[Path]]:
+    """Make sure every configured model's files are present and intact; returns their paths.
+
+    Runs once before any worker starts, so workers never download or copy at the same time. With
+    FACEREST_COMMERCIAL_USE=true it first refuses models whose licence does not allow that.
+    """
+    convert_dropped_models(settings.models_dir, settings.mxnet_env)  # <models>/mxnet/<name>/ -> ONNX
+    store = ModelStore(settings.models_dir)
+    check_licences(settings, store)
+    return {
+        name: store.ensure(name, download=settings.auto_download, converters=CONVERTERS)
+        for name in configured_models(settings)
+    }
 
 
 def prepare_runtime(settings: Settings) -> None:

@@ -25,10 +25,11 @@ import av.error
 
 from facerest.config import Settings
 from facerest.errors import FaceRestError, NotFound, TooManyJobs
+from facerest.events import EventBus, StreamEvent, TrackFinished
 from facerest.imaging.loader import fetch_policy
 from facerest.models.faces import ImageResult
 from facerest.pipeline import FaceAnalyzer
-from facerest.video.analyze import Cancelled, Identify, VideoAnalyzer, VideoOptions, track_body
+from facerest.video.analyze import Cancelled, Identify, VideoAnalyzer, VideoOptions, track_body, track_event
 from facerest.video.decode import SampledFrame, Sampling, VideoLimits, VideoSource
 from facerest.video.stream import OpenedStream, check_stream_url, open_stream
 from facerest.video.tracker import FaceTracker, Track
@@ -70,6 +71,9 @@ class VideoJob:
     thread: threading.Thread | None = None
     stream: OpenedStream | None = None
     webhook: Webhook | None = None
+    gallery: str | None = None  # where its tracks are identified
+    return_crops: bool = False  # each track event carries its best face's picture
+    bus: EventBus | None = None  # the server's event stream (issue 29)
 
     @property
     def finished(self) -> bool:
@@ -83,6 +87,8 @@ class VideoJob:
             self.changed.notify_all()
         if self.webhook is not None:
             self.webhook.send({"job": self.id, "id": event.id, "event": kind, "data": data})
+        if self.bus is not None:
+            self.bus.publish(StreamEvent(self.id, kind, data))
 
     def set_status(self, status: str, **detail: Any) -> None:
         with self.changed:
@@ -119,9 +125,10 @@ class VideoJob:
 
 
 class JobManager:
-    def __init__(self, analyzer: FaceAnalyzer, settings: Settings) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, settings: Settings, events: EventBus | None = None) -> None:
         self.analyzer = analyzer
         self.settings = settings
+        self.events = events
         self._jobs: dict[str, VideoJob] = {}
         self._lock = threading.Lock()
 
@@ -134,6 +141,8 @@ class JobManager:
         return_embedding: bool = True,
         identify: Identify | None = None,
         webhook: str | None = None,
+        gallery: str | None = None,
+        return_crops: bool = False,
     ) -> VideoJob:
         check_stream_url(url, self.settings)  # a refused address is the request's 4xx, not a failed job
         options.return_boxes = False  # per-frame boxes would grow without end on a live stream
@@ -145,6 +154,9 @@ class JobManager:
             return_embedding,
             identify,
             events=deque(maxlen=self.settings.video_job_events),
+            gallery=gallery,
+            return_crops=return_crops,
+            bus=self.events,
         )
         with self._lock:
             self._check_room()
@@ -301,9 +313,14 @@ class JobManager:
                     identities[i] = identity
             except FaceRestError as exc:
                 log.warning("video job %s: identification failed: %s", job.id, exc.detail)
+        finished = job.bus is not None and job.gallery is not None and job.bus.wants(TrackFinished)
         for track, identity in zip(ended, identities, strict=True):
             job.tracks += 1
-            job.publish("track", track_body(track, identity, embedding=job.return_embedding))
+            job.publish(
+                "track", track_body(track, identity, embedding=job.return_embedding, crop=job.return_crops)
+            )
+            if finished:
+                job.bus.publish(track_event(track, identity, job.gallery, "stream", f"job {job.id}"))  # type: ignore[union-attr]
 
 
 def _return_freed_memory() -> None:
