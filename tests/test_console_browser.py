@@ -10,10 +10,14 @@ server on 127.0.0.1 with the real models.
   else, with it everything works (must show 5); the people grid's first and next pages each
   show in the browser, timed and printed, and every list endpoint's page is timed (must show 2;
   benchmarks/people_pages.py; printed, never asserted).
+- The same server with keys of a role (issue 30): a viewer's console browses people and faces but
+  every edit is refused by the API, whose 403 the page shows next to the control that asked; a key
+  limited to another gallery neither lists nor opens this one.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +28,17 @@ from browser import chromium, save_screenshot
 from conftest import ROOT, Server, shared_people, start_server, stop_server
 
 from benchmarks.people_pages import GALLERY, build, measure, report
+from facerest.access.keys import key_digest
 from facerest.gallery.sqlite import SQLiteStore
 
 IMG = ROOT / "docs" / "img"
 VIEWPORT = {"width": 1100, "height": 760}
 KEY = "console-test-key-3141"
+#: keys of a role (issue 30), given hashed in FACEREST_ACCESS_KEYS: name -> (key, role, galleries)
+ROLE_KEYS = {
+    "viewer": ("console-viewer-key-2718", "viewer", None),
+    "elsewhere": ("console-elsewhere-key-1618", "operator", ["elsewhere"]),
+}
 PREFIX = "/facerest"
 SUBJECTS = 100_000
 
@@ -394,6 +404,12 @@ def big_server(
             "FACEREST_DATA_DIR": str(root / "data"),
             "FACEREST_VIDEO_STREAMS_ENABLED": "true",
             "FACEREST_VIDEO_STREAM_ALLOWLIST": "127.0.0.1",
+            "FACEREST_ACCESS_KEYS": json.dumps(
+                [
+                    {"name": name, "role": role, "galleries": galleries, "sha256": key_digest(key)}
+                    for name, (key, role, galleries) in ROLE_KEYS.items()
+                ]
+            ),
         },
         root / "server.log",
     )
@@ -457,6 +473,83 @@ def test_without_a_key_the_console_shows_the_prompt_and_nothing_else(
     page.click("#forget-key")
     ready(page, "key")
     assert page.eval_on_selector("#main", "m => m.children.length") == 0
+    watch.check()
+    context.close()
+
+
+def test_a_viewer_key_browses_and_every_edit_shows_the_api_refusal(browser, big_server) -> None:  # type: ignore[no-untyped-def]
+    """Issue 30 through the console: it can do nothing its key cannot (the API refuses), and the
+    page shows the API's 403 `detail` beside the form or button that asked; the gallery is as
+    it was. A key limited to another gallery does not see this one listed, nor open it."""
+    server, names = big_server
+    console = f"{server.url}{PREFIX}/console"
+    viewer_key = ROLE_KEYS["viewer"][0]
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    watch = Watch(page, server.url)
+    page.goto(f"{console}#/g/{GALLERY}/people")
+    ready(page, "key")
+    page.fill("#key-input", viewer_key)
+    page.click("#key-form button[type=submit]")
+    ready(page, "people")
+    page.wait_for_selector("#people-grid[data-state=ready]")
+    assert page.locator("#people-grid .card").count() == 100  # browsing: a viewer reads
+    first = names[0]
+    page.click(f'#people-grid .card[data-subject="{first}"]')
+    ready(page, "person")
+    assert page.locator("#faces-grid .face-card").count() == 1
+
+    def refused(selector: str, action: str, role: str) -> None:
+        line = page.locator(selector)
+        line.wait_for()
+        page.wait_for_function("el => el.textContent.length > 0", arg=line.element_handle())
+        text = line.inner_text()
+        assert f"the '{action}' action needs the {role} role; key 'viewer' is a viewer" in text, text
+        assert "forbidden, HTTP 403" in text, text
+
+    page.fill("#rename-input", "renamed-by-a-viewer")
+    page.click("#rename-form button[type=submit]")
+    refused("#rename-form p.error", "edit", "operator")
+    page.fill("#merge-input", names[1])
+    page.click("#merge-form button[type=submit]")
+    refused("#merge-form p.error", "edit", "operator")
+    page.click("#faces-grid .face-card button.make-cover")
+    refused("p.error:has(+ #faces-grid)", "edit", "operator")
+    page.click("#delete-subject")
+    refused("#delete-subject + p.error", "delete", "operator")
+    page.goto(f"{console}#/g/{GALLERY}/review")
+    ready(page, "review")
+    refused("#review-toolbar + p.error", "review", "operator")
+    page.goto(f"{console}#/galleries")
+    ready(page, "galleries")
+    assert page.locator(f'#galleries-table tr[data-gallery="{GALLERY}"]').count() == 1
+    page.fill("#new-gallery", "made-by-a-viewer")
+    page.click("#create-gallery button[type=submit]")
+    refused("#create-gallery p.error", "manage", "admin")
+    # the API says nothing changed
+    with httpx.Client(base_url=f"{server.url}{PREFIX}", headers={"X-API-Key": KEY}, timeout=60) as client:
+        faces = client.get(f"/gallery/{GALLERY}/subjects/{first}").json()["faces"]
+        assert len(faces) == 1 and faces[0]["representative"] is False
+        assert client.get(f"/gallery/{GALLERY}/subjects/renamed-by-a-viewer").status_code == 404
+        assert client.get("/gallery/made-by-a-viewer").status_code == 404
+    watch.check()
+    context.close()
+
+    # a key limited to another gallery: this one is neither listed nor opened
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(f"sessionStorage.setItem('facerest.key', '{ROLE_KEYS['elsewhere'][0]}')")
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    watch = Watch(page, server.url)
+    page.goto(f"{console}#/galleries")
+    ready(page, "galleries")
+    assert page.locator("#galleries-table tbody tr").count() == 0
+    page.goto(f"{console}#/g/{GALLERY}/people")
+    ready(page, "people")
+    text = page.inner_text("#main")
+    assert f"key 'elsewhere' may not touch gallery '{GALLERY}'" in text and "HTTP 403" in text, text
+    assert page.locator("#people-grid").count() == 0
     watch.check()
     context.close()
 

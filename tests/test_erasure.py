@@ -1,7 +1,8 @@
-"""Erasure that leaves nothing (issue 30): a deleted subject's embeddings, name, index codes and
-feedback are gone from every file, in SQLite (through the API and `facerest gallery
-erase-subject`) and in PostgreSQL (its data files, searched raw), and no search on any replica
-returns it; a person's data can be exported; retention erases by itself.
+"""Erasure that leaves nothing (issue 30): a deleted subject's embeddings, name, index codes,
+face pictures, review items and feedback are gone from every file, in SQLite (through the API and
+`facerest gallery erase-subject`) and in PostgreSQL (its data files, searched raw), and no search
+on any replica returns it; a person's data can be exported; retention erases by itself (unsorted
+faces, review items, audit files).
 
 The files are searched for the raw bytes: 32-byte windows of each stored embedding (float32, as
 both stores keep it), the subject's name, each face's sign code from the index file, and (where
@@ -10,6 +11,7 @@ the server keeps face crops) a slice of each crop.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -88,6 +90,10 @@ def server(models_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFa
         # retention: unsorted faces kept ~2 s, swept twice a second
         "FACEREST_RETENTION_UNSORTED_DAYS": str(2 / 86_400),
         "FACEREST_RETENTION_INTERVAL_S": "0.5",
+        # the review queue (issue 29) on, keeping named faces too: a subject's own face searched
+        # again is queued with the subject as its candidate
+        "FACEREST_PEOPLE_REVIEW": "true",
+        "FACEREST_PEOPLE_REVIEW_MARGIN": "1.0",
     }
     srv = start_server(env, tmp_path_factory.mktemp("erasure_server") / "server.log")
     yield srv
@@ -95,8 +101,8 @@ def server(models_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFa
     assert "Traceback" not in srv.log(), srv.log()[-5000:]
 
 
-def stored(client, subject: str) -> tuple[list[int], list[bytes]]:  # type: ignore[no-untyped-def]
-    faces = client.get(f"/gallery/{GALLERY}/subjects/{subject}", params={"embeddings": True}).json()["faces"]
+def stored(client, subject: str, gallery: str = GALLERY) -> tuple[list[int], list[bytes]]:  # type: ignore[no-untyped-def]
+    faces = client.get(f"/gallery/{gallery}/subjects/{subject}", params={"embeddings": True}).json()["faces"]
     return [f["face_id"] for f in faces], [np.asarray(f["embedding"], np.float32).tobytes() for f in faces]
 
 
@@ -202,6 +208,97 @@ def test_erase_and_export_subject_commands(server: Server, data_dir: Path) -> No
     assert files_holding(data_dir, needles) == {}
     again = run_cli(env, "gallery", "erase-subject", GALLERY, XAN)
     assert again.returncode == 0 and "nothing held about it was left" in again.stdout
+
+
+def review_items(client, gallery: str, at_least: int = 0, timeout_s: float = 60) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The review queue, once it holds `at_least` items (it fills a moment after a search)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        items = client.get(f"/gallery/{gallery}/review", params={"limit": 1000}).json()["items"]
+        if len(items) >= at_least or time.monotonic() > deadline:
+            return items
+        time.sleep(0.2)
+
+
+def test_a_subject_made_through_the_review_queue_leaves_no_byte(server: Server, data_dir: Path) -> None:
+    """Faces that went through the review queue (with their pictures), review items that are
+    likely the subject's face, and the name in review items that only mention it: after the
+    delete, no file holds any of them; the items that merely mentioned it stay, without it."""
+    gallery, quintus = "reviewed", "Quintus Reviewfield"
+    photo = {"images": {"data": [b64(package_photo("players.jpg"))]}}
+    with server.client() as client:
+        other = unit(np.random.default_rng(34), 1).tolist()
+        assert (
+            client.post(f"/gallery/{gallery}/subjects/other/faces", json={"embeddings": other}).status_code
+            == 200
+        )
+        searched = client.post(f"/gallery/{gallery}/search", json=photo).json()["data"][0]["faces"]
+        queued = review_items(client, gallery, at_least=len(searched) // 2)
+        assert len(queued) >= 3, queued
+        # two of the strangers become the subject, their pictures kept from the queue
+        assigned = client.post(
+            f"/gallery/{gallery}/review/assign",
+            json={"review_ids": [queued[0]["review_id"], queued[1]["review_id"]], "subject": quintus},
+        )
+        assert assigned.status_code == 200, assigned.text
+        # the same photo again: the subject's two faces are named, and queued with it as their
+        # candidate (the margin keeps them); a stranger's photo is queued with it as a far candidate
+        before = {i["review_id"] for i in review_items(client, gallery)}
+        client.post(f"/gallery/{gallery}/search", json=photo)
+        client.post(
+            f"/gallery/{gallery}/search", json={"images": {"data": [b64(package_photo("yaoming.jpg"))]}}
+        )
+        items = review_items(client, gallery, at_least=len(before) + 3)
+        new = [i for i in items if i["review_id"] not in before]
+        scores = [{c["subject"]: c["similarity"] for c in i["candidates"]} for i in new]
+        # the server's line between the two: the 1:1 decision point (about 0.33 here)
+        own = [i for i, score in zip(new, scores, strict=True) if score.get(quintus, -1) > 0.9]
+        mention = [i for i, score in zip(new, scores, strict=True) if -1 < score.get(quintus, -1) < 0.25]
+        assert len(own) == 2 and mention, scores
+        # "not the subject" said of an old item: the name in the item and in people.db
+        said = client.post(
+            f"/gallery/{gallery}/review/not",
+            json={"review_ids": [queued[2]["review_id"]], "subject": quintus},
+        )
+        assert said.status_code == 200 and said.json()["changed"] == 1
+
+        ids, embeddings = stored(client, quintus, gallery)
+        assert len(ids) == 2
+        needles: dict[str, list[bytes]] = {
+            "embedding": [w for e in embeddings for w in windows(e)],
+            "name": [quintus.encode()],
+            "crop": [],
+        }
+        for path in [f"faces/{i}/image" for i in ids] + [f"review/{i['review_id']}/image" for i in own]:
+            crop = client.get(f"/gallery/{gallery}/{path}")
+            assert crop.status_code == 200, path
+            needles["crop"].append(crop.content[len(crop.content) // 2 : len(crop.content) // 2 + 64])
+        found = files_holding(data_dir, needles)
+        assert set(found) == set(needles), found
+        assert "people.db" in " ".join(found["name"])
+        # the access export carries the pictures and the review items that list the person
+        export = data_dir.parent / "quintus.json"
+        env = {"FACEREST_DATA_DIR": str(data_dir), "FACEREST_GALLERY_INDEX_MIN_FACES": str(MIN_FACES)}
+        done = run_cli(env, "gallery", "export-subject", gallery, quintus, "-o", str(export), "--no-audit")
+        assert done.returncode == 0, done.stderr
+        body = json.loads(export.read_text())
+        export.unlink()
+        pictures = [base64.b64decode(f["image"]["jpeg_base64"]) for f in body["faces"]]
+        assert [f["face_id"] for f in body["faces"]] == ids
+        assert pictures == [client.get(f"/gallery/{gallery}/faces/{i}/image").content for i in ids]
+        listed = {r["review_id"]: r["similarity"] for r in body["review_items"]}
+        assert {i["review_id"] for i in own + mention} <= set(listed)
+
+        deleted = client.delete(f"/gallery/{gallery}/subjects/{quintus}")
+        assert deleted.status_code == 200 and deleted.json()["deleted_faces"] == 2
+
+        assert files_holding(data_dir, needles) == {}
+        left = {i["review_id"]: i for i in review_items(client, gallery)}
+        assert not {i["review_id"] for i in own} & set(left)  # likely the subject's face: erased
+        for item in [*mention, queued[2]]:  # only mentioned it: kept, without the name
+            kept = left[item["review_id"]]
+            assert quintus not in [c["subject"] for c in kept["candidates"]] + kept["excluded"], kept
+        assert client.delete(f"/gallery/{gallery}").status_code == 200
 
 
 def test_retention_erases_unsorted_faces_by_itself(server: Server, data_dir: Path) -> None:

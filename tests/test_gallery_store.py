@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -381,6 +382,50 @@ def test_review_queue_groups_bounds_and_assignment(store: GalleryStore) -> None:
     assert store.delete_gallery("g")
     store.add_faces("g", "x", MODEL, [NewFace(unit(rng, 1)[0])])
     assert store.review_page("g", None, 10, None, 3600) == []  # went with the gallery
+
+
+def test_review_items_forget_an_erased_subject_and_expire(store: GalleryStore, url: str) -> None:
+    """Issue 30 on the review queue of issue 29: erasing a subject deletes the items that scored it
+    at the line or above (likely its face), takes its name out of the others (candidates and "not
+    X"), and leaves every other item as it was; retention deletes the items queued before a time."""
+    rng = np.random.default_rng(15)
+    bounds = ReviewBounds(max_items=100, max_age_s=3600)
+    store.add_faces("g", "Ann", MODEL, [NewFace(unit(rng, 1)[0])])
+    store.add_faces("h", "Ann", MODEL, [NewFace(unit(rng, 1)[0])])
+
+    def queue(gallery: str, candidates: list[tuple[str, float]], picture: str) -> int:
+        item = NewReviewItem(unit(rng, 1)[0], _crop(0), "search", None, candidates, picture, [0, 0, 9, 9])
+        review_id = store.add_review(gallery, item, 0.99, bounds)
+        assert review_id is not None
+        return review_id
+
+    likely = queue("g", [("Ann", 0.8), ("Bob", 0.1)], "p1")
+    mentions = queue("g", [("Bob", 0.5), ("Ann", 0.2)], "p2")
+    refused = queue("g", [("Bob", 0.4)], "p3")
+    store.exclude_review("g", [refused], "Ann")
+    annabel = queue("g", [("Annabel", 0.9)], "p4")  # a name holding the subject's: untouched
+    elsewhere = queue("h", [("Ann", 0.9)], "p5")  # another gallery's Ann: untouched
+
+    assert store.forget_review_subject("g", "Ann", 0.5) == (1, 2)
+    items = {i.review_id: i for i in store.review_page("g", None, 10, None, 3600)}
+    assert set(items) == {mentions, refused, annabel} and likely not in items
+    assert items[mentions].candidates == [("Bob", 0.5)] and items[refused].excluded == []
+    assert items[annabel].candidates == [("Annabel", 0.9)]
+    assert store.review_page("g", None, 10, "Ann", 3600) == [items[annabel]]  # the name filter agrees
+    assert [i.review_id for i in store.review_page("h", None, 10, None, 3600)] == [elsewhere]
+    assert store.forget_review_subject("g", "Ann", 0.5) == (0, 0)
+    # None: every item naming it goes (the caller knows no line)
+    assert store.forget_review_subject("h", "Ann", None) == (1, 0)
+    if url.startswith("sqlite:///"):  # the bytes too: secure_delete, and the WAL emptied
+        path = Path(url.removeprefix("sqlite:///"))
+        held = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if p.is_file())
+        assert b'"Ann"' not in held and b"Ann\n" not in held
+
+    # retention: everything queued before the time given, in every gallery
+    queue("h", [("Cid", 0.3)], "p6")
+    assert store.expire_review(0.0) == {}
+    assert store.expire_review(time.time() + 1) == {"g": 3, "h": 1}
+    assert store.review_page("g", None, 10, None, 3600) == store.review_page("h", None, 10, None, 3600) == []
 
 
 def _walk_subjects(store: GalleryStore, gallery: str, page: int) -> dict[int, str]:

@@ -118,7 +118,12 @@ async function pictureUrl(path) {
   }
   const pending = (async () => {
     const response = await fetch(apiUrl(path), { headers: headers() });
-    if (!response.ok) throw new ApiError(response.status, null, "no picture");
+    if (!response.ok) {
+      // the API's own reason (a 403 names the role or gallery the key lacks), else "no picture"
+      let answer = null;
+      try { answer = await response.json(); } catch (_) { /* not JSON */ }
+      throw new ApiError(response.status, answer && answer.code, answer && answer.detail ? answer.detail : "no picture");
+    }
     return URL.createObjectURL(await response.blob());
   })();
   pictures.set(path, pending);
@@ -151,7 +156,7 @@ function loadPicture(img) {
   const done = pictureUrl(path).then((url) => {
     img.src = url;
     return img.decode ? img.decode().catch(() => {}) : undefined;
-  }, () => { img.replaceWith(placeholder(img.alt)); });
+  }, (error) => { img.replaceWith(placeholder(img.alt, error.status === 404 ? "" : error.message)); });
   loads.set(img, done);
   return done;
 }
@@ -161,8 +166,9 @@ function forget(root) {
   for (const img of root.querySelectorAll("img[data-picture]")) pictureObserver.unobserve(img);
 }
 
-function placeholder(label) {
-  return el("div", { className: "thumb placeholder", role: "img", "aria-label": label || "no picture" }, "☺");
+/** Where no picture is shown; `why`: the API's refusal, shown on hover. */
+function placeholder(label, why = "") {
+  return el("div", { className: "thumb placeholder", role: "img", "aria-label": label || "no picture", title: why }, "☺");
 }
 
 /** A face's picture (`path` under the API) or a placeholder when none is kept. */
