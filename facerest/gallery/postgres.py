@@ -190,10 +190,12 @@ SELECT to_regclass('facerest_review_by_age') IS NOT NULL
 
 # the schema is created once per database even when several replicas start together
 SCHEMA_LOCK = 0x66616365  # "face"
-# one replica at a time builds an HNSW index
+# one CREATE INDEX CONCURRENTLY on facerest_faces at a time, in all replicas: each HNSW index and
+# the index of subject names (two at once on one table wait for each other's snapshot and one
+# fails with "deadlock detected", leaving searches without their index until a restart). Taken
+# by polling (`_take_index_lock`): a session blocked in pg_advisory_lock holds a snapshot, which
+# the running build waits for, a deadlock of its own
 INDEX_LOCK = 0x686E7377  # "hnsw"
-# ... and the index of subject names
-NAMES_LOCK = 0x6E616D65  # "name"
 NAME_INDEX = "facerest_faces_subject_trgm"
 
 log = logging.getLogger(__name__)
@@ -320,7 +322,8 @@ class PostgresStore(GalleryStore):
         try:
             # its own connection, in autocommit: CREATE INDEX CONCURRENTLY cannot run in a transaction
             with psycopg.connect(self._url, autocommit=True) as conn:
-                conn.execute("SELECT pg_advisory_lock(%s)", (INDEX_LOCK,))
+                if not self._take_index_lock(conn):
+                    return
                 try:
                     valid = conn.execute(
                         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -342,6 +345,16 @@ class PostgresStore(GalleryStore):
                 log.warning("could not build the HNSW index for %d-d faces: %s", dim, exc)
             self._indexed_dims.discard(dim)
 
+    def _take_index_lock(self, conn: Any) -> bool:
+        """INDEX_LOCK for this session (autocommit), tried every 0.2 s between statements; False
+        when the store closed meanwhile."""
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (INDEX_LOCK,)).fetchone()
+            if row is not None and row[0]:
+                return True
+            if self._closed.wait(0.2):
+                return False
+
     def _build_name_index(self) -> None:
         """The trigram index (pg_trgm) that serves a name filter, `subject ILIKE '%q%'`: without
         it a filter reads every name of the gallery (470 ms at 100,000 subjects; 3 ms with it).
@@ -351,7 +364,8 @@ class PostgresStore(GalleryStore):
 
         try:
             with psycopg.connect(self._url, autocommit=True) as conn:
-                conn.execute("SELECT pg_advisory_lock(%s)", (NAMES_LOCK,))
+                if not self._take_index_lock(conn):
+                    return
                 try:
                     valid = conn.execute(
                         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -368,7 +382,7 @@ class PostgresStore(GalleryStore):
                         "USING gin (subject gin_trgm_ops)"
                     )
                 finally:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (NAMES_LOCK,))
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (INDEX_LOCK,))
         except psycopg.Error as exc:
             if not self._closed.is_set():
                 log.info("no trigram index on subject names (%s): a name filter scans the names", exc)
