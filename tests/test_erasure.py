@@ -324,6 +324,43 @@ def test_retention_erases_unsorted_faces_by_itself(server: Server, data_dir: Pat
     assert any(r["key"] == "retention" and r["faces"] == ids for r in records)
 
 
+def test_retention_erases_expired_review_items_by_itself(models_dir: Path, tmp_path: Path) -> None:
+    """A review item past FACEREST_PEOPLE_REVIEW_MAX_AGE_S in a gallery nobody searches again (so
+    no new item pushes it out) is erased by the server's sweep: its picture and embedding leave
+    the files, and the trail says the server did it."""
+    data = tmp_path / "data"
+    env = {
+        "FACEREST_MODELS_DIR": str(models_dir),
+        "FACEREST_DATA_DIR": str(data),
+        "FACEREST_PEOPLE_REVIEW_MAX_AGE_S": "5",
+        "FACEREST_RETENTION_INTERVAL_S": "0.5",
+    }
+    srv = start_server(env, tmp_path / "server.log")
+    try:
+        with srv.client() as client:
+            other = unit(np.random.default_rng(35), 1).tolist()
+            client.post("/gallery/quiet/subjects/other/faces", json={"embeddings": other})
+            photo = {"images": {"data": [b64(package_photo("yaoming.jpg"))]}}
+            assert client.post("/gallery/quiet/search", json=photo).status_code == 200
+            [item] = review_items(client, "quiet", at_least=1, timeout_s=4)  # listed while young
+            crop = client.get(f"/gallery/quiet/review/{item['review_id']}/image").content
+        needles = {"crop": [crop[len(crop) // 2 : len(crop) // 2 + 64]]}
+        assert files_holding(data, needles), "the young item is on disk"
+        deadline = time.monotonic() + 30
+        while files_holding(data, needles) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert files_holding(data, needles) == {}
+        records = [
+            json.loads(line)
+            for p in (data / "audit").glob("audit-*.jsonl")
+            for line in p.read_text().splitlines()
+        ]
+        assert any(r["key"] == "retention" and r.get("review_items") == 1 for r in records), records
+    finally:
+        stop_server(srv)
+    assert "Traceback" not in srv.log(), srv.log()[-5000:]
+
+
 # --- PostgreSQL: its data files, and two replicas ---
 
 
