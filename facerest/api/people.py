@@ -8,7 +8,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from facerest.api.gallery import FACE_ID_MAX, EnrolRequest, ErrorRate, Similarity, _box, _images, _service
+from facerest.api.gallery import (
+    FACE_ID_MAX,
+    EnrolRequest,
+    ErrorRate,
+    Similarity,
+    _box,
+    _counted,
+    _images,
+    _parse,
+    _service,
+    _vectors,
+)
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import parse_body, parsed_body
 from facerest.gallery.store import StoredFace
@@ -63,11 +74,15 @@ async def enrol_unsorted(request: Request, gallery: str) -> JSONResponse:
     """As enrolling into a subject, with the subject left open: `POST /gallery/{gallery}/cluster`
     groups these faces into people."""
     state, service = _service(request)
-    req: EnrolRequest = await parse_body(request, EnrolRequest)
+    # the embeddings are read as enrolling into a subject reads them (issue 28: an int, a string
+    # or strings as embeddings were 500s here, 4xx there)
+    req: EnrolRequest = await _parse(request, state, EnrolRequest)
+    embeddings = _counted(state, req.embeddings)
 
     def work():  # type: ignore[no-untyped-def]
+        vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, None, images, req.embeddings or [], req.all_faces, req.force)
+        return service.enrol(gallery, None, images, vectors, req.all_faces, req.force)
 
     done = await state.run(work)
     return JSONResponse(

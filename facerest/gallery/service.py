@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,9 +21,11 @@ from facerest.errors import (
     ModelMismatch,
     NoFace,
     NotFound,
+    Overloaded,
     SearchTooLarge,
     StorageUnavailable,
     TooManyEmbeddings,
+    TooManyFaces,
 )
 from facerest.gallery import calibration as calib
 from facerest.gallery.calibration import Calibration, Decision
@@ -141,6 +144,10 @@ class Identified:
     subject: str | None  # the best match when at or above the threshold
     matches: list[SubjectMatch]
     fmrs: list[float | None] = field(default_factory=list)  # estimated FMR at each match's score
+
+
+#: one clustering at a time per process: each holds memory in the square of its faces
+_CLUSTERING = threading.Lock()
 
 
 class GalleryService:
@@ -427,6 +434,24 @@ class GalleryService:
         number, as search follows its subjects: FACEREST_SEARCH_FPIR over the comparisons of a
         face with all the others."""
         self.require(gallery)
+        # issue 28: its memory grows with the square of the faces (10,000: +1.6 GB); counted before
+        # any is read, and one clustering at a time per process
+        count = dict(self.store.subjects(gallery)).get(UNSORTED, 0)
+        if count > self.settings.cluster_max_faces:
+            raise TooManyFaces(
+                f"gallery {gallery!r} has {count} unsorted faces; one clustering groups at most "
+                f"{self.settings.cluster_max_faces} (FACEREST_CLUSTER_MAX_FACES)"
+            )
+        if not _CLUSTERING.acquire(blocking=False):
+            raise Overloaded("another clustering is running on this server; retry shortly")
+        try:
+            return self._cluster(gallery, threshold, fmr, recluster)
+        finally:
+            _CLUSTERING.release()
+
+    def _cluster(
+        self, gallery: str, threshold: float | None, fmr: float | None, recluster: bool
+    ) -> tuple[Decision, list[PersonCluster]]:
         by_subject = self._all_faces(gallery)
         unsorted = by_subject.pop(UNSORTED, [])
         decision = self.decision(threshold, fmr, subjects=max(len(unsorted) - 1, 1))

@@ -5,6 +5,12 @@ Memory per job is bounded: the frames in flight (FACEREST_VIDEO_FRAMES_IN_FLIGHT
 FACEREST_VIDEO_JOB_EVENTS events. A dropped stream is reopened with doubling back-off; a job whose
 stream stays away for FACEREST_VIDEO_STREAM_RETRIES tries fails with the reason. Deleting a job
 stops its thread, closes its connection and drops everything it held.
+
+Issue 28: a job's listeners wait without a thread (`subscribe`: the job calls them back when it
+changes), their number is bounded (FACEREST_VIDEO_MAX_LISTENERS), and so is the number of
+finished jobs kept (FACEREST_VIDEO_FINISHED_JOBS): jobs that fail at once no longer pile up.
+Redirects and credentials are handled by facerest.video.stream; an address refused there (a
+redirect's target) fails the job at once.
 """
 
 from __future__ import annotations
@@ -17,20 +23,18 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import av.error
 
 from facerest.config import Settings
-from facerest.errors import FaceRestError, NotFound, TooManyJobs
+from facerest.errors import FaceRestError, NotFound, TooManyJobs, TooManyListeners, UrlRefused
 from facerest.imaging.loader import fetch_policy
 from facerest.models.faces import ImageResult
 from facerest.pipeline import FaceAnalyzer
 from facerest.video.analyze import Cancelled, Identify, VideoAnalyzer, VideoOptions, track_body
 from facerest.video.decode import SampledFrame, Sampling, VideoLimits, VideoSource
-from facerest.video.stream import OpenedStream, check_stream_url, open_stream
+from facerest.video.stream import LiveConnection, check_stream_url, shown_url
 from facerest.video.tracker import FaceTracker, Track
 from facerest.video.webhook import Webhook
 
@@ -68,8 +72,10 @@ class VideoJob:
     stop: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
     thread: threading.Thread | None = None
-    stream: OpenedStream | None = None
+    connection: LiveConnection | None = None
     webhook: Webhook | None = None
+    finished_at: float | None = None
+    listeners: set[Callable[[], None]] = field(default_factory=set)
 
     @property
     def finished(self) -> bool:
@@ -81,27 +87,39 @@ class VideoJob:
             self.events.append(event)
             self.next_event += 1
             self.changed.notify_all()
+            listeners = list(self.listeners)
+        for wake in listeners:
+            wake()
         if self.webhook is not None:
             self.webhook.send({"job": self.id, "id": event.id, "event": kind, "data": data})
 
     def set_status(self, status: str, **detail: Any) -> None:
         with self.changed:
             self.status = status
+            if status in FINAL:
+                self.finished_at = time.monotonic()
         self.publish("status", {"status": status, **detail})
 
     def events_after(self, last: int) -> list[JobEvent]:
         with self.changed:
             return [e for e in self.events if e.id > last]
 
-    def wait(self, last: int, timeout_s: float) -> None:
-        """Until an event newer than `last` exists, the job ends, or the timeout passes."""
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from the job's thread: it must not block) after every event; returns the
+        function that unsubscribes. A listener waits on its own loop, not in a thread."""
         with self.changed:
-            self.changed.wait_for(lambda: self.next_event - 1 > last or self.finished, timeout=timeout_s)
+            self.listeners.add(wake)
+
+        def unsubscribe() -> None:
+            with self.changed:
+                self.listeners.discard(wake)
+
+        return unsubscribe
 
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "url": _without_credentials(self.url),
+            "url": shown_url(self.url),
             "status": self.status,
             "error": self.error,
             "created": self.created,
@@ -118,12 +136,38 @@ class VideoJob:
         }
 
 
+class Listener:
+    """One open event stream's place among FACEREST_VIDEO_MAX_LISTENERS; `close` frees it (more
+    than once is harmless: the stream's end and its garbage collection both call it)."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager: JobManager | None = manager
+
+    def close(self) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            with manager._lock:
+                manager._listeners -= 1
+
+
 class JobManager:
     def __init__(self, analyzer: FaceAnalyzer, settings: Settings) -> None:
         self.analyzer = analyzer
         self.settings = settings
         self._jobs: dict[str, VideoJob] = {}
         self._lock = threading.Lock()
+        self._listeners = 0
+
+    def listen(self) -> Listener:
+        """A place for one more event stream; TooManyListeners past the limit."""
+        with self._lock:
+            if self._listeners >= self.settings.video_max_listeners:
+                raise TooManyListeners(
+                    f"this server holds at most {self.settings.video_max_listeners} event streams open; "
+                    "retry later"
+                )
+            self._listeners += 1
+        return Listener(self)
 
     def create(
         self,
@@ -152,6 +196,7 @@ class JobManager:
             job.webhook = Webhook(webhook, fetch_policy(self.settings))
         with self._lock:  # again: another job may have started while the webhook was checked
             self._check_room()
+            self._forget_oldest_finished()
             self._jobs[job.id] = job
         job.thread = threading.Thread(
             target=self._run, args=(job,), name=f"facerest-job-{job.id[:8]}", daemon=True
@@ -167,6 +212,15 @@ class JobManager:
                 f"this server runs at most {self.settings.video_max_jobs} stream jobs; "
                 "delete one (DELETE /video/jobs/{id}) or retry later"
             )
+
+    def _forget_oldest_finished(self) -> None:
+        """Keep FACEREST_VIDEO_FINISHED_JOBS finished jobs at most (call holding the lock): a job
+        that fails at once held its events and its place in every listing for ever."""
+        finished = sorted(
+            (j for j in self._jobs.values() if j.finished), key=lambda j: j.finished_at or j.created
+        )
+        for job in finished[: max(0, len(finished) - self.settings.video_finished_jobs + 1)]:
+            del self._jobs[job.id]
 
     def get(self, job_id: str) -> VideoJob:
         with self._lock:
@@ -197,9 +251,9 @@ class JobManager:
     @staticmethod
     def _stop(job: VideoJob, timeout_s: float) -> None:
         job.stop.set()
-        stream = job.stream
-        if stream is not None:
-            stream.close()  # wakes a read blocked on the socket
+        connection = job.connection
+        if connection is not None:
+            connection.close()  # wakes a read blocked on the socket
         if job.thread is not None:
             job.thread.join(timeout_s)
 
@@ -213,19 +267,14 @@ class JobManager:
         started = time.monotonic()
         failures = 0
         reason = ""
+        connection = LiveConnection(job.url, settings)
+        job.connection = connection
         try:
             while not job.stop.is_set():
                 sampled_before = job.frames_sampled
                 try:
-                    job.stream = open_stream(job.url, settings)
-                    with VideoSource(
-                        job.stream.source,
-                        limits,
-                        job.sampling,
-                        fmt=job.stream.fmt,
-                        live=True,
-                        clock=lambda: time.monotonic() - started,
-                        options=job.stream.options,
+                    with connection.open(
+                        limits, job.sampling, clock=lambda: time.monotonic() - started
                     ) as source:
                         job.set_status("running")
                         video.run(
@@ -239,14 +288,15 @@ class JobManager:
                     reason = "the stream ended"
                 except Cancelled:
                     break
-                except FaceRestError as exc:
-                    reason = exc.detail
-                except (av.error.FFmpegError, OSError, ValueError) as exc:
-                    reason = f"the stream broke: {exc}"
+                except UrlRefused as exc:  # a redirect to an address the operator did not allow
+                    job.error = {"code": exc.code, "detail": connection.describe(exc)}
+                    break
+                except (FaceRestError, OSError, ValueError) as exc:  # FFmpeg's errors are ValueErrors
+                    reason = connection.describe(exc)
+                    if not isinstance(exc, FaceRestError):
+                        reason = f"the stream broke: {reason}"
                 finally:
-                    if job.stream is not None:
-                        job.stream.close()
-                        job.stream = None
+                    connection.close_stream()
                 if job.stop.is_set():
                     break
                 # tracks whose face left before the drop end now, not when frames come back
@@ -267,8 +317,10 @@ class JobManager:
         except Exception as exc:  # a job must end with a reason, whatever happened in it
             if not job.stop.is_set():  # a stop closes the connection under the decoder: no failure
                 log.exception("video job %s failed", job.id)
-                job.error = {"code": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}
+                detail = f"{type(exc).__name__}: {connection.describe(exc)}"
+                job.error = {"code": "internal_error", "detail": detail}
         finally:
+            connection.close()
             self._emit(job, tracker.finish())
             job.live_tracks = 0
             if job.error is not None:
@@ -312,12 +364,3 @@ def _return_freed_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
