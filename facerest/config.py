@@ -468,6 +468,12 @@ class Settings(BaseSettings):
         description="Most frames decoded between two sampled frames (a 60 fps video sampled at 0.1 fps "
         "decodes 600 per sample); more: 413, ask for a higher fps or key frames (which decode no other).",
     )
+    video_max_frame_bytes: int = Field(
+        16_000_000,
+        ge=65_536,
+        description="Most bytes a live stream may send between two decoded frames (a 4K MJPEG frame is "
+        "2-6 MB); more ends the connection (a camera sending one endless frame grew memory ~100 MB/s).",
+    )
     video_max_listeners: int = Field(
         64,
         ge=1,

@@ -22,9 +22,12 @@ from facerest.api.gallery import (
 )
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import parse_body, parsed_body
+from facerest.errors import TooManyFaces
 from facerest.gallery.store import StoredFace
 
 FaceId = Annotated[int, Field(ge=1, le=FACE_ID_MAX)]
+#: pairs and "not" items in one feedback body (issue 28: 3,000,000 pairs held the event loop 9 s)
+MAX_FEEDBACK_ITEMS = 10_000
 
 
 class ClusterRequest(BaseModel):
@@ -51,10 +54,15 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     different: list[Annotated[list[FaceId], Field(min_length=2, max_length=2)]] = Field(
-        default_factory=list, description="Pairs of face ids that are different people."
+        default_factory=list,
+        max_length=MAX_FEEDBACK_ITEMS,
+        description="Pairs of face ids that are different people.",
     )
     not_: list[NotSubject] = Field(
-        default_factory=list, alias="not", description="Faces that are not the named subject."
+        default_factory=list,
+        alias="not",
+        max_length=MAX_FEEDBACK_ITEMS,
+        description="Faces that are not the named subject.",
     )
 
 
@@ -137,6 +145,11 @@ async def feedback(request: Request, gallery: str) -> JSONResponse:
     for a cluster holding a face that is "not X", and search never names X for a probe of the same
     picture. Unknown faces or subjects: 404, nothing stored."""
     state, service = _service(request)
+    raw = await request.body()  # each pair is a JSON array and each "not" an object: counted unparsed
+    if raw.count(b"[") + raw.count(b"{") > 2 * MAX_FEEDBACK_ITEMS + 2:
+        raise TooManyFaces(
+            f"a feedback body names at most {MAX_FEEDBACK_ITEMS} pairs and {MAX_FEEDBACK_ITEMS} faces"
+        )
     req: FeedbackRequest = await parse_body(request, FeedbackRequest)
     different = [(a, b) for a, b in req.different]
     not_subject = [(n.face_id, n.subject) for n in req.not_]

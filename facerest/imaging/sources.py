@@ -51,6 +51,7 @@ class FetchPolicy:
     retries: int = 1  # extra attempts after a connection failure or a 502/503/504
     # the service always verifies against the system CAs; tests pass a context trusting their own CA
     tls_verify: ssl.SSLContext | bool = True
+    allowlist_setting: str = "FACEREST_URL_ALLOWLIST"  # named in the refusal's detail
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -134,6 +134,7 @@ class VideoSource:
         options: dict[str, str] | None = None,
         formats: tuple[str, ...] | None = None,
         protocols: str = NO_PROTOCOLS,
+        on_frame: Callable[[], None] | None = None,
     ) -> None:
         """`data`: the file's bytes, a readable file, or a URL FFmpeg opens itself (RTSP, only
         through facerest.video.stream's relay). `formats`: the demuxers allowed (default: the
@@ -142,6 +143,7 @@ class VideoSource:
         self.sampling = sampling
         self.live = live
         self._clock = clock
+        self._on_frame = on_frame  # called after each decoded frame (a live stream's byte budget)
         self._bytes = len(data) if isinstance(data, bytes | bytearray) else None
         allowed = formats if formats is not None else limits.formats
         fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
@@ -301,6 +303,8 @@ class VideoSource:
                 decoded += 1
                 since_sample += 1
                 info.frames_decoded = decoded
+                if self._on_frame is not None:
+                    self._on_frame()
                 if deadline is not None and time.monotonic() > deadline:
                     raise RequestTimeout("decoding the video took longer than its time limit")
                 t = self._clock() if self._clock is not None else _timestamp(frame, decoded, info)

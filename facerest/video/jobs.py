@@ -285,7 +285,7 @@ class JobManager:
                             tracker=tracker,
                             on_frame=lambda frame, result: self._frame_seen(job, tracker, frame, result),
                         )
-                    reason = "the stream ended"
+                    reason = connection.relay_error or "the stream ended"
                 except Cancelled:
                     break
                 except UrlRefused as exc:  # a redirect to an address the operator did not allow
@@ -295,6 +295,8 @@ class JobManager:
                     reason = connection.describe(exc)
                     if not isinstance(exc, FaceRestError):
                         reason = f"the stream broke: {reason}"
+                    connection.close_stream()
+                    reason = connection.relay_error or reason
                 finally:
                     connection.close_stream()
                 if job.stop.is_set():

@@ -14,6 +14,9 @@ credentials are handled here, once, for all of them (issue 28):
 - A redirect of either protocol (HTTP 3xx, RTSP 3xx) is followed by `LiveConnection` like a new
   URL: checked, resolved and pinned again, at most FACEREST_URL_MAX_REDIRECTS times; credentials
   (`user:password@`) do not travel to another origin.
+- A camera may send at most FACEREST_VIDEO_MAX_FRAME_BYTES between two decoded frames
+  (`FrameBytes`): one endless frame (an MJPEG part declaring 2 GB) grew memory at the camera's
+  rate until it stopped.
 - Credentials are sent to the camera and shown nowhere: job descriptions, events, errors and log
   lines name the URL without them (`shown_url`), and FFmpeg's messages, which name the URL it
   opened, are reduced to their reason (`LiveConnection.describe`).
@@ -57,6 +60,7 @@ def stream_policy(settings: Settings) -> FetchPolicy:
         timeout_s=settings.url_timeout_s,
         max_redirects=settings.url_max_redirects,
         allowlist=tuple(settings.video_stream_allowlist),
+        allowlist_setting="FACEREST_VIDEO_STREAM_ALLOWLIST",
     )
 
 
@@ -128,6 +132,26 @@ def _host_literal(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+class FrameBytes:
+    """The bytes a live stream sent since the last decoded frame, against their limit: past it
+    `add` raises OSError, which ends the connection (FFmpeg would buffer the frame for ever)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.count > self.limit:
+            raise OSError(
+                f"the camera sent more than {self.limit} bytes without a frame "
+                "(FACEREST_VIDEO_MAX_FRAME_BYTES)"
+            )
+
+    def reset(self) -> None:
+        self.count = 0
+
+
 class StreamRedirected(Exception):
     def __init__(self, location: str) -> None:
         super().__init__(location)
@@ -144,6 +168,7 @@ class OpenedStream:
     options: dict[str, str]
     formats: tuple[str, ...]
     protocols: str
+    frame_bytes: FrameBytes
     response: httpx.Response | None = None
     client: httpx.Client | None = None
     relay: RtspRelay | None = None
@@ -169,15 +194,16 @@ def open_stream(url: str, settings: Settings, read_timeout_s: float = 10.0) -> O
     parts = urlsplit(url)
     shown = shown_url(url)
     formats = (*settings.video_formats, *LIVE_FORMATS)
+    frame_bytes = FrameBytes(settings.video_max_frame_bytes)
     if parts.scheme.startswith("rtsp"):
         port = parts.port or _default_port(parts.scheme)
         tls_host = parts.hostname if parts.scheme == "rtsps" else None
-        relay = RtspRelay(addresses[0], port, tls_host, settings.url_timeout_s, read_timeout_s)
+        relay = RtspRelay(addresses[0], port, tls_host, settings.url_timeout_s, read_timeout_s, frame_bytes)
         userinfo = parts.netloc.rpartition("@")[0]
         netloc = f"{userinfo + '@' if userinfo else ''}127.0.0.1:{relay.port}"
         relayed = urlunsplit(("rtsp", netloc, parts.path, parts.query, ""))
         options = {"rtsp_transport": "tcp", "timeout": str(int(read_timeout_s * 1_000_000))}
-        return OpenedStream(relayed, "rtsp", options, ("rtsp",), RTSP_PROTOCOLS, relay=relay)
+        return OpenedStream(relayed, "rtsp", options, ("rtsp",), RTSP_PROTOCOLS, frame_bytes, relay=relay)
     target = httpx.URL(url)
     pinned_url = target.copy_with(host=str(addresses[0]))
     headers = {"Host": target.netloc.decode("ascii"), "Accept-Encoding": "identity"}
@@ -210,7 +236,8 @@ def open_stream(url: str, settings: Settings, read_timeout_s: float = 10.0) -> O
         raise UrlFetchFailed(f"{shown} answered HTTP {response.status_code}")
     media = response.headers.get("content-type", "").split(";")[0].strip().lower()
     fmt = "mpjpeg" if media == "multipart/x-mixed-replace" else None
-    return OpenedStream(_ResponseReader(response), fmt, {}, formats, "none", response, client)
+    reader = _ResponseReader(response, frame_bytes)
+    return OpenedStream(reader, fmt, {}, formats, "none", frame_bytes, response, client)
 
 
 class LiveConnection:
@@ -221,11 +248,13 @@ class LiveConnection:
         self.url = url
         self.settings = settings
         self.stream: OpenedStream | None = None
+        self.relay_error: str | None = None  # why the last RTSP relay ended, if it saw why
         self._closed = threading.Event()
         self._lock = threading.Lock()
 
     def open(self, limits: VideoLimits, sampling: Sampling, clock: Clock | None = None) -> VideoSource:
         url = self.url
+        self.relay_error = None
         for _ in range(self.settings.url_max_redirects + 1):
             try:
                 stream = open_stream(url, self.settings)
@@ -248,6 +277,7 @@ class LiveConnection:
                     options=stream.options,
                     formats=stream.formats,
                     protocols=stream.protocols,
+                    on_frame=stream.frame_bytes.reset,
                 )
             except VideoDecodeError:
                 redirect = stream.redirect
@@ -278,6 +308,8 @@ class LiveConnection:
             stream, self.stream = self.stream, None
         if stream is not None:
             stream.close()
+            if stream.relay is not None and stream.relay.error:
+                self.relay_error = redact(stream.relay.error, self.url)
 
     def close(self) -> None:
         """Close the connection (also from another thread: a blocked read wakes)."""
@@ -288,9 +320,10 @@ class LiveConnection:
 class _ResponseReader(io.RawIOBase):
     """An HTTP response body as a readable, unseekable file."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, frame_bytes: FrameBytes) -> None:
         self._chunks = response.iter_raw()
         self._buffer = b""
+        self._frame_bytes = frame_bytes
 
     def readable(self) -> bool:
         return True
@@ -303,6 +336,7 @@ class _ResponseReader(io.RawIOBase):
                 return 0
             except (httpx.HTTPError, httpx.StreamError) as exc:  # StreamError: closed by a stop
                 raise OSError(f"the stream broke: {exc}") from exc
+            self._frame_bytes.add(len(self._buffer))
         n = min(len(target), len(self._buffer))
         target[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
@@ -383,8 +417,10 @@ class RtspRelay:
         tls_host: str | None,
         connect_timeout_s: float,
         read_timeout_s: float,
+        frame_bytes: FrameBytes,
     ) -> None:
         self.address, self.remote_port, self.tls_host = address, port, tls_host
+        self._frame_bytes = frame_bytes
         self.redirect: str | None = None
         self.error: str | None = None
         self._connect_timeout_s = connect_timeout_s
@@ -440,6 +476,7 @@ class RtspRelay:
         replies = RtspReplies()
         try:
             while data := source.recv(65536):
+                self._frame_bytes.add(len(data))
                 target.sendall(replies.feed(data))
         except RedirectSeen as seen:
             self.redirect = seen.location or None
