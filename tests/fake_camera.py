@@ -15,7 +15,7 @@ import socketserver
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -285,7 +285,8 @@ class Listener:
 
 class HttpCamera:
     """An HTTP camera on `host`: `/mjpeg` streams `frames` (JPEG bytes, looped, `fps` a second)
-    as multipart/x-mixed-replace; `/redirect` answers 302 to `redirect`; `/down` answers 503."""
+    as multipart/x-mixed-replace; `/redirect` answers 302 to `redirect`; `/custom` is answered by
+    `serve(handler)` when set; anything else 503."""
 
     def __init__(
         self,
@@ -297,6 +298,7 @@ class HttpCamera:
         camera = self
         self.frames = frames or []
         self.requests: list[str] = []
+        self.serve: Callable[[http.server.BaseHTTPRequestHandler], None] | None = None
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -304,6 +306,9 @@ class HttpCamera:
 
             def do_GET(self) -> None:
                 camera.requests.append(self.path)
+                if self.path.startswith("/custom") and camera.serve is not None:
+                    camera.serve(self)
+                    return
                 if self.path.startswith("/redirect") and redirect is not None:
                     self.send_response(302)
                     self.send_header("Location", redirect)

@@ -118,7 +118,8 @@ def resolve_url(url: str, policy: FetchPolicy) -> list[IPAddress]:
     if not all(_is_public(a) for a in addresses):
         # the address is not named: an answer must not map the internal network for the client
         raise UrlRefused(
-            f"{host} resolves to a non-public address; an operator can allow it with FACEREST_URL_ALLOWLIST"
+            f"{host} resolves to a non-public address; an operator can allow it with "
+            f"{policy.allowlist_setting}"
         )
     return addresses
 

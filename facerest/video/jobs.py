@@ -196,7 +196,6 @@ class JobManager:
             job.webhook = Webhook(webhook, fetch_policy(self.settings))
         with self._lock:  # again: another job may have started while the webhook was checked
             self._check_room()
-            self._forget_oldest_finished()
             self._jobs[job.id] = job
         job.thread = threading.Thread(
             target=self._run, args=(job,), name=f"facerest-job-{job.id[:8]}", daemon=True
@@ -214,13 +213,14 @@ class JobManager:
             )
 
     def _forget_oldest_finished(self) -> None:
-        """Keep FACEREST_VIDEO_FINISHED_JOBS finished jobs at most (call holding the lock): a job
-        that fails at once held its events and its place in every listing for ever."""
-        finished = sorted(
-            (j for j in self._jobs.values() if j.finished), key=lambda j: j.finished_at or j.created
-        )
-        for job in finished[: max(0, len(finished) - self.settings.video_finished_jobs + 1)]:
-            del self._jobs[job.id]
+        """Keep the FACEREST_VIDEO_FINISHED_JOBS most recently finished jobs (called as each one
+        ends): a job that failed at once held its events and its place in every listing for ever."""
+        with self._lock:
+            finished = sorted(
+                (j for j in self._jobs.values() if j.finished), key=lambda j: j.finished_at or j.created
+            )
+            for job in finished[: max(0, len(finished) - self.settings.video_finished_jobs)]:
+                del self._jobs[job.id]
 
     def get(self, job_id: str) -> VideoJob:
         with self._lock:
@@ -331,6 +331,7 @@ class JobManager:
                 job.set_status("stopped")
             if job.webhook is not None:
                 job.webhook.close()
+            self._forget_oldest_finished()
 
     @staticmethod
     def _counted(job: VideoJob, source: VideoSource):  # type: ignore[no-untyped-def]
