@@ -6,6 +6,7 @@ the commit before this work (6d09397) and passes after."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import socket
@@ -39,6 +40,7 @@ def video(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "FACEREST_DATA_DIR": str(log_dir / "data"),
         "FACEREST_VIDEO_STREAMS_ENABLED": "true",
         "FACEREST_VIDEO_STREAM_ALLOWLIST": CAMERAS,
+        "FACEREST_URL_ALLOWLIST": INSIDE,  # webhooks (streams have their own allowlist)
         "FACEREST_VIDEO_STREAM_RETRIES": str(RETRIES),
         "FACEREST_VIDEO_STREAM_BACKOFF_S": "0.2",
         "FACEREST_VIDEO_FINISHED_JOBS": str(FINISHED_KEPT),
@@ -444,3 +446,50 @@ def test_the_reasons_shown_never_name_an_internal_address(video):
     assert response.status_code == 400 and response.json()["code"] == "url_refused", response.text
     assert not re.search(r"127\.0\.0\.1|::1", response.json()["detail"]), response.text
     assert "FACEREST_VIDEO_STREAM_ALLOWLIST" in response.json()["detail"]
+
+
+def test_a_webhook_receiver_answering_without_end_costs_no_memory(video):
+    """The webhook's thread read each answer's body whole: a receiver answering 200 with 2 GB
+    grew the server's memory at the receiver's rate."""
+    stop = threading.Event()
+    posts: list[str] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            posts.append(self.rfile.read(int(self.headers.get("content-length", "0"))).decode())
+            self.send_response(200)
+            self.send_header("Content-Length", "2000000000")
+            self.end_headers()
+            chunk = bytes(1 << 20)
+            try:
+                while not stop.is_set():
+                    self.wfile.write(chunk)
+            except OSError:
+                return
+
+    receiver = http.server.ThreadingHTTPServer((INSIDE, 0), Receiver)
+    receiver.daemon_threads = True
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    webhook = f"http://{INSIDE}:{receiver.server_address[1]}/hook"
+    try:
+        with HttpCamera(CAMERAS) as camera, video.client() as client:
+            with PeakMemory(video.process.pid) as memory:
+                # a camera that is down: two reconnections, then the failure, each an event
+                job_id = create_job(client, camera.url("/down"), webhook=webhook)
+                deadline = time.monotonic() + 15
+                while len(posts) < RETRIES + 1 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(2)
+            job = client.get(f"/video/jobs/{job_id}").json()
+    finally:
+        stop.set()
+        receiver.shutdown()
+        receiver.server_close()
+    print(
+        f"endless webhook answers: {len(posts)} events posted, {job['webhook']}, RSS +{memory.growth_mib} MiB"
+    )
+    assert len(posts) == RETRIES + 1 and job["webhook"]["sent"] == RETRIES + 1, (posts, job)
+    assert memory.growth_mib < 150
