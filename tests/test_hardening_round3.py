@@ -303,3 +303,11 @@ def test_a_flood_of_feedback_pairs_is_refused_before_it_is_parsed(hardened):
         response = client.post("/gallery/fb/feedback", json={"different": [pair] * 10})
         assert response.status_code == 200 and response.json()["different"] == 10, response.text
         client.delete("/gallery/fb")
+
+
+def test_info_reports_the_new_bounds(hardened):
+    with hardened.client() as client:
+        limits = client.get("/info").json()["limits"]
+    assert limits["max_faces_per_request"] == MAX_FACES and limits["cluster_max_faces"] == CLUSTER_MAX
+    assert limits["max_box_marks_per_request"] == 64 and limits["video_max_listeners"] == 64
+    assert "mp4" in limits["video_formats"] and limits["video_max_fps"] == 240

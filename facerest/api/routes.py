@@ -405,6 +405,15 @@ async def info(request: Request) -> JSONResponse:
                 "max_faces_per_request": s.max_faces_per_request,
                 "max_embeddings_per_body": s.max_embeddings_per_body,
                 "max_search_comparisons": s.max_search_comparisons,
+                # issue 28
+                "max_box_marks_per_request": s.max_box_marks_per_request,
+                "cluster_max_faces": s.cluster_max_faces,
+                "video_formats": s.video_formats,
+                "video_max_fps": s.video_max_fps,
+                "video_max_pixels_per_byte": s.video_max_pixels_per_byte,
+                "video_max_frames_per_sample": s.video_max_frames_per_sample,
+                "video_max_frame_bytes": s.video_max_frame_bytes,
+                "video_max_listeners": s.video_max_listeners,
             },
             # enforced per connection, before a route or the API key check (api/http_protocol.py)
             "http_limits": {
