@@ -5,7 +5,10 @@ Parsing and serialising only: decoding, tracking and jobs live in facerest/video
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -20,6 +23,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
+from facerest.api.http_protocol import decimal_header
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.state import AppState
@@ -30,8 +34,11 @@ from facerest.imaging.sources import load_source
 from facerest.pipeline import ExtractOptions
 from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body, track_event
 from facerest.video.decode import Sampling, VideoLimits, VideoSource
-from facerest.video.jobs import JobManager, VideoJob
+from facerest.video.jobs import JobManager, Listener, VideoJob
 from facerest.video.tracker import Track, TrackerConfig, track_gap
+
+#: an event stream that stays silent this long gets a comment line (proxies close silent streams)
+KEEP_ALIVE_S = 15.0
 
 Fps = Field(None, ge=0.0, le=120.0, description="Frames sampled per second of video; 0: every frame.")
 
@@ -313,27 +320,55 @@ async def delete_job(request: Request, job_id: str) -> JSONResponse:
 @router.get(
     "/video/jobs/{job_id}/events",
     summary="Finished tracks and status changes as Server-Sent Events",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        429: {"description": "FACEREST_VIDEO_MAX_LISTENERS event streams are open"},
+    },
 )
 async def job_events(request: Request, job_id: str) -> StreamingResponse:
     """`event: track` carries one finished track (the body of /multipart/video/extract's tracks),
     `event: status` the job's status changes. The stream ends when the job does; reconnect with
-    `Last-Event-ID` to resume after the last event received."""
-    job = _jobs(request).get(job_id)
-    last_event_id = request.headers.get("last-event-id")  # the SSE resume header, any client's
-    last = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    return StreamingResponse(_events(request, job, last), media_type="text/event-stream")
+    `Last-Event-ID` to resume after the last event received (a value that is not an event id
+    resumes from the first event kept)."""
+    jobs = _jobs(request)
+    job = jobs.get(job_id)
+    # the SSE resume header, any client's: ASCII digits only (int() raised on "²" and on 4301 digits)
+    last = decimal_header(request.headers.get("last-event-id")) or 0
+    listener = jobs.listen()  # before the answer starts: past the limit, a 429
+    events = _events(job, last, listener)
+    # an answer never sent never starts its generator, whose `finally` would free the place
+    weakref.finalize(events, listener.close)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
-async def _events(request: Request, job: VideoJob, last: int) -> AsyncIterator[bytes]:
-    while True:
-        for event in job.events_after(last):
-            last = event.id
-            yield f"id: {event.id}\nevent: {event.type}\ndata: ".encode() + orjson.dumps(event.data) + b"\n\n"
-        if job.finished and not job.events_after(last):
-            return
-        if await request.is_disconnected():
-            return
-        await anyio.to_thread.run_sync(job.wait, last, 1.0)
-        if not job.events_after(last):
-            yield b": keep-alive\n\n"  # proxies close connections that stay silent
+async def _events(job: VideoJob, last: int, listener: Listener) -> AsyncIterator[bytes]:
+    """The job's events after `last`, waiting on this loop for the next (no worker thread: 300
+    listeners held the thread pool that uploads wait on, issue 28). The stream ends with the
+    job, or is cancelled when the client goes (Starlette watches for the disconnect)."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def wake() -> None:  # from the job's thread
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(changed.set)
+
+    unsubscribe = job.subscribe(wake)
+    try:
+        while True:
+            changed.clear()
+            for event in job.events_after(last):
+                last = event.id
+                yield (
+                    f"id: {event.id}\nevent: {event.type}\ndata: ".encode()
+                    + orjson.dumps(event.data)
+                    + b"\n\n"
+                )
+            if job.finished and not job.events_after(last):
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), KEEP_ALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"  # proxies close connections that stay silent
+    finally:
+        unsubscribe()
+        listener.close()
