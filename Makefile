@@ -149,7 +149,7 @@ extra-models: $(VENV)/.installed
 .PHONY: load-test
 CLIENTS ?= 32
 DURATION ?= 120
-# make load-test HOSTILE=1: the same load again with issue 14's hostile requests mixed in
+# make load-test HOSTILE=1: the same load again with issues 14's and 28's hostile requests mixed in
 load-test: $(VENV)/.installed
 	$(BIN)/python benchmarks/load_test.py --clients $(CLIENTS) --duration $(DURATION) $(if $(HOSTILE),--hostile)
 

@@ -25,6 +25,9 @@ MODEL_PACKS: dict[str, dict[str, str]] = {
     },
 }
 
+#: the containers a video file may be in, as FFmpeg names its demuxers (issue 28)
+DEFAULT_VIDEO_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "asf", "ogg")
+
 
 class AccessKey(BaseModel):
     """One hashed key given in the environment (FACEREST_ACCESS_KEYS); the key file holds the same."""
@@ -548,8 +551,71 @@ class Settings(BaseSettings):
         "for review too (0: only unknown faces).",
     )
 
+    # --- hostile input, round three (issue 28): every cost of video files, streams, event
+    # listeners, marked faces and clustering bounded and checked before the work starts ---
+    video_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_VIDEO_FORMATS),
+        description="Containers a video file may be in (FFmpeg demuxer names, comma separated); others "
+        "are refused before FFmpeg reads their header (an SDP file opens UDP sockets, a playlist fetches "
+        "URLs). Live HTTP streams may also be MJPEG (multipart or raw) or raw H.264/HEVC.",
+    )
+    video_max_fps: float = Field(
+        240.0,
+        gt=0,
+        description="Most frames decoded per second of video (of wall clock for live streams), from the "
+        "headers and then as frames come; more: 413 (a 0.34 s MP4 of 10,200 frames).",
+    )
+    video_max_pixels_per_byte: float = Field(
+        20_000.0,
+        gt=0,
+        description="Most pixels decoded per byte of a video file (all frames together; camera footage "
+        "decodes 100-2,000); more: 413. Bounds the decode work a small file can ask for.",
+    )
+    video_max_frames_per_sample: int = Field(
+        600,
+        ge=1,
+        description="Most frames decoded between two sampled frames (a 60 fps video sampled at 0.1 fps "
+        "decodes 600 per sample); more: 413, ask for a higher fps or key frames (which decode no other).",
+    )
+    video_max_frame_bytes: int = Field(
+        16_000_000,
+        ge=65_536,
+        description="Most bytes a live stream may send between two decoded frames (a 4K MJPEG frame is "
+        "2-6 MB); more ends the connection (a camera sending one endless frame grew memory ~100 MB/s).",
+    )
+    video_max_listeners: int = Field(
+        64,
+        ge=1,
+        description="Event-stream listeners (GET /video/jobs/{id}/events) open at once on this server "
+        "process; more: 429. A listener holds no thread.",
+    )
+    video_finished_jobs: int = Field(
+        16,
+        ge=0,
+        description="Stopped and failed stream jobs kept for GET /video/jobs (their last events "
+        "included); the oldest are forgotten past it.",
+    )
+    max_box_marks_per_request: int = Field(
+        64,
+        ge=1,
+        description="Most faces marked by a box alone in one /extract request (each may cost a detector "
+        "pass around its box); more: 413. All marks together count against FACEREST_MAX_FACES_PER_REQUEST.",
+    )
+    cluster_max_faces: int = Field(
+        5_000,
+        ge=2,
+        description="Most unsorted faces one clustering groups (its memory grows with their square: "
+        "5,000 take ~0.5 GB for a moment); more: 413, checked before the faces are read.",
+    )
+
     @field_validator(
-        "providers", "url_allowlist", "api_keys", "cors_origins", "video_stream_allowlist", mode="before"
+        "providers",
+        "url_allowlist",
+        "api_keys",
+        "cors_origins",
+        "video_stream_allowlist",
+        "video_formats",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

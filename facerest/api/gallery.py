@@ -320,11 +320,12 @@ async def enrol(
     state, service = _service(request)
     req: EnrolRequest = await _parse(request, state, EnrolRequest)
     embeddings = _counted(state, req.embeddings)
+    # counted before any work (FACEREST_MAX_FACES_PER_REQUEST, FACEREST_MAX_BOX_MARKS_PER_REQUEST)
+    marks = face_marks(req.images, state.settings) if req.images is not None else None
 
     def work():  # type: ignore[no-untyped-def]
         vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        marks = face_marks(req.images) if req.images is not None else None
         return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force, marks)
 
     done = await state.run(work)

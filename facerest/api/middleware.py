@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerest.api.access import PRINCIPAL_KEY, Access
 from facerest.api.errors import ERROR_CODE_KEY, error_body
+from facerest.api.http_protocol import decimal_header, drains_unread_body
 from facerest.api.responses import JSONResponse
 from facerest.config import Settings
 from facerest.errors import BodyTooLarge
@@ -85,7 +86,7 @@ class HardeningMiddleware:
                     return
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = rid
-                if has_body and not body_read:  # answered with the body unread: see _reject
+                if ends_connection and not body_read:  # answered with the body unread: see _reject
                     MutableHeaders(scope=message)["Connection"] = "close"
             await send(message)
 
@@ -97,7 +98,7 @@ class HardeningMiddleware:
             await send(message)
 
         received = 0
-        has_body = _has_body(headers)
+        ends_connection = _unread_body_ends_connection(headers)
         body_read = False
 
         async def limited_receive() -> Message:
@@ -136,8 +137,8 @@ class HardeningMiddleware:
                     {"Retry-After": "1"},
                 )
                 return
-            declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            declared = decimal_header(headers.get("content-length"))
+            if declared is not None and declared > self.settings.max_body_bytes:
                 await self._reject(scope, send_with_id_raw, 413, self._too_large_detail(), "body_too_large")
                 return
             try:
@@ -196,9 +197,10 @@ class HardeningMiddleware:
     ) -> None:
         scope[ERROR_CODE_KEY] = code
         headers = dict(headers or {})
-        if _has_body(Headers(scope=scope)):
+        if _unread_body_ends_connection(Headers(scope=scope)):
             # the body is left unread, so the connection ends after this answer: saying so keeps
-            # a client from sending its next request on a connection we are closing
+            # a client from sending its next request on a connection we are closing (a small body
+            # is read and dropped instead, and the connection serves the next request)
             headers["Connection"] = "close"
         response = JSONResponse(error_body(detail, code), status, headers=headers)
 
@@ -230,5 +232,8 @@ class HardeningMiddleware:
         )
 
 
-def _has_body(headers: Headers) -> bool:
-    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+def _unread_body_ends_connection(headers: Headers) -> bool:
+    """A body left unread ends the connection unless the protocol drains it (http_protocol.py)."""
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return False  # no body at all
+    return not drains_unread_body(headers.get("content-length"), "transfer-encoding" in headers)

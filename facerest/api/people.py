@@ -14,15 +14,21 @@ from facerest.api.gallery import (
     EnrolRequest,
     ErrorRate,
     Similarity,
+    _counted,
     _images,
+    _parse,
     _service,
+    _vectors,
     added_body,
 )
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import face_marks, parse_body, parsed_body
+from facerest.errors import TooManyFaces
 from facerest.gallery.store import StoredFace
 
 FaceId = Annotated[int, Field(ge=1, le=FACE_ID_MAX)]
+#: pairs and "not" items in one feedback body (issue 28: 3,000,000 pairs held the event loop 9 s)
+MAX_FEEDBACK_ITEMS = 10_000
 
 
 class ClusterRequest(BaseModel):
@@ -61,10 +67,15 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     different: list[Annotated[list[FaceId], Field(min_length=2, max_length=2)]] = Field(
-        default_factory=list, description="Pairs of face ids that are different people."
+        default_factory=list,
+        max_length=MAX_FEEDBACK_ITEMS,
+        description="Pairs of face ids that are different people.",
     )
     not_: list[NotSubject] = Field(
-        default_factory=list, alias="not", description="Faces that are not the named subject."
+        default_factory=list,
+        alias="not",
+        max_length=MAX_FEEDBACK_ITEMS,
+        description="Faces that are not the named subject.",
     )
 
 
@@ -86,12 +97,17 @@ async def enrol_unsorted(
     """As enrolling into a subject, with the subject left open: `POST /gallery/{gallery}/cluster`
     groups these faces into people."""
     state, service = _service(request)
-    req: EnrolRequest = await parse_body(request, EnrolRequest)
+    # the embeddings are read as enrolling into a subject reads them (issue 28: an int, a string
+    # or strings as embeddings were 500s here, 4xx there)
+    req: EnrolRequest = await _parse(request, state, EnrolRequest)
+    embeddings = _counted(state, req.embeddings)
+    # counted before any work (FACEREST_MAX_FACES_PER_REQUEST, FACEREST_MAX_BOX_MARKS_PER_REQUEST)
+    marks = face_marks(req.images, state.settings) if req.images is not None else None
 
     def work():  # type: ignore[no-untyped-def]
+        vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        marks = face_marks(req.images) if req.images is not None else None
-        return service.enrol(gallery, None, images, req.embeddings or [], req.all_faces, req.force, marks)
+        return service.enrol(gallery, None, images, vectors, req.all_faces, req.force, marks)
 
     done = await state.run(work)
     grant.touched(faces=[face_id for face_id, _ in done.added])
@@ -144,6 +160,11 @@ async def feedback(
     for a cluster holding a face that is "not X", and search never names X for a probe of the same
     picture. Unknown faces or subjects: 404, nothing stored."""
     state, service = _service(request)
+    raw = await request.body()  # each pair is a JSON array and each "not" an object: counted unparsed
+    if raw.count(b"[") + raw.count(b"{") > 2 * MAX_FEEDBACK_ITEMS + 2:
+        raise TooManyFaces(
+            f"a feedback body names at most {MAX_FEEDBACK_ITEMS} pairs and {MAX_FEEDBACK_ITEMS} faces"
+        )
     req: FeedbackRequest = await parse_body(request, FeedbackRequest)
     different = [(a, b) for a, b in req.different]
     not_subject = [(n.face_id, n.subject) for n in req.not_ if n.face_id is not None]

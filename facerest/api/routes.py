@@ -22,7 +22,8 @@ from facerest.api.responses import JSONResponse, body_response
 from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions, Images
 from facerest.api.serialize import MSGPACK_TYPES, FaceFields, encode_jpeg, v1_body, v2_body
 from facerest.api.state import AppState
-from facerest.errors import BadInput, FaceRestError, ImageTooLarge
+from facerest.config import Settings
+from facerest.errors import BadInput, FaceRestError, ImageTooLarge, TooManyFaces
 from facerest.imaging.draw import draw_faces
 from facerest.imaging.loader import load_images
 from facerest.imaging.marks import FaceMark
@@ -105,14 +106,30 @@ def _extract_options(req: ExtractRequest, state: AppState) -> ExtractOptions:
         extract_ga=req.extract_ga,
         detect_masks=req.detect_masks,
         dense_landmarks=req.return_dense_landmarks,
-        marks=face_marks(req.images),
+        marks=face_marks(req.images, state.settings),
         return_quality=req.return_quality,
     )
 
 
-def face_marks(images: Images) -> list[list[FaceMark] | None] | None:
+def face_marks(images: Images, settings: Settings) -> list[list[FaceMark] | None] | None:
+    """The faces marked by hand, per image; TooManyFaces before any work when they are more than
+    a request may embed (FACEREST_MAX_FACES_PER_REQUEST, as detected faces) or more boxes alone
+    than it may search (FACEREST_MAX_BOX_MARKS_PER_REQUEST: each can cost a detector pass)."""
     if images.faces is None:
         return None
+    marked = [m for marks in images.faces if marks is not None for m in marks]
+    if len(marked) > settings.max_faces_per_request:
+        raise TooManyFaces(
+            f"{len(marked)} faces marked in one request; the limit is {settings.max_faces_per_request} "
+            "(FACEREST_MAX_FACES_PER_REQUEST)"
+        )
+    boxes = sum(1 for m in marked if m.landmarks is None)
+    if boxes > settings.max_box_marks_per_request:
+        raise TooManyFaces(
+            f"{boxes} faces marked by a box alone in one request; the limit is "
+            f"{settings.max_box_marks_per_request} (FACEREST_MAX_BOX_MARKS_PER_REQUEST; marks with "
+            "landmarks need no search)"
+        )
     return [
         None
         if marks is None
@@ -397,6 +414,15 @@ async def info(request: Request) -> JSONResponse:
                 "max_faces_per_request": s.max_faces_per_request,
                 "max_embeddings_per_body": s.max_embeddings_per_body,
                 "max_search_comparisons": s.max_search_comparisons,
+                # issue 28
+                "max_box_marks_per_request": s.max_box_marks_per_request,
+                "cluster_max_faces": s.cluster_max_faces,
+                "video_formats": s.video_formats,
+                "video_max_fps": s.video_max_fps,
+                "video_max_pixels_per_byte": s.video_max_pixels_per_byte,
+                "video_max_frames_per_sample": s.video_max_frames_per_sample,
+                "video_max_frame_bytes": s.video_max_frame_bytes,
+                "video_max_listeners": s.video_max_listeners,
             },
             # enforced per connection, before a route or the API key check (api/http_protocol.py)
             "http_limits": {

@@ -5,7 +5,10 @@ Parsing and serialising only: decoding, tracking and jobs live in facerest/video
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
 from facerest.api.access import BODY, Grant, allow
+from facerest.api.http_protocol import decimal_header
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.state import AppState
@@ -31,8 +35,11 @@ from facerest.imaging.sources import load_source
 from facerest.pipeline import ExtractOptions
 from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body, track_event
 from facerest.video.decode import Sampling, VideoLimits, VideoSource
-from facerest.video.jobs import JobManager, VideoJob
+from facerest.video.jobs import JobManager, Listener, VideoJob
 from facerest.video.tracker import Track, TrackerConfig, track_gap
+
+#: an event stream that stays silent this long gets a comment line (proxies close silent streams)
+KEEP_ALIVE_S = 15.0
 
 Fps = Field(None, ge=0.0, le=120.0, description="Frames sampled per second of video; 0: every frame.")
 
@@ -71,7 +78,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.facerest
     jobs = JobManager(state.analyzer, state.settings, state.events)
     app.state.video_jobs = jobs
-    app.state.video_job_owners = {}  # job id -> the name of the key that made it (issue 30)
     try:
         yield
     finally:
@@ -280,23 +286,19 @@ def _jobs(request: Request) -> JobManager:
     return request.app.state.video_jobs
 
 
-def _owners(request: Request) -> dict[str, str]:
-    return request.app.state.video_job_owners  # type: ignore[no-any-return]
-
-
-def _mine(request: Request, grant: Grant, job: VideoJob) -> bool:
+def _mine(grant: Grant, job: VideoJob) -> bool:
     """A job belongs to the key that made it; an admin of every gallery sees every job."""
-    return grant.principal.sees_everything or _owners(request).get(job.id) == grant.principal.name
+    return grant.principal.sees_everything or job.owner == grant.principal.name
 
 
-def _described(request: Request, job: VideoJob) -> dict[str, Any]:
-    return {**job.describe(), "owner": _owners(request).get(job.id)}
+def _described(job: VideoJob) -> dict[str, Any]:
+    return {**job.describe(), "owner": job.owner}
 
 
 def _own_job(request: Request, grant: Grant, job_id: str) -> VideoJob:
     """The job, when this key may see it; another key's job is answered as no job at all."""
     job = _jobs(request).get(job_id)
-    if not _mine(request, grant, job):
+    if not _mine(grant, job):
         raise NotFound(f"no video job {job_id!r}")
     return job
 
@@ -329,21 +331,21 @@ async def create_job(request: Request, grant: Grant = Depends(allow("stream", ga
             webhook=req.webhook,
             gallery=req.gallery,
             return_crops=req.return_crops,
+            owner=grant.principal.name,
         )
     )
-    _owners(request)[job.id] = grant.principal.name
-    return JSONResponse(_described(request, job), 201)
+    return JSONResponse(_described(job), 201)
 
 
 @router.get("/video/jobs", summary="The stream jobs of this key (an admin's: every one)")
 async def list_jobs(request: Request, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
-    mine = [_described(request, job) for job in _jobs(request).list() if _mine(request, grant, job)]
+    mine = [_described(job) for job in _jobs(request).list() if _mine(grant, job)]
     return JSONResponse({"jobs": mine})
 
 
 @router.get("/video/jobs/{job_id}", summary="A stream job's state and counters")
 async def get_job(request: Request, job_id: str, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
-    return JSONResponse(_described(request, _own_job(request, grant, job_id)))
+    return JSONResponse(_described(_own_job(request, grant, job_id)))
 
 
 @router.delete("/video/jobs/{job_id}", summary="Stop a stream job and free what it holds")
@@ -351,36 +353,63 @@ async def delete_job(request: Request, job_id: str, grant: Grant = Depends(allow
     jobs = _jobs(request)
     _own_job(request, grant, job_id)
     job = await anyio.to_thread.run_sync(lambda: jobs.delete(job_id))
-    owner = _owners(request).pop(job_id, None)
-    return JSONResponse({**job.describe(), "owner": owner, "deleted": True})
+    return JSONResponse({**_described(job), "deleted": True})
 
 
 @router.get(
     "/video/jobs/{job_id}/events",
     summary="Finished tracks and status changes as Server-Sent Events",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        429: {"description": "FACEREST_VIDEO_MAX_LISTENERS event streams are open"},
+    },
 )
 async def job_events(
     request: Request, job_id: str, grant: Grant = Depends(allow("stream"))
 ) -> StreamingResponse:
     """`event: track` carries one finished track (the body of /multipart/video/extract's tracks),
     `event: status` the job's status changes. The stream ends when the job does; reconnect with
-    `Last-Event-ID` to resume after the last event received."""
+    `Last-Event-ID` to resume after the last event received (a value that is not an event id
+    resumes from the first event kept)."""
+    jobs = _jobs(request)
     job = _own_job(request, grant, job_id)
-    last_event_id = request.headers.get("last-event-id")  # the SSE resume header, any client's
-    last = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    return StreamingResponse(_events(request, job, last), media_type="text/event-stream")
+    # the SSE resume header, any client's: ASCII digits only (int() raised on "²" and on 4301 digits)
+    last = decimal_header(request.headers.get("last-event-id")) or 0
+    listener = jobs.listen()  # before the answer starts: past the limit, a 429
+    events = _events(job, last, listener)
+    # an answer never sent never starts its generator, whose `finally` would free the place
+    weakref.finalize(events, listener.close)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
-async def _events(request: Request, job: VideoJob, last: int) -> AsyncIterator[bytes]:
-    while True:
-        for event in job.events_after(last):
-            last = event.id
-            yield f"id: {event.id}\nevent: {event.type}\ndata: ".encode() + orjson.dumps(event.data) + b"\n\n"
-        if job.finished and not job.events_after(last):
-            return
-        if await request.is_disconnected():
-            return
-        await anyio.to_thread.run_sync(job.wait, last, 1.0)
-        if not job.events_after(last):
-            yield b": keep-alive\n\n"  # proxies close connections that stay silent
+async def _events(job: VideoJob, last: int, listener: Listener) -> AsyncIterator[bytes]:
+    """The job's events after `last`, waiting on this loop for the next (no worker thread: 300
+    listeners held the thread pool that uploads wait on, issue 28). The stream ends with the
+    job, or is cancelled when the client goes (Starlette watches for the disconnect)."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def wake() -> None:  # from the job's thread
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(changed.set)
+
+    unsubscribe = job.subscribe(wake)
+    try:
+        while True:
+            changed.clear()
+            for event in job.events_after(last):
+                last = event.id
+                yield (
+                    f"id: {event.id}\nevent: {event.type}\ndata: ".encode()
+                    + orjson.dumps(event.data)
+                    + b"\n\n"
+                )
+            if job.finished and not job.events_after(last):
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), KEEP_ALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"  # proxies close connections that stay silent
+    finally:
+        unsubscribe()
+        listener.close()

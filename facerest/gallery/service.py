@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ from facerest.errors import (
     ModelMismatch,
     NoFace,
     NotFound,
+    Overloaded,
     SearchTooLarge,
     StorageUnavailable,
     TooManyEmbeddings,
+    TooManyFaces,
 )
 from facerest.events import Candidate, EventBus, FacesRecognized, GalleryChanged, SeenFace
 from facerest.gallery import calibration as calib
@@ -186,6 +189,10 @@ def same_photo(faces: Sequence[StoredFace]) -> list[tuple[int, int]]:
         else:
             first[face.image_hash] = face.face_id
     return pairs
+
+
+#: one clustering at a time per process: each holds memory in the square of its faces
+_CLUSTERING = threading.Lock()
 
 
 class GalleryService:
@@ -610,6 +617,24 @@ class GalleryService:
         number, as search follows its subjects: FACEREST_SEARCH_FPIR over the comparisons of a
         face with all the others."""
         info = self.require(gallery)
+        # issue 28: its memory grows with the square of the faces (10,000: +1.6 GB); counted before
+        # any is read, and one clustering at a time per process
+        count = dict(self.store.subjects(gallery)).get(UNSORTED, 0)
+        if count > self.settings.cluster_max_faces:
+            raise TooManyFaces(
+                f"gallery {gallery!r} has {count} unsorted faces; one clustering groups at most "
+                f"{self.settings.cluster_max_faces} (FACEREST_CLUSTER_MAX_FACES)"
+            )
+        if not _CLUSTERING.acquire(blocking=False):
+            raise Overloaded("another clustering is running on this server; retry shortly")
+        try:
+            return self._cluster(gallery, info, threshold, fmr, recluster)
+        finally:
+            _CLUSTERING.release()
+
+    def _cluster(
+        self, gallery: str, info: GalleryInfo, threshold: float | None, fmr: float | None, recluster: bool
+    ) -> tuple[Decision, list[PersonCluster]]:
         unsorted = self.store.faces(gallery, UNSORTED, with_embeddings=True)
         decision = self.decision(threshold, fmr, subjects=max(len(unsorted) - 1, 1))
         suggest = self._suggestions(gallery, info.faces, decision.threshold)
