@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import simplejpeg
@@ -34,13 +35,17 @@ from facerest.gallery.store import (
     ReviewBounds,
 )
 from facerest.imaging.crops import FaceCrop
+from facerest.models.align import arcface_matrix
 from facerest.models.recognition import Recognizer
+from facerest.pipeline import ExtractOptions, FaceAnalyzer
+from facerest.preparation import load_models
 
 SOURCE = ModelTag("w600k_mbf", "c5b029527cb6f874e057613fc10bae1b", 8)
 TARGET = ModelTag("sface_2021dec_int8bq", "605fd41aea0d81883ea90b78b62a5bea", 4)
 LANDMARKS = [[3.0, 3.0], [5.0, 3.0], [4.0, 4.0], [3.0, 5.0], [5.0, 5.0]]
 #: the index on from the first face: the moves must keep each process's index true
 INDEXED = IndexOptions(min_faces=1)
+SFACE = "sface_2021dec_int8bq"
 BOUNDS = ReviewBounds(100, 3600.0)
 
 
@@ -365,3 +370,77 @@ def same_as_on_the_crops(mover: Reembedder, people: dict[str, list[Path]], moved
     right = sum(names[i] == nearest[i] for i in others)
     print(f"\n{model} from the kept crops: nearest other face of the same person for {right}/{len(others)}")
     assert right == len(others)
+
+
+def alias_free(image: np.ndarray, landmarks: np.ndarray, factor: int = 8) -> np.ndarray:
+    """The ArcFace 112 crop of a face, warped at `factor` times the size and averaged down: no
+    source pixel skipped however large the face (the pipeline's one bilinear warp samples a face
+    hundreds of pixels wide every few pixels; docs/architecture.md, "Alignment")."""
+    matrix = arcface_matrix(np.asarray(landmarks, np.float32), 112) * factor
+    big = cv2.warpAffine(image, matrix, (112 * factor, 112 * factor), flags=cv2.INTER_LINEAR)
+    return cv2.resize(big, (112, 112), interpolation=cv2.INTER_AREA)
+
+
+def test_moved_vectors_are_sface_on_the_original_photos(analyzer, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every face of the shared sets enrolled by w600k_mbf (SCRFD's landmarks), moved to SFace from
+    its crop; each new vector compared with SFace on the original photo: at the same landmarks
+    without aliasing (what the crop should give: >= 0.99), with the pipeline's plain warp, and as
+    the commercial pack enrols it (YuNet's landmarks, plain warp)."""
+    settings = analyzer.settings.model_copy(update={"data_dir": tmp_path})
+    service = GalleryService(open_store(f"sqlite:///{tmp_path / 'gallery.db'}"), analyzer, settings)
+    commercial_settings = Settings(models_dir=models_dir, threads=2, model_pack="commercial")
+    commercial = FaceAnalyzer(load_models(commercial_settings), commercial_settings)
+    try:
+        photos = [
+            p
+            for set_name in ("deepface", "facerec_ageitgey")
+            for ps in shared_people(set_name).values()
+            for p in ps
+        ]
+        enrolled = {}
+        for n, path in enumerate(photos):
+            image = read_bgr(path)
+            [(_, face)] = service.enrol("shared", f"face-{n}", [image]).added
+            enrolled[f"face-{n}"] = (image, face.landmarks)
+        job, target = service.reembeds.prepare("shared", SFACE, into="shared-sface")
+        assert service.reembeds.run(job, target).faces == len(photos)
+        sface = service.reembeds.load_target(SFACE)
+        rows: dict[str, list[float]] = {"alias-free": [], "plain warp": [], "the commercial pack": []}
+        redetected: list[float] = []
+        aliasing: list[float] = []  # the photo's plain warp to its alias-free one: the reference's own noise
+        for subject, (image, landmarks) in enrolled.items():
+            [moved] = service.store.faces("shared-sface", subject, with_embeddings=True)
+            crops = [alias_free(image, landmarks), sface.recognizer.align(image, landmarks)]
+            clean, plain = service.reembeds._embed(sface, crops)
+            rows["alias-free"].append(float(moved.embedding @ clean))  # type: ignore[operator]
+            rows["plain warp"].append(float(moved.embedding @ plain))  # type: ignore[operator]
+            aliasing.append(float(clean @ plain))
+            [direct] = commercial.process([image], ExtractOptions(limit_faces=1))
+            rows["the commercial pack"].append(float(moved.embedding @ direct.faces[0].embedding))  # type: ignore[operator]
+            # the alternative not taken: YuNet run again on the crop for its own landmarks
+            [source] = service.store.faces("shared", subject)
+            crop = service.store.face_crop("shared", source.face_id)
+            [again] = commercial.process([crop.pixels()], ExtractOptions(limit_faces=1))  # type: ignore[union-attr]
+            redetected.append(float(again.faces[0].embedding @ direct.faces[0].embedding))  # type: ignore[operator]
+        service.reembeds.release(sface)
+        print(f"\ncosine of the {len(photos)} moved vectors to SFace on the original photos:")
+        for name, values in rows.items():
+            v = np.array(values)
+            print(
+                f"  {name:20s} mean {v.mean():.4f}  min {v.min():.4f}  "
+                f"5th percentile {np.percentile(v, 5):.4f}  below 0.99: {(v < 0.99).sum()}/{len(v)}"
+            )
+        v = np.array(aliasing)
+        print(
+            f"  (the plain warp of the photo to its alias-free warp: mean {v.mean():.4f}  min {v.min():.4f})"
+        )
+        v = np.array(redetected)
+        print(
+            "  (YuNet's landmarks found again on the crop instead, to the commercial pack's: "
+            f"mean {v.mean():.4f}  min {v.min():.4f})"
+        )
+        assert min(rows["alias-free"]) >= 0.99
+        assert np.mean(rows["the commercial pack"]) > v.mean()  # why the stored landmarks are used
+    finally:
+        commercial.close()
+        service.close()
