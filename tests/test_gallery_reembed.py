@@ -38,6 +38,7 @@ from facerest.imaging.crops import FaceCrop
 from facerest.models.align import arcface_matrix
 from facerest.models.recognition import Recognizer
 from facerest.pipeline import ExtractOptions, FaceAnalyzer
+from facerest.pipeline.scheduler import InferenceScheduler
 from facerest.preparation import load_models
 
 SOURCE = ModelTag("w600k_mbf", "c5b029527cb6f874e057613fc10bae1b", 8)
@@ -119,6 +120,7 @@ def test_a_move_in_place_switches_in_one_transaction_and_every_process_follows(
     wait_for_codes(mover, other)
     before = other.search("g", probe, 3)[0].matches
     assert before[0].subject == "bob" and before[0].similarity == pytest.approx(1.0, abs=1e-5)
+    held = getattr(other, "_matrices", {}).get("g")  # SQLite: the other process's copy of the faces
 
     # faces that keep no crop to align from would be lost: refused, nothing changed
     with pytest.raises(
@@ -157,6 +159,8 @@ def test_a_move_in_place_switches_in_one_transaction_and_every_process_follows(
     assert other.gallery("g").model == SOURCE  # type: ignore[union-attr]
     assert other.search("g", probe, 3)[0].matches == before
     assert other.reembed_job("g").done == 3  # type: ignore[union-attr]
+    if held is not None:  # the move's steps did not make it read every face again
+        assert other._matrices["g"] is held  # type: ignore[attr-defined]
 
     mover.reembed_put("g", "A", False, with_crops[3:], np.stack([new[i] for i in with_crops[3:]]))
     mover.reembed_put("g", "A", True, [review_id], unit(rng, 1, TARGET.dim))
@@ -444,3 +448,66 @@ def test_moved_vectors_are_sface_on_the_original_photos(analyzer, models_dir: Pa
     finally:
         commercial.close()
         service.close()
+
+
+def test_the_cli_moves_says_how_it_went_and_refuses_in_one_line(models_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from facerest.cli import app
+
+    url = f"sqlite:///{tmp_path / 'gallery.db'}"
+    store = open_store(url)
+    ids = fill(store, np.random.default_rng(35))
+    store.close()
+    env = {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_GALLERY_URL": url, "FACEREST_THREADS": "2"}
+    runner = CliRunner()
+
+    def cli(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, ["gallery", "reembed", "g", *args], env=env)
+        return result.exit_code, result.output
+
+    assert cli("--model", "nope")[0] == 1 and "error: unknown model 'nope'" in cli("--model", "nope")[1]
+    code, output = cli("--model", SFACE)
+    assert code == 1 and "error: 2 faces of gallery 'g' keep no crop" in output, output
+    assert cli("--status") == (1, "error: gallery 'g' has not been moved to another recognizer\n")
+    code, output = cli("--model", SFACE, "--into", "g2")
+    assert code == 0, output
+    assert "2 faces keep no picture and stay in the gallery" in output
+    assert f"faces without a picture: {ids['posted'][0]}, {ids['nolm'][0]}" in output
+    code, output = cli("--status")
+    assert (
+        code == 0
+        and f"g: done, w600k_mbf -> {SFACE} (128 dims, arcface alignment) into 'g2'; 6/6 faces" in output
+    )
+    assert cli("--cancel") == (1, "error: gallery 'g' has no unfinished move to cancel\n")
+
+
+def test_a_server_start_takes_up_a_move_whose_runner_died(url: str, models_dir: Path) -> None:
+    """What a server does at start (`Reembedder.resume_interrupted`): a move left running by a runner
+    that went silent is taken up once its lease has run out, and finished."""
+    sface = ModelTag(SFACE, "605fd41aea0d81883ea90b78b62a5bea", 128)
+    store = open_store(url)
+    scheduler = InferenceScheduler()
+    try:
+        fill(store, np.random.default_rng(36))
+        store.reembed_begin(ReembedJob("g", sface, "arcface", SOURCE, into="g2"), "dead", 60.0)
+        first = store.reembed_todo("g", False, 0, 2)
+        written = unit(np.random.default_rng(0), 2, 128)
+        store.reembed_put("g", "dead", False, [i for i, _ in first], written)
+        settings = Settings(models_dir=models_dir, threads=2, reembed_lease_s=2.0)
+        mover = Reembedder(lambda: store, settings, scheduler)
+        started = time.monotonic()
+        mover.resume_interrupted().join(60)
+        assert time.monotonic() - started > 1.0  # it waited for the dead runner's lease
+        deadline = time.monotonic() + 60
+        while (job := store.reembed_job("g")).state == "running" and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.1)
+        assert (job.state, job.faces, job.owner) == ("done", 6, None)  # type: ignore[union-attr]
+        assert store.gallery("g2").faces == 6  # type: ignore[union-attr]
+        # the two vectors the dead runner wrote were kept, not embedded again
+        kept = np.stack([f.embedding for f in store.faces("g2", "ann", with_embeddings=True)])  # ann's two
+        assert np.allclose(kept, written, atol=1e-6)
+        mover.close()
+    finally:
+        scheduler.close()
+        store.close()

@@ -66,7 +66,7 @@ def recognizer_tag(recognizer: Recognizer, settings: Settings) -> ModelTag:
 
 def shown_state(job: ReembedJob, lease_s: float, now: float | None = None) -> str:
     """running, interrupted (nobody runs it: its runner stopped or crashed; the next run takes it
-    up), done or failed."""
+    up), done or failed (or cancelled, as a run that lost its job to a cancel returns it)."""
     if job.state != "running":
         return job.state
     silent = (now or time.time()) - job.updated_at
@@ -268,8 +268,9 @@ class Reembedder:
         except NotOwner as exc:
             log.info("%s", exc.detail)
             found = store.reembed_job(gallery)
-            if found is None:
-                raise NotFound(f"the move of gallery {gallery!r} was cancelled") from exc
+            if found is None:  # cancelled, or the gallery deleted: said so, nothing stored
+                job.state = "cancelled"
+                return job
             return found
         except FaceRestError as exc:
             store.reembed_end(gallery, self.owner, exc.detail)

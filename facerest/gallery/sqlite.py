@@ -110,6 +110,9 @@ CREATE TABLE IF NOT EXISTS review_items (
 CREATE UNIQUE INDEX IF NOT EXISTS review_dedupe ON review_items (gallery, dedupe);
 CREATE INDEX IF NOT EXISTS review_by_group ON review_items (gallery, grp, id);
 CREATE INDEX IF NOT EXISTS review_by_age ON review_items (gallery, created_at);
+-- writes that changed what the in-memory matrices hold (a process reads them again after another's)
+CREATE TABLE IF NOT EXISTS searched_writes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+INSERT OR IGNORE INTO searched_writes (id, n) VALUES (0, 0);
 -- a gallery moving to another recognizer (issue 32): the new embeddings wait in next_embedding
 CREATE TABLE IF NOT EXISTS reembeds (
     gallery TEXT PRIMARY KEY REFERENCES galleries(name) ON DELETE CASCADE,
@@ -459,6 +462,8 @@ class SQLiteStore(GalleryStore):
         self._migrate()
         self._matrices: dict[str, _Matrix] = {}
         self._data_version = -1
+        self._searched_writes = -1  # writes that changed what the matrices hold, when last read
+        self._counted: int | None = None  # the count a write in progress found (see `_write`)
         with self._lock:
             self._refresh()
 
@@ -483,25 +488,46 @@ class SQLiteStore(GalleryStore):
         self._db.execute("COMMIT")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, searched: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; the caller holds the lock and updates the matrices after it commits.
 
         (Our own commits leave `data_version` unchanged, so the matrices are not read again.)
+        `searched` False: the write changes nothing the matrices hold (a re-embedding's vectors
+        waiting beside the old ones, its job): other processes need not read every face again,
+        which they would after each of a move's steps otherwise (issue 32).
         """
         self._refresh()
         self._db.execute("BEGIN IMMEDIATE")
+        self._counted = None
         try:
             yield self._db
+            if searched:
+                self._count_searched(self._db)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        if self._counted is not None and self._counted == self._searched_writes:
+            self._searched_writes += 1  # ours: nothing to read again for it
+
+    def _count_searched(self, db: sqlite3.Connection) -> None:
+        """In a write's transaction: it changed what the matrices hold (once per transaction)."""
+        if self._counted is None:
+            [self._counted] = db.execute("SELECT n FROM searched_writes").fetchone()
+            db.execute("UPDATE searched_writes SET n = n + 1")
 
     def _refresh(self) -> None:
-        """Reload the matrices when another process committed since we last looked."""
+        """Reload the matrices when another process committed, since we last looked, a write that
+        changed what they hold. (A process of a version before issue 32 counts no writes: run one
+        version against a file at a time.)"""
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
+        [searched] = self._db.execute("SELECT n FROM searched_writes").fetchone()
+        if searched == self._searched_writes:
+            self._data_version = version
+            return
+        self._searched_writes = searched
         # sized to fit: no doubling, no spare rows after a (re)load
         matrices = {
             name: _Matrix(ModelTag(model, md5, dim), count)
@@ -1213,7 +1239,7 @@ class SQLiteStore(GalleryStore):
 
     def reembed_begin(self, job: ReembedJob, owner: str, lease_s: float) -> ReembedJob:
         gallery, now = job.gallery, time.time()
-        with self._lock, self._write() as db:
+        with self._lock, self._write(searched=False) as db:
             row = db.execute(
                 "SELECT model, model_md5, dim FROM galleries WHERE name = ?", (gallery,)
             ).fetchone()
@@ -1307,7 +1333,7 @@ class SQLiteStore(GalleryStore):
     ) -> None:
         table, counter = ("review_items", "review_done") if review else ("faces", "done")
         vectors = np.asarray(vectors, np.float32)
-        with self._lock, self._write() as db:
+        with self._lock, self._write(searched=False) as db:
             job = self._job(db, gallery)
             if job is None or job.state != "running" or job.owner != owner:
                 raise NotOwner(f"the move of gallery {gallery!r} was cancelled or taken up by another runner")
@@ -1329,7 +1355,7 @@ class SQLiteStore(GalleryStore):
     def reembed_finish(self, gallery: str, owner: str) -> ReembedJob | None:
         now = time.time()
         with self._lock:
-            with self._write() as db:
+            with self._write(searched=False) as db:
                 job = self._job(db, gallery)
                 if job is None or job.state != "running" or job.owner != owner:
                     raise NotOwner(
@@ -1355,9 +1381,10 @@ class SQLiteStore(GalleryStore):
                     raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), job.source))
                 missing, count = self._missing(db, gallery, pending_only=True)
                 moved, dropped = 0, 0
+                if job.into is None and count and not job.drop_missing:
+                    raise Conflict(missing_crops(gallery, missing, count))
+                self._count_searched(db)  # the switch: every process reads the faces again
                 if job.into is None:
-                    if count and not job.drop_missing:
-                        raise Conflict(missing_crops(gallery, missing, count))
                     db.execute("DELETE FROM faces WHERE gallery = ? AND next_embedding IS NULL", (gallery,))
                     moved = db.execute(
                         "UPDATE faces SET embedding = next_embedding, next_embedding = NULL, model = ? "
@@ -1444,7 +1471,7 @@ class SQLiteStore(GalleryStore):
         self._sync_index(gallery, from_disk=False)
 
     def reembed_end(self, gallery: str, owner: str | None, error: str | None) -> bool:
-        with self._lock, self._write() as db:
+        with self._lock, self._write(searched=False) as db:
             job = self._job(db, gallery)
             if job is None or job.state != "running" or owner not in (None, job.owner):
                 return False
@@ -1455,7 +1482,7 @@ class SQLiteStore(GalleryStore):
         return True
 
     def reembed_cancel(self, gallery: str) -> bool:
-        with self._lock, self._write() as db:
+        with self._lock, self._write(searched=False) as db:
             job = self._job(db, gallery)
             if job is None or job.state == "done":
                 return False
