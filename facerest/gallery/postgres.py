@@ -1079,6 +1079,12 @@ class PostgresStore(GalleryStore):
                 job.done = min(job.done, job.faces)
         return job
 
+    def reembed_running(self) -> list[str]:
+        with self._pool.connection() as conn:
+            return [
+                r[0] for r in conn.execute("SELECT gallery FROM facerest_reembeds WHERE state = 'running'")
+            ]
+
     def reembed_todo(self, gallery: str, review: bool, after: int, limit: int) -> list[tuple[int, FaceCrop]]:
         if review:
             sql = (

@@ -342,8 +342,8 @@ class Reembedder:
             try:
                 waiting = [
                     job
-                    for info in self.store.galleries()
-                    if (job := self.store.reembed_job(info.name)) is not None and job.state == "running"
+                    for gallery in self.store.reembed_running()
+                    if (job := self.store.reembed_job(gallery)) is not None and job.state == "running"
                 ]
             except FaceRestError as exc:
                 log.warning("cannot look for interrupted re-embeddings: %s", exc.detail)

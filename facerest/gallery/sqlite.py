@@ -1312,6 +1312,10 @@ class SQLiteStore(GalleryStore):
                 job.done = min(job.done, job.faces)
             return job
 
+    def reembed_running(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT gallery FROM reembeds WHERE state = 'running'")]
+
     def reembed_todo(self, gallery: str, review: bool, after: int, limit: int) -> list[tuple[int, FaceCrop]]:
         if review:
             sql = (

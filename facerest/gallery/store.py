@@ -324,6 +324,10 @@ class GalleryStore(ABC):
         """The gallery's last re-embed, with its progress."""
 
     @abstractmethod
+    def reembed_running(self) -> list[str]:
+        """The galleries whose move is running (its runner alive or not)."""
+
+    @abstractmethod
     def reembed_todo(self, gallery: str, review: bool, after: int, limit: int) -> list[tuple[int, FaceCrop]]:
         """Up to `limit` faces (review items with `review`) by id after `after` that keep a crop with
         landmarks and have no new embedding yet, with their crops."""
