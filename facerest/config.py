@@ -608,6 +608,28 @@ class Settings(BaseSettings):
         "5,000 take ~0.5 GB for a moment); more: 413, checked before the faces are read.",
     )
 
+    # --- re-embedding: galleries that move to another recognizer (issue 32) ---
+    reembed_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Faces a gallery's re-embedding embeds again and writes per step, in one transaction: "
+        "the most work a crash costs it.",
+    )
+    reembed_pause_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=60.0,
+        description="Rest after each re-embedding step: leaves the cores to other work on the machine (the "
+        "server's own requests already go ahead of its batches).",
+    )
+    reembed_lease_s: float = Field(
+        60.0,
+        ge=1.0,
+        description="A re-embedding whose runner has written nothing for this long is taken up by the next "
+        "POST .../reembed, `facerest gallery reembed` or server start (its runner crashed).",
+    )
+
     @field_validator(
         "providers",
         "url_allowlist",
@@ -659,6 +681,15 @@ class Settings(BaseSettings):
         for name, value in MODEL_PACKS[self.model_pack].items():
             if name not in self.model_fields_set:
                 setattr(self, name, value)
+        return self
+
+    @model_validator(mode="after")
+    def _check_reembed(self) -> Settings:
+        if self.reembed_pause_s >= self.reembed_lease_s / 2:
+            raise ValueError(
+                "FACEREST_REEMBED_PAUSE_S must be under half of FACEREST_REEMBED_LEASE_S: a runner resting "
+                "that long would look crashed"
+            )
         return self
 
     @model_validator(mode="after")

@@ -25,8 +25,9 @@ from facerest.api.state import AppState
 from facerest.errors import BadInput, FaceRestError, StorageUnavailable, TooManyEmbeddings
 from facerest.gallery import gallery_url, index_options, open_store
 from facerest.gallery.pages import DEFAULT_PAGE, MAX_CURSOR, Page
+from facerest.gallery.reembed import shown_state
 from facerest.gallery.service import Enrolled, FoundFace, GalleryService, check_embedding_count
-from facerest.gallery.store import MAX_PAGE, MAX_TOP_K, UNSORTED, GalleryInfo, StoredFace
+from facerest.gallery.store import MAX_PAGE, MAX_TOP_K, UNSORTED, GalleryInfo, ReembedJob, StoredFace
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.gallery = GalleryService(
         store, state.analyzer, state.settings, store_error=reason, events=state.events
     )
+    if store is not None:  # moves a crashed server left are taken up once their lease runs out
+        state.gallery.reembeds.resume_interrupted()
     try:
         yield
     finally:
@@ -430,6 +433,101 @@ async def delete_face(
     grant.touched(faces=[face_id])
     await state.run(lambda: service.delete_face(gallery, face_id))
     return JSONResponse({"gallery": gallery, "face_id": face_id, "deleted": True})
+
+
+# --- moving a gallery to another recognizer (issue 32). Access rule for all three: admin (the
+# move changes which model answers for the gallery, and loads a model on the server) ---
+
+
+class ReembedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Catalogue name of the recognizer to move to (absent: take up the gallery's "
+        "unfinished move).",
+    )
+    into: Name | None = Field(
+        None, description="Make this new gallery instead of moving the gallery in place (it stays as it is)."
+    )
+    drop_missing: StrictBool = Field(
+        False,
+        description="In place: delete the faces that keep no crop to embed again (listed in `missing`) at "
+        "the switch; without it such a gallery is refused.",
+    )
+
+
+def reembed_body(job: ReembedJob, lease_s: float) -> dict[str, Any]:
+    return {
+        "gallery": job.gallery,
+        "state": shown_state(job, lease_s),
+        "model": job.target.name,
+        "model_md5": job.target.md5,
+        "dim": job.target.dim,
+        "alignment": job.alignment,
+        "from_model": job.source.name,
+        "from_model_md5": job.source.md5,
+        "into": job.into,
+        "drop_missing": job.drop_missing,
+        "faces": job.faces,
+        "done": job.done,
+        "missing": {"count": job.missing_count, "face_ids": job.missing},
+        "review_items": job.review_items,
+        "review_done": job.review_done,
+        "review_dropped": job.review_dropped,
+        "started_at": job.started_at,
+        "updated_at": job.updated_at,
+        "finished_at": job.finished_at,
+        "error": job.error,
+    }
+
+
+@router.post(
+    "/gallery/{gallery}/reembed",
+    openapi_extra=parsed_body(ReembedRequest),
+    status_code=202,
+    summary="Move a gallery to another recognizer, embedding its faces again from their pictures",
+    responses={
+        202: {"description": "The move began (or was taken up)", "content": {"application/json": {}}},
+        409: {
+            "description": "A move is under way or unfinished, `into` exists, or faces would be lost "
+            "(`drop_missing`)"
+        },
+    },
+)
+async def reembed(
+    request: Request, gallery: Name, grant: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
+    """In the background: searches answer from the old model until the switch (or `into` is made).
+    Unknown models, recognizers that do not fit, an existing `into` and faces that would be lost
+    are refused before anything changes. Asked again, it takes up an interrupted move."""
+    state, service = _service(request)
+    req: ReembedRequest = await parse_body(request, ReembedRequest)
+    if req.into is not None:  # a new gallery: the key must be allowed to make that one too
+        grant.require("manage", req.into)
+    job = await state.run(lambda: service.reembeds.start(gallery, req.model, req.into, req.drop_missing))
+    return JSONResponse(reembed_body(job, state.settings.reembed_lease_s), 202)
+
+
+@router.get("/gallery/{gallery}/reembed", summary="How a gallery's move to another recognizer is going")
+async def reembed_status(
+    request: Request, gallery: Name, _: Grant = Depends(allow("read", gallery="gallery"))
+) -> JSONResponse:
+    state, service = _service(request)
+    job = await state.run(lambda: service.reembeds.status(gallery))
+    return JSONResponse(reembed_body(job, state.settings.reembed_lease_s))
+
+
+@router.delete("/gallery/{gallery}/reembed", summary="Cancel a gallery's unfinished move")
+async def reembed_cancel(
+    request: Request, gallery: Name, _: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
+    """The embeddings written for it are deleted; the gallery stays as it was."""
+    state, service = _service(request)
+    await state.run(lambda: service.reembeds.cancel(gallery))
+    return JSONResponse({"gallery": gallery, "cancelled": True})
 
 
 @router.post(

@@ -1,5 +1,6 @@
-"""`facerest gallery import | export | list | erase-subject | export-subject | compact`: galleries from
-folders of photos, to and from JSON; a person's data erased or exported (issue 30)."""
+"""`facerest gallery import | export | list | reembed | erase-subject | export-subject | compact`:
+galleries from folders of photos, to and from JSON, and moved to another recognizer; a person's
+data erased or exported (issue 30)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from facerest.cli.common import fail
 from facerest.config import Settings
 from facerest.errors import FaceRestError, ModelMismatch
 
-app = typer.Typer(help="Face galleries: import folders of photos, export and list.", no_args_is_help=True)
+app = typer.Typer(
+    help="Face galleries: import folders of photos, export, list, move to another recognizer.",
+    no_args_is_help=True,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 #: images enrolled per call (one transaction each), enough to fill the recognizer's batches
@@ -182,6 +186,91 @@ def list_() -> None:
             typer.echo(f"{g.name}\t{g.model.name}\t{g.subjects} subjects\t{g.faces} faces")
     finally:
         store.close()
+
+
+@app.command()
+def reembed(
+    gallery: str = typer.Argument(..., help="Gallery to move."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Recognizer to move to (catalogue name); absent: take up the last move."
+    ),
+    into: str | None = typer.Option(None, "--into", help="Make this new gallery instead of moving in place."),
+    drop_missing: bool = typer.Option(
+        False, "--drop-missing", help="In place: delete the faces that keep no picture to embed again."
+    ),
+    status: bool = typer.Option(False, "--status", help="Only say how the gallery's move is going."),
+    cancel: bool = typer.Option(False, "--cancel", help="Cancel the unfinished move (the gallery stays)."),
+) -> None:
+    """Embed every face of GALLERY again with another recognizer, from the picture each face keeps.
+
+    Searches (of a server on the same storage) answer from the old model until the switch. Stopped
+    (Ctrl-C) or crashed, the next run takes up where it was; faces without a picture are listed.
+    """
+    from facerest.gallery.reembed import Reembedder, shown_state
+    from facerest.gallery.service import check_name
+    from facerest.pipeline.scheduler import InferenceScheduler
+
+    settings = Settings()
+    store = _store(settings)
+    scheduler = InferenceScheduler()
+    mover = Reembedder(lambda: store, settings, scheduler)
+    try:
+        if status or cancel:
+            if cancel:
+                mover.cancel(gallery)
+                typer.echo(f"the move of {gallery!r} is cancelled; the gallery is as it was")
+            else:
+                job = mover.status(gallery)
+                _print_move(job, shown_state(job, settings.reembed_lease_s))
+            return
+        if into is not None:
+            check_name("gallery", into)
+        job, target = mover.prepare(gallery, model, into, drop_missing)
+        if job.missing_count:
+            fate = "stay in the gallery, not in the new one" if job.into else "will be deleted at the switch"
+            missing = _ids(job.missing, job.missing_count)
+            typer.secho(
+                f"{job.missing_count} faces keep no picture and {fate}: {missing}",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+        with _progress() as progress:
+            what = f"{gallery} -> {job.target.name}" + (f" into {job.into}" if job.into else "")
+            task = progress.add_task(what, total=max(job.faces, job.done, 1), completed=job.done)
+
+            def advance(now) -> None:  # type: ignore[no-untyped-def]
+                progress.update(task, total=max(now.faces, now.done, 1), completed=now.done)
+
+            try:
+                done = mover.run(job, target, progress=advance)
+            except KeyboardInterrupt:
+                store.reembed_end(gallery, mover.owner, None)
+                fail(f"stopped; `facerest gallery reembed {gallery}` takes up where it was")
+                return
+        _print_move(done, shown_state(done, settings.reembed_lease_s))
+    except FaceRestError as exc:
+        fail(exc.detail)
+    finally:
+        scheduler.close()
+        store.close()
+
+
+def _ids(ids: list[int], count: int) -> str:
+    return ", ".join(map(str, ids)) + (f" and {count - len(ids)} more" if count > len(ids) else "")
+
+
+def _print_move(job, state: str) -> None:  # type: ignore[no-untyped-def]
+    where = "in place" if job.into is None else f"into {job.into!r}"
+    typer.echo(
+        f"{job.gallery}: {state}, {job.source.name} -> {job.target.name} ({job.target.dim} dims, "
+        f"{job.alignment} alignment) {where}; {job.done}/{job.faces} faces"
+    )
+    if job.missing_count:
+        typer.echo(f"faces without a picture: {_ids(job.missing, job.missing_count)}")
+    if job.review_dropped:
+        typer.echo(f"review items without a picture deleted: {job.review_dropped}")
+    if job.error:
+        typer.echo(f"error: {job.error}")
 
 
 # --- a person's data: erase it, export it (issue 30) ---

@@ -32,12 +32,15 @@ from facerest.errors import BackendUnavailable, Conflict, ModelMismatch, NotFoun
 from facerest.gallery import replica_codes
 from facerest.gallery.index import IndexOptions
 from facerest.gallery.store import (
+    MISSING_LISTED,
     UNSORTED,
     GalleryInfo,
     GalleryStore,
     ModelTag,
     NewFace,
     NewReviewItem,
+    NotOwner,
+    ReembedJob,
     ReviewBounds,
     ReviewItem,
     SearchResult,
@@ -47,6 +50,8 @@ from facerest.gallery.store import (
     checked_rename,
     like_pattern,
     mismatch_message,
+    missing_crops,
+    reembed_takes_up,
     review_dedupe,
     review_group,
 )
@@ -117,7 +122,45 @@ CREATE TABLE IF NOT EXISTS facerest_review_items (
 );
 CREATE INDEX IF NOT EXISTS facerest_review_by_group ON facerest_review_items (gallery, grp, id);
 CREATE INDEX IF NOT EXISTS facerest_review_by_age ON facerest_review_items (gallery, created_at);
+-- issue 32: a gallery moving to another recognizer; the new embeddings wait in next_embedding
+ALTER TABLE facerest_faces ADD COLUMN IF NOT EXISTS next_embedding vector;
+ALTER TABLE facerest_review_items ADD COLUMN IF NOT EXISTS next_embedding vector;
+CREATE TABLE IF NOT EXISTS facerest_reembeds (
+    gallery TEXT PRIMARY KEY REFERENCES facerest_galleries(name) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    model_md5 TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    alignment TEXT NOT NULL,
+    source_model TEXT NOT NULL,
+    source_md5 TEXT NOT NULL,
+    source_dim INTEGER NOT NULL,
+    into_gallery TEXT,
+    drop_missing BOOLEAN NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT,
+    started_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION,
+    error TEXT,
+    faces BIGINT NOT NULL DEFAULT 0,
+    done BIGINT NOT NULL DEFAULT 0,
+    missing BIGINT[] NOT NULL DEFAULT '{}',
+    missing_count BIGINT NOT NULL DEFAULT 0,
+    review_items BIGINT NOT NULL DEFAULT 0,
+    review_done BIGINT NOT NULL DEFAULT 0,
+    review_dropped BIGINT NOT NULL DEFAULT 0
+);
 """
+
+REEMBED_COLUMNS = (
+    "gallery, model, model_md5, dim, alignment, source_model, source_md5, source_dim, into_gallery, "
+    "drop_missing, state, owner, started_at, updated_at, finished_at, error, faces, done, missing, "
+    "missing_count, review_items, review_done, review_dropped"
+)
+#: a face's crop with landmarks (`c` is facerest_face_crops; a crop kept without landmarks holds
+#: JSON null there): what a re-embed aligns from; a review item's
+USABLE_CROP = "COALESCE(jsonb_typeof(c.landmarks), '') = 'array'"
+REVIEW_CROP = "jpeg IS NOT NULL AND COALESCE(jsonb_typeof(landmarks), '') = 'array'"
 
 #: a face's record (`f` is facerest_faces), as `_stored` reads it
 FACE_COLUMNS = (
@@ -186,6 +229,9 @@ SELECT to_regclass('facerest_review_by_age') IS NOT NULL
         WHERE attrelid = to_regclass('facerest_faces') AND attname IN ('quality', 'source', 'cover')) = 3
    AND EXISTS (SELECT 1 FROM pg_attribute
         WHERE attrelid = to_regclass('facerest_galleries') AND attname = 'version')
+   AND to_regclass('facerest_reembeds') IS NOT NULL
+   AND (SELECT count(*) FROM pg_attribute WHERE attname = 'next_embedding'
+        AND attrelid IN (to_regclass('facerest_faces'), to_regclass('facerest_review_items'))) = 2
 """
 
 # the schema is created once per database even when several replicas start together
@@ -990,6 +1036,320 @@ class PostgresStore(GalleryStore):
             ]
             self._ensure_index(model.dim)
             return self._insert(conn, gallery, model, [(subject, f) for f in faces], time.time())
+
+    # --- re-embedding: a gallery moving to another recognizer (issue 32) ---
+
+    @staticmethod
+    def _job(conn: Any, gallery: str, lock: bool = False) -> ReembedJob | None:
+        r = conn.execute(
+            f"SELECT {REEMBED_COLUMNS} FROM facerest_reembeds WHERE gallery = %s"  # type: ignore[arg-type]
+            + (" FOR UPDATE" if lock else ""),
+            (gallery,),
+        ).fetchone()
+        if r is None:
+            return None
+        return ReembedJob(
+            gallery=r[0],
+            target=ModelTag(r[1], r[2], r[3]),
+            alignment=r[4],
+            source=ModelTag(r[5], r[6], r[7]),
+            into=r[8],
+            drop_missing=bool(r[9]),
+            state=r[10],
+            owner=r[11],
+            started_at=r[12],
+            updated_at=r[13],
+            finished_at=r[14],
+            error=r[15],
+            faces=int(r[16]),
+            done=int(r[17]),
+            missing=[int(i) for i in r[18]],
+            missing_count=int(r[19]),
+            review_items=int(r[20]),
+            review_done=int(r[21]),
+            review_dropped=int(r[22]),
+        )
+
+    @staticmethod
+    def _missing(conn: Any, gallery: str, pending_only: bool) -> tuple[list[int], int]:
+        """(the first MISSING_LISTED, the number of) faces without a crop to align from; with
+        `pending_only`, of those also without a new embedding."""
+        pending = " AND f.next_embedding IS NULL" if pending_only else ""
+        ids = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT f.id FROM facerest_faces f LEFT JOIN facerest_face_crops c ON c.face_id = f.id "  # type: ignore[arg-type]
+                f"WHERE f.gallery = %s AND (c.face_id IS NULL OR NOT ({USABLE_CROP})){pending} ORDER BY f.id",
+                (gallery,),
+            )
+        ]
+        return ids[:MISSING_LISTED], len(ids)
+
+    @staticmethod
+    def _owned(conn: Any, gallery: str, owner: str) -> ReembedJob:
+        """The running job, locked to the commit; Conflict when it is not `owner`'s."""
+        job = PostgresStore._job(conn, gallery, lock=True)
+        if job is None or job.state != "running" or job.owner != owner:
+            raise NotOwner(f"the move of gallery {gallery!r} was cancelled or taken up by another runner")
+        return job
+
+    def reembed_begin(self, job: ReembedJob, owner: str, lease_s: float) -> ReembedJob:
+        gallery, now = job.gallery, time.time()
+        with self._pool.connection() as conn, conn.transaction():
+            row = replica_codes.lock_gallery(conn, gallery)
+            if row is None:
+                raise NotFound(f"no gallery {gallery!r}")
+            existing = self._job(conn, gallery, lock=True)
+            if reembed_takes_up(existing, job, owner, lease_s, now):
+                conn.execute(
+                    "UPDATE facerest_reembeds SET owner = %s, updated_at = %s, state = 'running', "
+                    "error = NULL, drop_missing = %s WHERE gallery = %s",
+                    (owner, now, job.drop_missing, gallery),
+                )
+                return self._job(conn, gallery)  # type: ignore[return-value]
+            if ModelTag(*row) != job.source:
+                raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), job.source))
+            if job.into is not None:
+                taken = conn.execute(
+                    "SELECT 1 FROM facerest_galleries WHERE name = %s UNION ALL SELECT 1 FROM "
+                    "facerest_reembeds WHERE into_gallery = %s AND state <> 'done'",
+                    (job.into, job.into),
+                ).fetchone()
+                if taken:
+                    raise Conflict(f"gallery {job.into!r} already exists (or is being made)")
+            missing, count = self._missing(conn, gallery, pending_only=False)
+            if count and job.into is None and not job.drop_missing:
+                raise Conflict(missing_crops(gallery, missing, count))
+            for table in ("facerest_faces", "facerest_review_items"):
+                conn.execute(
+                    f"UPDATE {table} SET next_embedding = NULL "  # type: ignore[arg-type]
+                    "WHERE gallery = %s AND next_embedding IS NOT NULL",
+                    (gallery,),
+                )
+            [review] = conn.execute(
+                f"SELECT COUNT(*) FROM facerest_review_items WHERE gallery = %s AND {REVIEW_CROP}",  # type: ignore[arg-type]
+                (gallery,),
+            ).fetchone()  # type: ignore[misc]
+            conn.execute("DELETE FROM facerest_reembeds WHERE gallery = %s", (gallery,))
+            conn.execute(
+                f"INSERT INTO facerest_reembeds ({REEMBED_COLUMNS}) VALUES ({', '.join(['%s'] * 23)})",  # type: ignore[arg-type]
+                (
+                    gallery,
+                    job.target.name,
+                    job.target.md5,
+                    job.target.dim,
+                    job.alignment,
+                    job.source.name,
+                    job.source.md5,
+                    job.source.dim,
+                    job.into,
+                    job.drop_missing,
+                    "running",
+                    owner,
+                    now,
+                    now,
+                    None,
+                    None,
+                    0,
+                    0,
+                    missing,
+                    count,
+                    0 if job.into is not None else int(review),
+                    0,
+                    0,
+                ),
+            )
+            return self._job(conn, gallery)  # type: ignore[return-value]
+
+    def reembed_job(self, gallery: str) -> ReembedJob | None:
+        with self._pool.connection() as conn:
+            job = self._job(conn, gallery)
+            if job is not None and job.state != "done":
+                job.faces = self._count(conn, gallery)[1]
+                job.done = min(job.done, job.faces)
+        return job
+
+    def reembed_running(self) -> list[str]:
+        with self._pool.connection() as conn:
+            return [
+                r[0] for r in conn.execute("SELECT gallery FROM facerest_reembeds WHERE state = 'running'")
+            ]
+
+    def reembed_todo(self, gallery: str, review: bool, after: int, limit: int) -> list[tuple[int, FaceCrop]]:
+        if review:
+            sql = (
+                "SELECT id, jpeg, width, height, landmarks FROM facerest_review_items WHERE gallery = %s "
+                f"AND id > %s AND next_embedding IS NULL AND {REVIEW_CROP} ORDER BY id LIMIT %s"
+            )
+        else:
+            sql = (
+                "SELECT f.id, c.jpeg, c.width, c.height, c.landmarks FROM facerest_faces f "
+                "JOIN facerest_face_crops c ON c.face_id = f.id WHERE f.gallery = %s AND f.id > %s "
+                f"AND f.next_embedding IS NULL AND {USABLE_CROP} ORDER BY f.id LIMIT %s"
+            )
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql, (gallery, after, limit)).fetchall()  # type: ignore[arg-type]
+        return [(int(r[0]), _crop(r[1:5])) for r in rows]  # type: ignore[misc]
+
+    def reembed_put(
+        self, gallery: str, owner: str, review: bool, ids: list[int], vectors: np.ndarray
+    ) -> None:
+        table, counter = ("facerest_review_items", "review_done") if review else ("facerest_faces", "done")
+        vectors = np.asarray(vectors, np.float32)
+        with self._pool.connection() as conn, conn.transaction():
+            job = self._owned(conn, gallery, owner)
+            if vectors.shape[1] != job.target.dim:
+                raise ModelMismatch(
+                    f"{job.target.name} gave {vectors.shape[1]} values; the move expects {job.target.dim}"
+                )
+            written = 0
+            for face_id, vector in zip(ids, vectors, strict=True):
+                written += conn.execute(
+                    f"UPDATE {table} SET next_embedding = %s WHERE gallery = %s AND id = %s",  # type: ignore[arg-type]
+                    (vector, gallery, face_id),
+                ).rowcount
+            conn.execute(
+                f"UPDATE facerest_reembeds SET updated_at = %s, {counter} = {counter} + %s "  # type: ignore[arg-type]
+                "WHERE gallery = %s",
+                (time.time(), written, gallery),
+            )
+
+    @_recounts
+    def reembed_finish(self, gallery: str, owner: str) -> ReembedJob | None:
+        now = time.time()
+        with self._pool.connection() as conn, conn.transaction():
+            # the gallery's row first (as every writer), then the job's
+            row = replica_codes.lock_gallery(conn, gallery)
+            job = self._owned(conn, gallery, owner)
+            [left] = conn.execute(
+                "SELECT COUNT(*) FROM facerest_faces f JOIN facerest_face_crops c ON c.face_id = f.id "  # type: ignore[arg-type]
+                f"WHERE f.gallery = %s AND f.next_embedding IS NULL AND {USABLE_CROP}",
+                (gallery,),
+            ).fetchone()  # type: ignore[misc]
+            if job.into is None:
+                left += conn.execute(
+                    "SELECT COUNT(*) FROM facerest_review_items WHERE gallery = %s "  # type: ignore[arg-type]
+                    f"AND next_embedding IS NULL AND {REVIEW_CROP}",
+                    (gallery,),
+                ).fetchone()[0]  # type: ignore[index]
+            if left:
+                return None
+            if row is None or ModelTag(*row) != job.source:
+                raise ModelMismatch(f"gallery {gallery!r} is no longer built with {job.source.name}")
+            missing, count = self._missing(conn, gallery, pending_only=True)
+            moved, dropped = 0, 0
+            if job.into is None:
+                if count and not job.drop_missing:
+                    raise Conflict(missing_crops(gallery, missing, count))
+                conn.execute(
+                    "DELETE FROM facerest_faces WHERE gallery = %s AND next_embedding IS NULL", (gallery,)
+                )
+                moved = conn.execute(
+                    "UPDATE facerest_faces SET embedding = next_embedding, next_embedding = NULL, model = %s "
+                    "WHERE gallery = %s",
+                    (job.target.name, gallery),
+                ).rowcount
+                dropped = conn.execute(
+                    "DELETE FROM facerest_review_items WHERE gallery = %s AND next_embedding IS NULL",
+                    (gallery,),
+                ).rowcount
+                conn.execute(
+                    "UPDATE facerest_review_items SET embedding = next_embedding, next_embedding = NULL "
+                    "WHERE gallery = %s",
+                    (gallery,),
+                )
+                # a new created_at: every replica loads the gallery's codes again (same ids, new vectors)
+                conn.execute(
+                    "UPDATE facerest_galleries SET model = %s, model_md5 = %s, dim = %s, created_at = %s "
+                    "WHERE name = %s",
+                    (job.target.name, job.target.md5, job.target.dim, now, gallery),
+                )
+            else:
+                made = conn.execute(
+                    "INSERT INTO facerest_galleries (name, model, model_md5, dim, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING name",
+                    (job.into, job.target.name, job.target.md5, job.target.dim, now),
+                ).fetchone()
+                if made is None:
+                    raise Conflict(
+                        f"gallery {job.into!r} was made meanwhile; the move cannot be done into it"
+                    )
+                old = [
+                    int(r[0])
+                    for r in conn.execute(
+                        "SELECT id FROM facerest_faces WHERE gallery = %s AND next_embedding IS NOT NULL "
+                        "ORDER BY id",
+                        (gallery,),
+                    )
+                ]
+                new = sorted(
+                    int(r[0])
+                    for r in conn.execute(
+                        "SELECT nextval(pg_get_serial_sequence('facerest_faces', 'id')) "
+                        "FROM generate_series(1, %s)",
+                        (len(old),),
+                    )
+                )
+                mapping = {"old": old, "new": new, "into": job.into, "model": job.target.name}
+                # each face and its crop copied inside the database, in the order they came
+                conn.execute(
+                    "INSERT INTO facerest_faces (id, gallery, subject, embedding, image_hash, bbox, prob, "
+                    "model, added_at, quality, source, cover) SELECT m.new_id, %(into)s, f.subject, "
+                    "f.next_embedding, f.image_hash, f.bbox, f.prob, %(model)s, f.added_at, f.quality, "
+                    "f.source, f.cover FROM unnest(%(old)s::bigint[], %(new)s::bigint[]) "
+                    "AS m(old_id, new_id) JOIN facerest_faces f ON f.id = m.old_id",
+                    mapping,
+                )
+                conn.execute(
+                    "INSERT INTO facerest_face_crops (face_id, jpeg, width, height, landmarks) "
+                    "SELECT m.new_id, c.jpeg, c.width, c.height, c.landmarks "
+                    "FROM unnest(%(old)s::bigint[], %(new)s::bigint[]) AS m(old_id, new_id) "
+                    "JOIN facerest_face_crops c ON c.face_id = m.old_id",
+                    mapping,
+                )
+                replica_codes.log_change(conn, job.into, new, [])
+                moved = len(old)
+                conn.execute(
+                    "UPDATE facerest_faces SET next_embedding = NULL "
+                    "WHERE gallery = %s AND next_embedding IS NOT NULL",
+                    (gallery,),
+                )
+            conn.execute(
+                "UPDATE facerest_reembeds SET state = 'done', owner = NULL, updated_at = %s, "
+                "finished_at = %s, faces = %s, done = %s, missing = %s, missing_count = %s, "
+                "review_dropped = %s WHERE gallery = %s",
+                (now, now, moved, moved, missing, count, dropped, gallery),
+            )
+            done = self._job(conn, gallery)
+        self._counts.pop(job.into or gallery, None)
+        self._ensure_index(job.target.dim)
+        return done
+
+    def reembed_end(self, gallery: str, owner: str | None, error: str | None) -> bool:
+        with self._pool.connection() as conn, conn.transaction():
+            job = self._job(conn, gallery, lock=True)
+            if job is None or job.state != "running" or owner not in (None, job.owner):
+                return False
+            conn.execute(
+                "UPDATE facerest_reembeds SET owner = NULL, state = %s, error = %s, updated_at = %s "
+                "WHERE gallery = %s",
+                ("failed" if error else "running", error, time.time(), gallery),
+            )
+        return True
+
+    def reembed_cancel(self, gallery: str) -> bool:
+        with self._pool.connection() as conn, conn.transaction():
+            job = self._job(conn, gallery, lock=True)
+            if job is None or job.state == "done":
+                return False
+            for table in ("facerest_faces", "facerest_review_items"):
+                conn.execute(
+                    f"UPDATE {table} SET next_embedding = NULL "  # type: ignore[arg-type]
+                    "WHERE gallery = %s AND next_embedding IS NOT NULL",
+                    (gallery,),
+                )
+            conn.execute("DELETE FROM facerest_reembeds WHERE gallery = %s", (gallery,))
+        return True
 
     def wait_for_indexes(self, timeout_s: float | None = None) -> bool:
         """Block until no gallery's codes are loading (tests, benchmarks); False when still loading."""

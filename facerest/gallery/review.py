@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from facerest.events import EventBus, FacesRecognized, SeenFace, TrackFinished
-from facerest.gallery.store import GalleryStore, NewReviewItem, ReviewBounds
+from facerest.gallery.store import GalleryStore, ModelTag, NewReviewItem, ReviewBounds
 from facerest.imaging.crops import FaceCrop
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,13 @@ class ReviewQueue:
         group_threshold: float,
         candidates: Callable[[str, SeenFace], list[tuple[str, float]]],
         margin: float = 0.0,
+        model: ModelTag | None = None,
     ) -> None:
         """`candidates(gallery, face)`: the closest subjects of a face that came without them (a
-        video track identified with top_k 1)."""
+        video track identified with top_k 1). `model`: the recognizer the faces come from; a
+        gallery built with another (moved to it meanwhile, issue 32) keeps none of them."""
         self._store = store
+        self.model = model
         self.bounds = bounds
         self.group_threshold = group_threshold
         self.margin = margin
@@ -78,6 +81,10 @@ class ReviewQueue:
                 self._keep(event.gallery, face, event.source, f"{event.ref} track {event.track}")
 
     def _keep(self, gallery: str, face: SeenFace, source: str, ref: str | None) -> None:
+        if self.model is not None:
+            info = self._store().gallery(gallery)
+            if info is None or info.model != self.model:
+                return
         crop = None
         if face.jpeg is not None and face.crop_size is not None:
             crop = FaceCrop(face.jpeg, face.crop_size[0], face.crop_size[1], face.landmarks)

@@ -34,12 +34,14 @@ from facerest.gallery import erasure
 from facerest.gallery.calibration import Calibration, Decision
 from facerest.gallery.pages import Page, decode_cursor, paged
 from facerest.gallery.people import UNSORTED, FeedbackStore, PersonCluster, check_faces, cluster_unsorted
+from facerest.gallery.reembed import Reembedder, recognizer_tag
 from facerest.gallery.review import ReviewQueue, wants_review
 from facerest.gallery.store import (
     GalleryInfo,
     GalleryStore,
     ModelTag,
     NewFace,
+    ReembedJob,
     ReviewBounds,
     ReviewItem,
     SearchResult,
@@ -55,7 +57,7 @@ from facerest.imaging.quality import Floors, Quality, shortfalls
 from facerest.logs import request_id
 from facerest.models.catalog import Catalog
 from facerest.models.faces import Face
-from facerest.models.store import ModelStore, md5_of
+from facerest.models.recognition import Recognizer
 from facerest.pipeline import ExtractOptions, FaceAnalyzer, ImageInput
 
 log = logging.getLogger(__name__)
@@ -216,11 +218,9 @@ class GalleryService:
         recognizer = analyzer.models.recognizer
         self.model: ModelTag | None = None
         self.default_threshold = FALLBACK_THRESHOLD
-        if recognizer is not None:
+        if isinstance(recognizer, Recognizer):
             entry = recognizer.entry
-            md5 = entry.main_file.md5 or md5_of(ModelStore(settings.models_dir).path(entry))
-            dim = getattr(recognizer, "dim", None)
-            self.model = ModelTag(entry.name, md5, dim if isinstance(dim, int) else 512)
+            self.model = recognizer_tag(recognizer, settings)
             if entry.verify_threshold is None:
                 log.warning(
                     "%s has no calibrated verify_threshold in the catalogue; using %.2f",
@@ -234,6 +234,15 @@ class GalleryService:
         #: writes through this server (a kept clustering is stale after one)
         self._generation = 0
         self._clusters: dict[str, tuple[tuple, float, Decision, list[PersonCluster]]] = {}
+        #: galleries moving to another recognizer (issue 32): its own threads, the target loaded
+        #: for a move and released after, batches through this server's scheduler
+        self.reembeds = Reembedder(
+            lambda: self.store,
+            settings,
+            analyzer.scheduler,
+            self._moved,
+            own=recognizer if isinstance(recognizer, Recognizer) else None,
+        )
         self.review: ReviewQueue | None = None
         if settings.people_review and store is not None and self.model is not None:
             self.review = ReviewQueue(
@@ -243,6 +252,7 @@ class GalleryService:
                 self.decision(fmr=settings.verify_fmr).threshold,
                 self._review_candidates,
                 settings.people_review_margin,
+                self.model,
             )
 
     @property
@@ -274,6 +284,7 @@ class GalleryService:
         return self._store
 
     def close(self) -> None:
+        self.reembeds.close()
         if self.review is not None:
             self.review.close()
         if self._store is not None:
@@ -471,6 +482,12 @@ class GalleryService:
                 mine = set(ids)
                 warnings = [p for p in same_photo(self.store.faces(gallery, subject)) if mine & set(p)]
         return Enrolled(list(zip(ids, new, strict=True)), failed, warnings)
+
+    def _moved(self, job: ReembedJob) -> None:
+        """A gallery moved to another recognizer (or a new gallery made by moving one)."""
+        self._changed(
+            job.into or job.gallery, "reembed", model=job.target.name, source=job.gallery, faces=job.faces
+        )
 
     def _changed(
         self, gallery: str, action: str, subject: str | None = None, ids: Sequence[int] = (), **detail: object

@@ -30,12 +30,15 @@ import numpy as np
 from facerest.errors import Conflict, ModelMismatch, NotFound
 from facerest.gallery.index import FaceIndex, IndexOptions, reconcile, wait_for_threads
 from facerest.gallery.store import (
+    MISSING_LISTED,
     UNSORTED,
     GalleryInfo,
     GalleryStore,
     ModelTag,
     NewFace,
     NewReviewItem,
+    NotOwner,
+    ReembedJob,
     ReviewBounds,
     ReviewItem,
     SearchResult,
@@ -44,6 +47,8 @@ from facerest.gallery.store import (
     checked_rename,
     like_pattern,
     mismatch_message,
+    missing_crops,
+    reembed_takes_up,
     review_dedupe,
     review_group,
     top_subjects,
@@ -72,7 +77,8 @@ CREATE TABLE IF NOT EXISTS faces (
     added_at REAL NOT NULL,
     quality REAL,
     source TEXT,
-    cover INTEGER NOT NULL DEFAULT 0
+    cover INTEGER NOT NULL DEFAULT 0,
+    next_embedding BLOB
 );
 CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
 -- a face owns its crop: written in the face's transaction, deleted with it (issue 29)
@@ -103,15 +109,61 @@ CREATE TABLE IF NOT EXISTS review_items (
     candidates TEXT NOT NULL,
     names TEXT NOT NULL,
     excluded TEXT NOT NULL DEFAULT '[]',
-    dedupe TEXT
+    dedupe TEXT,
+    next_embedding BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS review_dedupe ON review_items (gallery, dedupe);
 CREATE INDEX IF NOT EXISTS review_by_group ON review_items (gallery, grp, id);
 CREATE INDEX IF NOT EXISTS review_by_age ON review_items (gallery, created_at);
+-- writes that changed what the in-memory matrices hold (a process reads them again after another's)
+CREATE TABLE IF NOT EXISTS searched_writes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+INSERT OR IGNORE INTO searched_writes (id, n) VALUES (0, 0);
+-- a gallery moving to another recognizer (issue 32): the new embeddings wait in next_embedding
+CREATE TABLE IF NOT EXISTS reembeds (
+    gallery TEXT PRIMARY KEY REFERENCES galleries(name) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    model_md5 TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    alignment TEXT NOT NULL,
+    source_model TEXT NOT NULL,
+    source_md5 TEXT NOT NULL,
+    source_dim INTEGER NOT NULL,
+    into_gallery TEXT,
+    drop_missing INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    error TEXT,
+    faces INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    missing TEXT NOT NULL DEFAULT '[]',
+    missing_count INTEGER NOT NULL DEFAULT 0,
+    review_items INTEGER NOT NULL DEFAULT 0,
+    review_done INTEGER NOT NULL DEFAULT 0,
+    review_dropped INTEGER NOT NULL DEFAULT 0
+);
 """
 
-#: columns added to `faces` since issue 6, added to older databases at start
-ADDED_COLUMNS = (("quality", "REAL"), ("source", "TEXT"), ("cover", "INTEGER NOT NULL DEFAULT 0"))
+#: columns added since a table was first made, added to older databases at start
+ADDED_COLUMNS = {
+    "faces": (
+        ("quality", "REAL"),
+        ("source", "TEXT"),
+        ("cover", "INTEGER NOT NULL DEFAULT 0"),
+        ("next_embedding", "BLOB"),  # issue 32
+    ),
+    "review_items": (("next_embedding", "BLOB"),),
+}
+REEMBED_COLUMNS = (
+    "gallery, model, model_md5, dim, alignment, source_model, source_md5, source_dim, into_gallery, "
+    "drop_missing, state, owner, started_at, updated_at, finished_at, error, faces, done, missing, "
+    "missing_count, review_items, review_done, review_dropped"
+)
+#: a face's crop with landmarks (`c` is face_crops): what a re-embed aligns from; a review item's
+USABLE_CROP = "c.landmarks IS NOT NULL"
+REVIEW_CROP = "jpeg IS NOT NULL AND landmarks IS NOT NULL"
 
 #: a face's record (`f` is faces), as `_stored` reads it
 FACE_COLUMNS = (
@@ -416,6 +468,8 @@ class SQLiteStore(GalleryStore):
         self._migrate()
         self._matrices: dict[str, _Matrix] = {}
         self._data_version = -1
+        self._searched_writes = -1  # writes that changed what the matrices hold, when last read
+        self._counted: int | None = None  # the count a write in progress found (see `_write`)
         with self._lock:
             self._refresh()
 
@@ -426,11 +480,11 @@ class SQLiteStore(GalleryStore):
         one transaction, whichever process starts first)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            known = {r[1] for r in self._db.execute("PRAGMA table_info(faces)")}
-            if known:
-                for column, declaration in ADDED_COLUMNS:
+            for table, columns in ADDED_COLUMNS.items():
+                known = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                for column, declaration in columns if known else ():
                     if column not in known:
-                        self._db.execute(f"ALTER TABLE faces ADD COLUMN {column} {declaration}")
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
@@ -440,25 +494,46 @@ class SQLiteStore(GalleryStore):
         self._db.execute("COMMIT")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, searched: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; the caller holds the lock and updates the matrices after it commits.
 
         (Our own commits leave `data_version` unchanged, so the matrices are not read again.)
+        `searched` False: the write changes nothing the matrices hold (a re-embedding's vectors
+        waiting beside the old ones, its job): other processes need not read every face again,
+        which they would after each of a move's steps otherwise (issue 32).
         """
         self._refresh()
         self._db.execute("BEGIN IMMEDIATE")
+        self._counted = None
         try:
             yield self._db
+            if searched:
+                self._count_searched(self._db)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        if self._counted is not None and self._counted == self._searched_writes:
+            self._searched_writes += 1  # ours: nothing to read again for it
+
+    def _count_searched(self, db: sqlite3.Connection) -> None:
+        """In a write's transaction: it changed what the matrices hold (once per transaction)."""
+        if self._counted is None:
+            [self._counted] = db.execute("SELECT n FROM searched_writes").fetchone()
+            db.execute("UPDATE searched_writes SET n = n + 1")
 
     def _refresh(self) -> None:
-        """Reload the matrices when another process committed since we last looked."""
+        """Reload the matrices when another process committed, since we last looked, a write that
+        changed what they hold. (A process of a version before issue 32 counts no writes: run one
+        version against a file at a time.)"""
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
+        [searched] = self._db.execute("SELECT n FROM searched_writes").fetchone()
+        if searched == self._searched_writes:
+            self._data_version = version
+            return
+        self._searched_writes = searched
         # sized to fit: no doubling, no spare rows after a (re)load
         matrices = {
             name: _Matrix(ModelTag(model, md5, dim), count)
@@ -478,11 +553,14 @@ class SQLiteStore(GalleryStore):
             batch.append(row)
         if batch:
             self._load(matrices, batch)
-        self._matrices = matrices
+        before, self._matrices = self._matrices, matrices
         self._data_version = version
         for name in list(self._indexes):
             if name not in matrices:
                 self._drop_index(name)
+            elif name in before and before[name].model != matrices[name].model:
+                # moved to another recognizer by another process (issue 32): same ids, new vectors
+                self._forget_index(name)
         for name in matrices:
             self._sync_index(name, from_disk=name not in self._indexes)
 
@@ -516,7 +594,9 @@ class SQLiteStore(GalleryStore):
             return
         dim = matrix.vectors.shape[1]
         path = self._index_path(gallery)
-        current = FaceIndex.load(path, dim, options) if from_disk else self._indexes.get(gallery)
+        current = (
+            FaceIndex.load(path, dim, options, matrix.model.md5) if from_disk else self._indexes.get(gallery)
+        )
         index, what = reconcile(current, matrix.ids[: matrix.count], matrix.fetch, dim, options)
         assert index is not None  # nothing stops an inline build
         log.info("gallery %r index: %s", gallery, what)
@@ -546,16 +626,16 @@ class SQLiteStore(GalleryStore):
                     return
                 dim = matrix.vectors.shape[1]
                 ids = matrix.ids[: matrix.count].copy()
+                model = matrix.model.md5
             path = self._index_path(gallery)
             started = time.perf_counter()
-            index, what = reconcile(
-                FaceIndex.load(path, dim, options) if from_disk else None, ids, fetch, dim, options, abandoned
-            )
+            saved = FaceIndex.load(path, dim, options, model) if from_disk else None
+            index, what = reconcile(saved, ids, fetch, dim, options, abandoned)
             if index is None:
                 return
             log.info("gallery %r index (background): %s", gallery, what)
-            if index.dirty:
-                self._write_index_file(gallery, index)  # before it is shared: nothing else touches it
+            if index.dirty:  # before it is shared: nothing else touches it
+                self._write_index_file(gallery, index, model)
             with self._lock:
                 matrix = self._matrices.get(gallery)
                 if matrix is None or abandoned():
@@ -588,12 +668,12 @@ class SQLiteStore(GalleryStore):
             return gallery in self._building
 
     def _save_index(self, gallery: str) -> None:
-        self._write_index_file(gallery, self._indexes[gallery])
+        self._write_index_file(gallery, self._indexes[gallery], self._matrices[gallery].model.md5)
         self._changes_since_save[gallery] = 0
 
-    def _write_index_file(self, gallery: str, index: FaceIndex) -> None:
+    def _write_index_file(self, gallery: str, index: FaceIndex, model: str) -> None:
         try:
-            index.save(self._index_path(gallery))
+            index.save(self._index_path(gallery), model)
         except OSError as exc:  # derived data: a failed save costs a catch-up at the next start
             log.warning("could not save the index of gallery %r: %s", gallery, exc)
 
@@ -607,6 +687,13 @@ class SQLiteStore(GalleryStore):
         if done > max(len(index) // 10, 1000):
             self._save_index(gallery)
         return index
+
+    def _forget_index(self, gallery: str) -> None:
+        """Stop using the gallery's index (a build under way is discarded); its file stays: it
+        names the model it codes, and is only read back for that model."""
+        self._indexes.pop(gallery, None)
+        self._changes_since_save.pop(gallery, None)
+        self._generation[gallery] = self._generation.get(gallery, 0) + 1
 
     def _drop_index(self, gallery: str) -> None:
         self._indexes.pop(gallery, None)
@@ -1219,6 +1306,317 @@ class SQLiteStore(GalleryStore):
                     if not result.matches or result.matches[0].similarity < floor:
                         [results[i]] = matrix.search(queries[i : i + 1], top_k)
             return results
+
+    # --- re-embedding: a gallery moving to another recognizer (issue 32) ---
+
+    @staticmethod
+    def _job(db: sqlite3.Connection, gallery: str) -> ReembedJob | None:
+        r = db.execute(f"SELECT {REEMBED_COLUMNS} FROM reembeds WHERE gallery = ?", (gallery,)).fetchone()
+        if r is None:
+            return None
+        return ReembedJob(
+            gallery=r[0],
+            target=ModelTag(r[1], r[2], r[3]),
+            alignment=r[4],
+            source=ModelTag(r[5], r[6], r[7]),
+            into=r[8],
+            drop_missing=bool(r[9]),
+            state=r[10],
+            owner=r[11],
+            started_at=r[12],
+            updated_at=r[13],
+            finished_at=r[14],
+            error=r[15],
+            faces=r[16],
+            done=r[17],
+            missing=json.loads(r[18]),
+            missing_count=r[19],
+            review_items=r[20],
+            review_done=r[21],
+            review_dropped=r[22],
+        )
+
+    @staticmethod
+    def _missing(db: sqlite3.Connection, gallery: str, pending_only: bool) -> tuple[list[int], int]:
+        """(the first MISSING_LISTED, the number of) faces without a crop to align from; with
+        `pending_only`, of those also without a new embedding."""
+        pending = " AND f.next_embedding IS NULL" if pending_only else ""
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT f.id FROM faces f LEFT JOIN face_crops c ON c.face_id = f.id "
+                f"WHERE f.gallery = ? AND (c.face_id IS NULL OR NOT ({USABLE_CROP})){pending} ORDER BY f.id",
+                (gallery,),
+            )
+        ]
+        return ids[:MISSING_LISTED], len(ids)
+
+    def reembed_begin(self, job: ReembedJob, owner: str, lease_s: float) -> ReembedJob:
+        gallery, now = job.gallery, time.time()
+        with self._lock, self._write(searched=False) as db:
+            row = db.execute(
+                "SELECT model, model_md5, dim FROM galleries WHERE name = ?", (gallery,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no gallery {gallery!r}")
+            existing = self._job(db, gallery)
+            if reembed_takes_up(existing, job, owner, lease_s, now):
+                db.execute(
+                    "UPDATE reembeds SET owner = ?, updated_at = ?, state = 'running', error = NULL, "
+                    "drop_missing = ? WHERE gallery = ?",
+                    (owner, now, int(job.drop_missing), gallery),
+                )
+                return self._job(db, gallery)  # type: ignore[return-value]
+            if ModelTag(*row) != job.source:
+                raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), job.source))
+            if job.into is not None:
+                taken = db.execute(
+                    "SELECT 1 FROM galleries WHERE name = ? UNION ALL SELECT 1 FROM reembeds "
+                    "WHERE into_gallery = ? AND state <> 'done'",
+                    (job.into, job.into),
+                ).fetchone()
+                if taken:
+                    raise Conflict(f"gallery {job.into!r} already exists (or is being made)")
+            missing, count = self._missing(db, gallery, pending_only=False)
+            if count and job.into is None and not job.drop_missing:
+                raise Conflict(missing_crops(gallery, missing, count))
+            db.execute("UPDATE faces SET next_embedding = NULL WHERE gallery = ?", (gallery,))
+            db.execute("UPDATE review_items SET next_embedding = NULL WHERE gallery = ?", (gallery,))
+            [review] = db.execute(
+                f"SELECT COUNT(*) FROM review_items WHERE gallery = ? AND {REVIEW_CROP}", (gallery,)
+            ).fetchone()
+            db.execute("DELETE FROM reembeds WHERE gallery = ?", (gallery,))
+            db.execute(
+                f"INSERT INTO reembeds ({REEMBED_COLUMNS}) VALUES ({_placeholders([0] * 23)})",
+                (
+                    gallery,
+                    job.target.name,
+                    job.target.md5,
+                    job.target.dim,
+                    job.alignment,
+                    job.source.name,
+                    job.source.md5,
+                    job.source.dim,
+                    job.into,
+                    int(job.drop_missing),
+                    "running",
+                    owner,
+                    now,
+                    now,
+                    None,
+                    None,
+                    0,
+                    0,
+                    json.dumps(missing),
+                    count,
+                    0 if job.into is not None else review,
+                    0,
+                    0,
+                ),
+            )
+            return self._job(db, gallery)  # type: ignore[return-value]
+
+    def reembed_job(self, gallery: str) -> ReembedJob | None:
+        with self._lock:
+            self._refresh()
+            job = self._job(self._db, gallery)
+            if job is not None and job.state != "done":
+                matrix = self._matrices.get(gallery)
+                job.faces = 0 if matrix is None else matrix.count
+                job.done = min(job.done, job.faces)
+            return job
+
+    def reembed_running(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT gallery FROM reembeds WHERE state = 'running'")]
+
+    def reembed_todo(self, gallery: str, review: bool, after: int, limit: int) -> list[tuple[int, FaceCrop]]:
+        if review:
+            sql = (
+                "SELECT id, jpeg, width, height, landmarks FROM review_items WHERE gallery = ? AND id > ? "
+                f"AND next_embedding IS NULL AND {REVIEW_CROP} ORDER BY id LIMIT ?"
+            )
+        else:
+            sql = (
+                "SELECT f.id, c.jpeg, c.width, c.height, c.landmarks FROM faces f JOIN face_crops c "
+                "ON c.face_id = f.id WHERE f.gallery = ? AND f.id > ? AND f.next_embedding IS NULL "
+                f"AND {USABLE_CROP} ORDER BY f.id LIMIT ?"
+            )
+        with self._lock:
+            rows = self._db.execute(sql, (gallery, after, limit)).fetchall()
+        return [(int(r[0]), _crop(r[1:5])) for r in rows]  # type: ignore[misc]
+
+    def reembed_put(
+        self, gallery: str, owner: str, review: bool, ids: list[int], vectors: np.ndarray
+    ) -> None:
+        table, counter = ("review_items", "review_done") if review else ("faces", "done")
+        vectors = np.asarray(vectors, np.float32)
+        with self._lock, self._write(searched=False) as db:
+            job = self._job(db, gallery)
+            if job is None or job.state != "running" or job.owner != owner:
+                raise NotOwner(f"the move of gallery {gallery!r} was cancelled or taken up by another runner")
+            if vectors.shape[1] != job.target.dim:
+                raise ModelMismatch(
+                    f"{job.target.name} gave {vectors.shape[1]} values; the move expects {job.target.dim}"
+                )
+            written = 0
+            for face_id, vector in zip(ids, vectors, strict=True):
+                written += db.execute(
+                    f"UPDATE {table} SET next_embedding = ? WHERE gallery = ? AND id = ?",
+                    (vector.tobytes(), gallery, face_id),
+                ).rowcount
+            db.execute(
+                f"UPDATE reembeds SET updated_at = ?, {counter} = {counter} + ? WHERE gallery = ?",
+                (time.time(), written, gallery),
+            )
+
+    def reembed_finish(self, gallery: str, owner: str) -> ReembedJob | None:
+        now = time.time()
+        with self._lock:
+            with self._write(searched=False) as db:
+                job = self._job(db, gallery)
+                if job is None or job.state != "running" or job.owner != owner:
+                    raise NotOwner(
+                        f"the move of gallery {gallery!r} was cancelled or taken up by another runner"
+                    )
+                [left] = db.execute(
+                    "SELECT COUNT(*) FROM faces f JOIN face_crops c ON c.face_id = f.id "
+                    f"WHERE f.gallery = ? AND f.next_embedding IS NULL AND {USABLE_CROP}",
+                    (gallery,),
+                ).fetchone()
+                if job.into is None:
+                    left += db.execute(
+                        "SELECT COUNT(*) FROM review_items WHERE gallery = ? AND next_embedding IS NULL "
+                        f"AND {REVIEW_CROP}",
+                        (gallery,),
+                    ).fetchone()[0]
+                if left:
+                    return None
+                row = db.execute(
+                    "SELECT model, model_md5, dim FROM galleries WHERE name = ?", (gallery,)
+                ).fetchone()
+                if ModelTag(*row) != job.source:
+                    raise ModelMismatch(mismatch_message(gallery, ModelTag(*row), job.source))
+                missing, count = self._missing(db, gallery, pending_only=True)
+                moved, dropped = 0, 0
+                if job.into is None and count and not job.drop_missing:
+                    raise Conflict(missing_crops(gallery, missing, count))
+                self._count_searched(db)  # the switch: every process reads the faces again
+                if job.into is None:
+                    db.execute("DELETE FROM faces WHERE gallery = ? AND next_embedding IS NULL", (gallery,))
+                    moved = db.execute(
+                        "UPDATE faces SET embedding = next_embedding, next_embedding = NULL, model = ? "
+                        "WHERE gallery = ?",
+                        (job.target.name, gallery),
+                    ).rowcount
+                    dropped = db.execute(
+                        "DELETE FROM review_items WHERE gallery = ? AND next_embedding IS NULL", (gallery,)
+                    ).rowcount
+                    db.execute(
+                        "UPDATE review_items SET embedding = next_embedding, next_embedding = NULL "
+                        "WHERE gallery = ?",
+                        (gallery,),
+                    )
+                    db.execute(
+                        "UPDATE galleries SET model = ?, model_md5 = ?, dim = ? WHERE name = ?",
+                        (job.target.name, job.target.md5, job.target.dim, gallery),
+                    )
+                else:
+                    if db.execute("SELECT 1 FROM galleries WHERE name = ?", (job.into,)).fetchone():
+                        raise Conflict(
+                            f"gallery {job.into!r} was made meanwhile; the move cannot be done into it"
+                        )
+                    db.execute(
+                        "INSERT INTO galleries (name, model, model_md5, dim, created_at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (job.into, job.target.name, job.target.md5, job.target.dim, now),
+                    )
+                    ids = [
+                        r[0]
+                        for r in db.execute(
+                            "SELECT id FROM faces WHERE gallery = ? AND next_embedding IS NOT NULL "
+                            "ORDER BY id",
+                            (gallery,),
+                        )
+                    ]
+                    for face_id in ids:  # each face and its crop, in the order they came
+                        new_id = db.execute(
+                            "INSERT INTO faces (gallery, subject, embedding, image_hash, bbox, prob, "
+                            "model, added_at, quality, source, cover) SELECT ?, subject, next_embedding, "
+                            "image_hash, bbox, prob, ?, added_at, quality, source, cover FROM faces "
+                            "WHERE id = ?",
+                            (job.into, job.target.name, face_id),
+                        ).lastrowid
+                        db.execute(
+                            "INSERT INTO face_crops (face_id, jpeg, width, height, landmarks) "
+                            "SELECT ?, jpeg, width, height, landmarks FROM face_crops WHERE face_id = ?",
+                            (new_id, face_id),
+                        )
+                    moved = len(ids)
+                    db.execute("UPDATE faces SET next_embedding = NULL WHERE gallery = ?", (gallery,))
+                db.execute(
+                    "UPDATE reembeds SET state = 'done', owner = NULL, updated_at = ?, finished_at = ?, "
+                    "faces = ?, done = ?, missing = ?, missing_count = ?, review_dropped = ? "
+                    "WHERE gallery = ?",
+                    (now, now, moved, moved, json.dumps(missing), count, dropped, gallery),
+                )
+                done = self._job(db, gallery)
+            # committed: the moved gallery's matrix read again, its index made anew
+            self._reload(gallery if job.into is None else job.into)
+            if job.into is None:  # the old embeddings and the dropped faces leave the WAL (issue 30)
+                self._checkpoint()
+        return done
+
+    def _reload(self, gallery: str) -> None:
+        """The gallery's matrix read again from SQLite and its index rebuilt (the caller holds
+        the lock): its embeddings were all replaced, under the same face ids."""
+        row = self._db.execute(
+            "SELECT model, model_md5, dim FROM galleries WHERE name = ?", (gallery,)
+        ).fetchone()
+        [count] = self._db.execute("SELECT COUNT(*) FROM faces WHERE gallery = ?", (gallery,)).fetchone()
+        matrices = {gallery: _Matrix(ModelTag(*row), count)}
+        batch: list[tuple[str, str, int, bytes]] = []
+        for r in self._db.execute(
+            "SELECT gallery, subject, id, embedding FROM faces WHERE gallery = ? ORDER BY subject, id",
+            (gallery,),
+        ):
+            if batch and r[1] != batch[0][1]:
+                self._load(matrices, batch)
+                batch = []
+            batch.append(r)
+        if batch:
+            self._load(matrices, batch)
+        self._matrices[gallery] = matrices[gallery]
+        self._drop_index(gallery)
+        self._sync_index(gallery, from_disk=False)
+
+    def reembed_end(self, gallery: str, owner: str | None, error: str | None) -> bool:
+        with self._lock, self._write(searched=False) as db:
+            job = self._job(db, gallery)
+            if job is None or job.state != "running" or owner not in (None, job.owner):
+                return False
+            db.execute(
+                "UPDATE reembeds SET owner = NULL, state = ?, error = ?, updated_at = ? WHERE gallery = ?",
+                ("failed" if error else "running", error, time.time(), gallery),
+            )
+        return True
+
+    def reembed_cancel(self, gallery: str) -> bool:
+        with self._lock, self._write(searched=False) as db:
+            job = self._job(db, gallery)
+            if job is None or job.state == "done":
+                return False
+            db.execute(
+                "UPDATE faces SET next_embedding = NULL WHERE gallery = ? AND next_embedding IS NOT NULL",
+                (gallery,),
+            )
+            db.execute(
+                "UPDATE review_items SET next_embedding = NULL "
+                "WHERE gallery = ? AND next_embedding IS NOT NULL",
+                (gallery,),
+            )
+            db.execute("DELETE FROM reembeds WHERE gallery = ?", (gallery,))
+        return True
 
     def close(self) -> None:
         with self._lock:

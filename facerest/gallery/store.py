@@ -88,6 +88,43 @@ class ReviewItem:
     embedding: np.ndarray | None = None
 
 
+#: faces without a usable crop that a re-embed lists by id (their number is always given)
+MISSING_LISTED = 100
+
+
+@dataclass(slots=True)
+class ReembedJob:
+    """A gallery moving to another recognizer (issue 32; facerest/gallery/reembed.py).
+
+    The new embeddings are written beside the old ones (each row's `next_embedding`) while searches
+    keep using the old; the switch to them is one transaction. `into`: a new gallery is made from
+    them instead, and the gallery itself stays as it is."""
+
+    gallery: str
+    target: ModelTag
+    alignment: str  # the target's (Recognizer.alignment): how it was cut from each crop
+    source: ModelTag  # the gallery's model when the move began
+    into: str | None = None
+    drop_missing: bool = False  # in place: faces without a usable crop are deleted at the switch
+    state: str = "running"  # running | done | failed
+    owner: str | None = None  # the runner holding it (None: nobody; the next run takes it up)
+    started_at: float = 0.0
+    updated_at: float = 0.0  # the runner's last write: its heartbeat
+    finished_at: float | None = None
+    error: str | None = None
+    faces: int = 0  # the gallery's faces now (when done: those moved)
+    done: int = 0  # faces given their new embedding
+    #: faces that cannot be re-embedded (no crop: enrolled from an embedding or with
+    #: FACEREST_GALLERY_KEEP_CROPS off; or a crop without landmarks): the first MISSING_LISTED
+    #: ids and their number, as of the start (when done: as of the switch)
+    missing: list[int] = field(default_factory=list)
+    missing_count: int = 0
+    review_items: int = 0  # in place: queued review items with a crop, as of the start
+    review_done: int = 0
+    #: in place: review items without a crop deleted at the switch (their old embedding cannot stay)
+    review_dropped: int = 0
+
+
 @dataclass(slots=True)
 class GalleryInfo:
     name: str
@@ -294,6 +331,57 @@ class GalleryStore(ABC):
         in one transaction; the new face ids in the order of `ids`. NotFound (nothing done) when an
         item is not queued; Conflict when `require_new` and the subject exists."""
 
+    # --- re-embedding: a gallery moving to another recognizer (issue 32) ---
+
+    @abstractmethod
+    def reembed_begin(self, job: ReembedJob, owner: str, lease_s: float) -> ReembedJob:
+        """In one transaction: `job` recorded for `owner`, or the gallery's unfinished job to the
+        same target taken up (its runner silent for `lease_s`, or gone); the job as stored.
+        NotFound (no gallery), ModelMismatch (the gallery is no longer `job.source`), Conflict (a
+        runner is at it, another move is unfinished, `into` exists or is being made, or in place
+        faces without a usable crop would be lost without `drop_missing`): nothing changed then."""
+
+    @abstractmethod
+    def reembed_job(self, gallery: str) -> ReembedJob | None:
+        """The gallery's last re-embed, with its progress."""
+
+    @abstractmethod
+    def reembed_running(self) -> list[str]:
+        """The galleries whose move is running (its runner alive or not)."""
+
+    @abstractmethod
+    def reembed_todo(self, gallery: str, review: bool, after: int, limit: int) -> list[tuple[int, FaceCrop]]:
+        """Up to `limit` faces (review items with `review`) by id after `after` that keep a crop with
+        landmarks and have no new embedding yet, with their crops."""
+
+    @abstractmethod
+    def reembed_put(
+        self, gallery: str, owner: str, review: bool, ids: list[int], vectors: np.ndarray
+    ) -> None:
+        """The new embeddings of those rows that still exist, with the runner's heartbeat, in one
+        transaction; Conflict (nothing written) when the job is no longer `owner`'s (cancelled,
+        taken up by another runner, the gallery deleted)."""
+
+    @abstractmethod
+    def reembed_finish(self, gallery: str, owner: str) -> ReembedJob | None:
+        """The switch, in one transaction: in place, every face takes its new embedding and the
+        gallery the target model (faces without a usable crop deleted, with `drop_missing`; review
+        items without a crop deleted); with `into`, the new gallery made of the faces with new
+        embeddings (subjects, crops, quality, source, chosen pictures copied). None (nothing done)
+        while rows with a crop still lack a new embedding (enrolled meanwhile): embed them and
+        call again. Conflict when faces without a usable crop appeared and would be lost, or
+        `into` exists now; ModelMismatch when the gallery changed model meanwhile."""
+
+    @abstractmethod
+    def reembed_end(self, gallery: str, owner: str | None, error: str | None) -> bool:
+        """The runner lets go: `error` set, the job failed (its new embeddings are kept: a run to
+        the same target resumes it); None, it stays running for the next run to take up at once.
+        `owner` None: whoever holds it. False when it was not the owner's."""
+
+    @abstractmethod
+    def reembed_cancel(self, gallery: str) -> bool:
+        """The unfinished job and every new embedding written for it gone; False when none."""
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -359,3 +447,44 @@ def checked_rename(gallery: str, subject: str, new_name: str, taken: bool, move:
     if moved == 0:
         raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
     return moved
+
+
+# --- re-embedding (issue 32): the rules every backend applies in its transaction ---
+
+
+class NotOwner(Conflict):
+    """A re-embed's runner wrote after losing its job (cancelled, taken up by another runner, the
+    gallery deleted): it stops, and nothing of that write is kept."""
+
+
+def reembed_takes_up(
+    existing: ReembedJob | None, job: ReembedJob, owner: str, lease_s: float, now: float
+) -> bool:
+    """Whether `job` continues the gallery's `existing` one (True) or starts anew (False);
+    Conflict when a runner is at it or another move is unfinished."""
+    if existing is None or existing.state == "done":
+        return False
+    gallery = job.gallery
+    if existing.owner not in (None, owner) and now - existing.updated_at < lease_s:
+        raise Conflict(
+            f"gallery {gallery!r} is being moved to {existing.target.name} by {existing.owner} "
+            f"(last heard {now - existing.updated_at:.0f} s ago); GET /gallery/{gallery}/reembed follows it"
+        )
+    if (existing.target, existing.into) != (job.target, job.into):
+        where = "in place" if existing.into is None else f"into {existing.into!r}"
+        raise Conflict(
+            f"gallery {gallery!r} has an unfinished move to {existing.target.name} ({where}, "
+            f"{existing.state}); cancel it first (DELETE /gallery/{gallery}/reembed, or "
+            f"`facerest gallery reembed {gallery} --cancel`)"
+        )
+    return True
+
+
+def missing_crops(gallery: str, ids: list[int], count: int) -> str:
+    shown = ", ".join(map(str, ids[:10])) + (", ..." if count > 10 else "")
+    return (
+        f"{count} faces of gallery {gallery!r} keep no crop to embed again (enrolled from embeddings, "
+        f"with FACEREST_GALLERY_KEEP_CROPS off, or without landmarks; face ids {shown}): moved in "
+        "place they would be deleted. Send drop_missing: true (--drop-missing) to delete them at the "
+        "switch, or move into a new gallery (they stay in this one)"
+    )

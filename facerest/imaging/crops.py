@@ -31,6 +31,11 @@ class FaceCrop:
     height: int
     landmarks: list[list[float]] | None = None  # 5 [x, y], crop pixels
 
+    def pixels(self) -> np.ndarray:
+        """The crop decoded (BGR), as the image it was cut from was: what a recognizer aligns on
+        its landmarks to embed the face again (issue 32)."""
+        return simplejpeg.decode_jpeg(self.jpeg, colorspace="BGR")
+
 
 @dataclass(slots=True)
 class RawCrop:

@@ -7,11 +7,12 @@ import logging
 from pathlib import Path
 
 from facerest.config import Settings
-from facerest.errors import LicenceRefused
+from facerest.errors import BadInput, FeatureUnavailable, LicenceRefused, ModelError, ModelMissing
 from facerest.models import LoadedModels, build_detector, build_face_model
 from facerest.models.base import FaceModel
 from facerest.models.catalog import CatalogEntry
 from facerest.models.detection.base import Detector
+from facerest.models.recognition import Recognizer
 from facerest.models.store import ModelStore
 from facerest.preparation.sessions import engine_for, open_session, session_name
 from facerest.runtime.base import InferenceSession
@@ -119,6 +120,34 @@ def load_detector(entry: CatalogEntry, paths: list[Path], settings: Settings) ->
 def load_face_model(entry: CatalogEntry, paths: list[Path], settings: Settings) -> FaceModel:
     sessions = _sessions(entry, paths, settings)
     return build_face_model(entry, sessions, paths[0], antialias=settings.align_antialias)
+
+
+def load_recognizer(name: str, settings: Settings) -> Recognizer:
+    """One recognizer besides the models in use, by catalogue name, through the same preparation
+    (files fetched or converted, the licence guard, the runtime's sessions): what a gallery moving
+    to another recognizer embeds with (issue 32). BadInput when `name` is not a recognizer;
+    FeatureUnavailable when its files cannot be had here or its licence is refused."""
+    store = ModelStore(settings.models_dir)
+    try:
+        entry = store.entry(name)
+    except ModelMissing as exc:
+        raise BadInput(exc.detail) from exc
+    if entry.task != "recognition":
+        raise BadInput(f"{name!r} is a {entry.task} model, not a face recognizer")
+    if settings.commercial_use and entry.commercial_use is not True:
+        raise FeatureUnavailable(
+            f"FACEREST_COMMERCIAL_USE=true, but the licence of {name} ({entry.licence_shown}) does not "
+            "allow commercial use (or is not known)"
+        )
+    try:
+        paths = store.ensure(name, download=settings.auto_download, converters=CONVERTERS)
+        model = load_face_model(entry, paths, settings)
+    except ModelError as exc:
+        raise FeatureUnavailable(f"{name} cannot be loaded here: {exc.detail}") from exc
+    if not isinstance(model, Recognizer):
+        raise BadInput(f"{name!r} is not a face recognizer")
+    log.info("%s loaded on %s", name, model.session.backend)
+    return model
 
 
 def load_models(settings: Settings) -> LoadedModels:
