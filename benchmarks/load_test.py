@@ -15,6 +15,12 @@ hostile requests of issue 14 mixed in (a JPEG of 1500 scans, tiny PNGs with max_
 threshold 0, a 64 MiB header, idle and half-sent connections, 40,000 posted embeddings and a
 search of 1000 embeddings against a 10,000-face gallery), and compares the p95 latency of the
 well-formed Stallone.jpg requests in the two phases, with the server's memory after each.
+
+Issue 28's kinds join them: a video with a 16000x16000 12-bit frame, a dense-frame MP4 (3,000 4K
+frames in 0.1 s), an SDP upload naming a UDP port, floods of 100 idle event-stream listeners on a
+live job (an RTSP fake camera on 127.0.0.2, started here), 10,000 marked boxes, 64 marked boxes
+(the limit: each searched), 1,025 landmark marks, and clustering 5,000 unsorted faces (the limit).
+The server started here has streams on, 127.0.0.2 allowed.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ import numpy as np
 from facerest.serving.local import start_local_server, stop_local_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-# the hostile JPEG the tests send too
+# the hostile JPEG and videos, and the fake camera, the tests use too
+from fake_camera import RtspCamera
 from helpers import many_scans_jpeg
+from hostile_video import dense_video, giant_frame_video, sdp_file
 
 MAX_CLIENTS = 256
 MAX_DURATION_S = 600
@@ -51,6 +59,13 @@ STALLONE_KIND = "good: Stallone.jpg"
 #: how long a hostile idle or half-sent connection is held open (unless the server closes it)
 HOLD_S = 15.0
 HOSTILE_GALLERY = "loadtest"
+CLUSTER_GALLERY = "loadtest-unsorted"
+#: unsorted faces the cluster flood groups: FACEREST_CLUSTER_MAX_FACES's default
+CLUSTER_FACES = 5000
+#: idle listeners one flood opens on the live job's event stream (FACEREST_VIDEO_MAX_LISTENERS: 64)
+LISTENER_FLOOD = 100
+#: the server started here: live streams on, cameras on 127.0.0.2 allowed (the fake RTSP camera)
+HOSTILE_ENV = {"FACEREST_VIDEO_STREAMS_ENABLED": "true", "FACEREST_VIDEO_STREAM_ALLOWLIST": "127.0.0.2"}
 
 
 def photo(name: str) -> bytes:
@@ -119,14 +134,73 @@ def hostile_mix() -> list[tuple[str, float, dict | bytes | str]]:
     ]
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A multipart video upload (the hostile kinds of issue 28)."""
+
+    filename: str
+    data: bytes
+
+
+def marks_body(marks: list[dict]) -> dict:
+    return {"images": {"data": [b64(photo("players.jpg"))], "faces": [marks]}}
+
+
+def hostile_mix_28() -> list[tuple[str, float, dict | bytes | str | Upload]]:
+    """Issue 28's hostile kinds (about 13% of requests, with issue 14's another 18%)."""
+    boxes = [{"bbox": [i % 100 * 6, i // 100 * 6, i % 100 * 6 + 5, i // 100 * 6 + 5]} for i in range(10_000)]
+    corners = [
+        {"bbox": [5 + i % 8 * 12, 5 + i // 8 * 12, 13 + i % 8 * 12, 13 + i // 8 * 12]} for i in range(64)
+    ]
+    points = [[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]]
+    return [
+        ("hostile 28.1: 16000x16000 12-bit frame", 0.02, Upload("giant.mkv", giant_frame_video())),
+        ("hostile 28.2: dense-frame MP4", 0.02, Upload("dense.mp4", dense_video(3840, 2160, 3000))),
+        ("hostile 28.3: SDP upload", 0.02, Upload("camera.sdp", sdp_file(47_999))),
+        ("hostile 28.7: 100 idle listeners", 0.01, "listeners"),
+        ("hostile 28.11: 10,000 marked boxes", 0.02, marks_body(boxes)),
+        ("hostile 28.11: 64 marked boxes", 0.02, marks_body(corners)),
+        ("hostile 28.12: 1,025 landmark marks", 0.01, marks_body([{"landmarks": points}] * 1025)),
+        ("hostile 28.9: cluster 5,000 faces", 0.02, {"recluster": True}),
+    ]
+
+
 HOSTILE_PATHS = {
     "hostile 6: 40,000 embeddings": "/verify",
     "hostile 6: search 1000 x 10,000": f"/gallery/{HOSTILE_GALLERY}/search",
+    "hostile 28.9: cluster 5,000 faces": f"/gallery/{CLUSTER_GALLERY}/cluster",
 }
 
 
-async def raw_attack(url: str, attack: str) -> str:
+async def listener_flood(url: str, job_id: str) -> str:
+    """LISTENER_FLOOD idle listeners on the job's events, held HOLD_S; the statuses they got."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port or 80
+    request = f"GET /video/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+    async def one() -> tuple[str, asyncio.StreamWriter | None]:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), HOLD_S)
+        except (OSError, TimeoutError) as exc:
+            return type(exc).__name__, None
+        parts = line.split()
+        return (parts[1].decode() if len(parts) > 1 else "closed"), writer
+
+    opened = await asyncio.gather(*(one() for _ in range(LISTENER_FLOOD)))
+    await asyncio.sleep(HOLD_S)
+    for _, writer in opened:
+        if writer is not None:
+            writer.close()
+    counts = Counter(status for status, _ in opened)
+    return ",".join(f"{status}x{n}" for status, n in sorted(counts.items()))
+
+
+async def raw_attack(url: str, attack: str, job_id: str | None = None) -> str:
     """One raw-socket attack; the outcome: the status the server answered, or what it did."""
+    if attack == "listeners":
+        return await listener_flood(url, job_id) if job_id else "no live job"
     host, port = httpx.URL(url).host, httpx.URL(url).port or 80
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -152,8 +226,9 @@ async def raw_attack(url: str, attack: str) -> str:
         writer.close()
 
 
-async def prepare_hostile(client: httpx.AsyncClient) -> None:
-    """The 10,000-face gallery that the search attack runs against."""
+async def prepare_hostile(client: httpx.AsyncClient, camera_url: str | None) -> str | None:
+    """The 10,000-face gallery that the search attack runs against, the 5,000 unsorted faces the
+    cluster flood groups, and a live job on the fake camera for the listener floods (its id)."""
     await client.delete(f"/gallery/{HOSTILE_GALLERY}")
     for batch in range(10):
         response = await client.post(
@@ -161,6 +236,19 @@ async def prepare_hostile(client: httpx.AsyncClient) -> None:
             json={"embeddings": unit_rows(1000, 100 + batch)},
         )
         response.raise_for_status()
+    await client.delete(f"/gallery/{CLUSTER_GALLERY}")
+    for batch in range(CLUSTER_FACES // 1000):
+        response = await client.post(
+            f"/gallery/{CLUSTER_GALLERY}/faces", json={"embeddings": unit_rows(1000, 200 + batch)}
+        )
+        response.raise_for_status()
+    if camera_url is None:
+        return None
+    response = await client.post("/video/jobs", json={"url": camera_url, "fps": 0.5})
+    if response.status_code != 201:
+        print(f"no live job for the listener floods: {response.status_code} {response.text[:200]}")
+        return None
+    return str(response.json()["id"])
 
 
 @dataclass
@@ -175,7 +263,13 @@ class Tally:
 
 
 async def client_loop(
-    client: httpx.AsyncClient, mix: list, stop_at: float, tally: Tally, seed: int, url: str
+    client: httpx.AsyncClient,
+    mix: list,
+    stop_at: float,
+    tally: Tally,
+    seed: int,
+    url: str,
+    job_id: str | None = None,
 ) -> None:
     rng = random.Random(seed)
     kinds, weights = [m[0] for m in mix], [m[1] for m in mix]
@@ -185,14 +279,17 @@ async def client_loop(
         payload = bodies[kind]
         started = time.perf_counter()
         if isinstance(payload, str):
-            outcome = await raw_attack(url, payload)
+            outcome = await raw_attack(url, payload, job_id)
             tally.by_kind.setdefault(kind, Counter())[outcome] += 1
             if outcome.isdigit():
                 tally.statuses[int(outcome)] += 1
             continue
         try:
             path = HOSTILE_PATHS.get(kind, "/extract")
-            if isinstance(payload, bytes):
+            if isinstance(payload, Upload):
+                path = "/multipart/video/extract"
+                response = await client.post(path, files={"file": (payload.filename, payload.data)})
+            elif isinstance(payload, bytes):
                 response = await client.post(
                     path, content=payload, headers={"Content-Type": "application/json"}
                 )
@@ -242,18 +339,28 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def run(url: str, clients: int, duration_s: float, hostile: bool = False) -> Tally:
+async def run(
+    url: str,
+    clients: int,
+    duration_s: float,
+    hostile: bool = False,
+    camera_url: str | None = None,
+    kinds: tuple[str, ...] = ("14", "28"),
+) -> Tally:
     tally = Tally()
     mix: list = request_mix()
+    job_id = None
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120.0), limits=limits) as client:
         if hostile:
-            await prepare_hostile(client)
-            mix += hostile_mix()
+            job_id = await prepare_hostile(client, camera_url)
+            mix += (hostile_mix() if "14" in kinds else []) + (hostile_mix_28() if "28" in kinds else [])
         stop_at = time.monotonic() + duration_s
         await asyncio.gather(
-            *(client_loop(client, mix, stop_at, tally, seed, url) for seed in range(clients))
+            *(client_loop(client, mix, stop_at, tally, seed, url, job_id) for seed in range(clients))
         )
+        if job_id is not None:
+            await client.delete(f"/video/jobs/{job_id}")
     return tally
 
 
@@ -303,7 +410,12 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--queue-size", type=int, help="FACEREST_QUEUE_SIZE of the server started here")
     parser.add_argument(
-        "--hostile", action="store_true", help="run again with issue 14's hostile requests mixed in"
+        "--hostile", action="store_true", help="run again with issues 14's and 28's hostile requests mixed in"
+    )
+    parser.add_argument(
+        "--kinds",
+        default="14,28",
+        help="with --hostile: whose hostile kinds to mix in, issue 14's, 28's or both (default 14,28)",
     )
     parser.add_argument(
         "--log", type=Path, default=Path(tempfile.gettempdir()) / "facerest_load_test_server.log"
@@ -316,8 +428,11 @@ def main() -> int:
     url, pid = args.url, args.pid
     if url is None:
         extra = {"FACEREST_QUEUE_SIZE": str(args.queue_size)} if args.queue_size else {}
+        if args.hostile:
+            extra.update(HOSTILE_ENV)
         process, url = start_server(args.models_dir, extra, args.log)
         pid = process.pid
+    camera = RtspCamera("127.0.0.2") if args.hostile else None
     try:
         memory: dict[str, dict[str, int]] = {}
         if pid:
@@ -328,10 +443,12 @@ def main() -> int:
         status = report(tally, duration, clients, memory)
         if not args.hostile:
             return status
-        print("\n=== the same load with issue 14's hostile requests mixed in ===")
+        print(f"\n=== the same load with the hostile requests of issues {args.kinds} mixed in ===")
         calm = tally
         memory = {"before": memory["after"]} if pid else {}
-        tally = asyncio.run(run(url, clients, duration, hostile=True))
+        camera_url = camera.url() if camera is not None else None
+        kinds = tuple(k.strip() for k in args.kinds.split(","))
+        tally = asyncio.run(run(url, clients, duration, hostile=True, camera_url=camera_url, kinds=kinds))
         if pid:
             memory["after"] = memory_kib(pid)
         status = max(status, report(tally, duration, clients, memory))
@@ -344,6 +461,8 @@ def main() -> int:
             )
         return status
     finally:
+        if camera is not None:
+            camera.close()
         if process is not None:
             stop_local_server(process, timeout_s=60)
 

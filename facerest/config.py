@@ -6,13 +6,38 @@ or from a `.env` file in the working directory. Nothing else in the package read
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: FACEREST_MODEL_PACK (issue 32): the catalogue names each pack chooses for the model settings
+#: left unset. The models still come from the catalogue and go through the same preparation,
+#: scheduler and runtimes; "commercial" holds only weights whose licence allows commercial use.
+MODEL_PACKS: dict[str, dict[str, str]] = {
+    "default": {"det_name": "scrfd_500m_bnkps", "rec_name": "w600k_mbf", "ga_name": "age_gender_dlib"},
+    "commercial": {
+        "det_name": "yunet_2023mar_int8bq",
+        "rec_name": "sface_2021dec_int8bq",
+        "ga_name": "age_gender_dlib",
+    },
+}
+
+#: the containers a video file may be in, as FFmpeg names its demuxers (issue 28)
+DEFAULT_VIDEO_FORMATS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "asf", "ogg")
+
+
+class AccessKey(BaseModel):
+    """One hashed key given in the environment (FACEREST_ACCESS_KEYS); the key file holds the same."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@\-]+$")
+    role: Literal["viewer", "operator", "admin"]
+    galleries: list[str] | None = None  # None: every gallery
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 def _default_threads() -> int:
@@ -43,6 +68,19 @@ class Settings(BaseSettings):
     )
     auto_download: bool = Field(
         False, description="Download configured models that are missing at start (needs a network)."
+    )
+
+    # --- model packs and licences (issue 32) ---
+    model_pack: Literal["default", "commercial"] = Field(
+        "default",
+        description="Which models the model settings left unset name: default (InsightFace's SCRFD-500M "
+        "and w600k_mbf, non-commercial research only) or commercial (YuNet and SFace, MIT and Apache-2.0; "
+        "docs/models.md). FACEREST_DET_NAME and the others still override it.",
+    )
+    commercial_use: bool = Field(
+        False,
+        description="The service is used commercially: refuse to start while any model in use has a licence "
+        "that does not allow it (or an unknown one).",
     )
 
     # --- inference ---
@@ -125,7 +163,9 @@ class Settings(BaseSettings):
 
     # --- access ---
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Accepted X-API-Key values; empty: no key needed."
+        default_factory=list,
+        description="Accepted X-API-Key values, each an admin of every gallery; with no key here, in "
+        "FACEREST_ACCESS_KEYS or in the key file, no key is needed.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS; empty: none."
@@ -403,16 +443,12 @@ class Settings(BaseSettings):
         description="Answer DeepStack's face API at its own paths (/v1/vision/face, .../register, "
         ".../recognize, .../list, .../delete, .../match), as DeepStack and CodeProject.AI do.",
     )
-    compat_keys: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict,
-        description="The gallery each CompreFace x-api-key / DeepStack api_key reaches, as key=gallery pairs "
-        "separated by commas (or a JSON object): one server stands in for several services, and a key "
-        "never reaches another key's gallery. Other keys are refused unless FACEREST_API_KEYS has them.",
-    )
     compat_gallery: str = Field(
         "default",
-        description="The gallery of the CompreFace and DeepStack APIs for a FACEREST_API_KEYS key, or for a "
-        "request without a key on a server without FACEREST_API_KEYS.",
+        description="The gallery of the CompreFace and DeepStack APIs for a key of every gallery (an "
+        "admin's, a FACEREST_API_KEYS key, every request of a server without keys); a key scoped to one "
+        "gallery (`facerest keys create NAME --role operator --gallery G`) reaches that one: one "
+        "CompreFace service per key.",
     )
 
     # --- publishing: MQTT (issue 31) ---
@@ -506,32 +542,169 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=1.0, description="Enrolment refuses faces whose quality score is lower; 0: no check."
     )
 
+    # --- access: keys with roles and galleries, the audit trail, retention (issue 30) ---
+    access_keys_file: Path | None = Field(
+        None,
+        description="Hashed keys with roles and galleries, written by `facerest keys` and read again "
+        "whenever it changes (a revoked key is refused at once by every worker); unset: "
+        "data_dir/keys.json. Once the file exists (even empty) every request needs a key.",
+    )
+    access_keys: list[AccessKey] = Field(
+        default_factory=list,
+        description="Hashed keys given in the environment: a JSON list of objects {name, role, galleries, "
+        "sha256} (`facerest keys create --env` prints one).",
+    )
+    access_audit: bool = Field(
+        True,
+        description="Write the audit trail: one JSON line per gallery read or write and per refused "
+        "request (who, what, which gallery, subjects as pseudonyms, face ids, outcome).",
+    )
+    access_audit_dir: Path | None = Field(
+        None, description="Folder of the audit trail (one file per UTC day); unset: data_dir/audit."
+    )
+    access_audit_keep_days: int = Field(
+        365, ge=0, description="Days an audit file is kept before the server erases it; 0: forever."
+    )
+    retention_unsorted_days: float = Field(
+        0.0,
+        ge=0.0,
+        description="Days a face enrolled without a subject is kept before the server erases it; 0: forever.",
+    )
+    retention_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How often the server erases what the retention settings have expired (unsorted faces, "
+        "review items past FACEREST_PEOPLE_REVIEW_MAX_AGE_S, audit files).",
+    )
+
+    # --- people: face crops, the review queue, the console (issue 29) ---
+    gallery_keep_crops: bool = Field(
+        True,
+        description="Keep a JPEG crop of every face enrolled from an image (and of every review-queue face), "
+        "in the gallery store beside the face, deleted with it: what the console shows, and what another "
+        "recognizer can embed again. About 18 KB a face on disk at the default size; false: keep none.",
+    )
+    gallery_crop_size: int = Field(
+        256,
+        ge=64,
+        le=1024,
+        description="Longest side of a kept crop, pixels (a square twice the face's box, scaled to fit).",
+    )
+    people_review: bool = Field(
+        True,
+        description="Keep the faces that gallery searches, video requests and stream jobs could not name "
+        "(unknown, or named within FACEREST_PEOPLE_REVIEW_MARGIN of the decision) in a review queue per "
+        "gallery, for a person to assign, name or dismiss.",
+    )
+    people_review_max_items: int = Field(
+        1000, ge=1, le=100_000, description="Review-queue items a gallery keeps; the oldest go first."
+    )
+    people_review_max_age_s: float = Field(
+        604_800.0,
+        gt=0,
+        description="Seconds a review-queue item is kept (default a week): older ones are never listed and "
+        "are erased by the server (every FACEREST_RETENTION_INTERVAL_S, and as new items arrive).",
+    )
+    people_review_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="A face named with a similarity less than this above the decision threshold is queued "
+        "for review too (0: only unknown faces).",
+    )
+
+    # --- hostile input, round three (issue 28): every cost of video files, streams, event
+    # listeners, marked faces and clustering bounded and checked before the work starts ---
+    video_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_VIDEO_FORMATS),
+        description="Containers a video file may be in (FFmpeg demuxer names, comma separated); others "
+        "are refused before FFmpeg reads their header (an SDP file opens UDP sockets, a playlist fetches "
+        "URLs). Live HTTP streams may also be MJPEG (multipart or raw) or raw H.264/HEVC.",
+    )
+    video_max_fps: float = Field(
+        240.0,
+        gt=0,
+        description="Most frames decoded per second of video (of wall clock for live streams), from the "
+        "headers and then as frames come; more: 413 (a 0.34 s MP4 of 10,200 frames).",
+    )
+    video_max_pixels_per_byte: float = Field(
+        20_000.0,
+        gt=0,
+        description="Most pixels decoded per byte of a video file (all frames together; camera footage "
+        "decodes 100-2,000); more: 413. Bounds the decode work a small file can ask for.",
+    )
+    video_max_frames_per_sample: int = Field(
+        600,
+        ge=1,
+        description="Most frames decoded between two sampled frames (a 60 fps video sampled at 0.1 fps "
+        "decodes 600 per sample); more: 413, ask for a higher fps or key frames (which decode no other).",
+    )
+    video_max_frame_bytes: int = Field(
+        16_000_000,
+        ge=65_536,
+        description="Most bytes a live stream may send between two decoded frames (a 4K MJPEG frame is "
+        "2-6 MB); more ends the connection (a camera sending one endless frame grew memory ~100 MB/s).",
+    )
+    video_max_listeners: int = Field(
+        64,
+        ge=1,
+        description="Event-stream listeners (GET /video/jobs/{id}/events) open at once on this server "
+        "process; more: 429. A listener holds no thread.",
+    )
+    video_finished_jobs: int = Field(
+        16,
+        ge=0,
+        description="Stopped and failed stream jobs kept for GET /video/jobs (their last events "
+        "included); the oldest are forgotten past it.",
+    )
+    max_box_marks_per_request: int = Field(
+        64,
+        ge=1,
+        description="Most faces marked by a box alone in one /extract request (each may cost a detector "
+        "pass around its box); more: 413. All marks together count against FACEREST_MAX_FACES_PER_REQUEST.",
+    )
+    cluster_max_faces: int = Field(
+        5_000,
+        ge=2,
+        description="Most unsorted faces one clustering groups (its memory grows with their square: "
+        "5,000 take ~0.5 GB for a moment); more: 413, checked before the faces are read.",
+    )
+
+    # --- re-embedding: galleries that move to another recognizer (issue 32) ---
+    reembed_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Faces a gallery's re-embedding embeds again and writes per step, in one transaction: "
+        "the most work a crash costs it.",
+    )
+    reembed_pause_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=60.0,
+        description="Rest after each re-embedding step: leaves the cores to other work on the machine (the "
+        "server's own requests already go ahead of its batches).",
+    )
+    reembed_lease_s: float = Field(
+        60.0,
+        ge=1.0,
+        description="A re-embedding whose runner has written nothing for this long is taken up by the next "
+        "POST .../reembed, `facerest gallery reembed` or server start (its runner crashed).",
+    )
+
     @field_validator(
-        "providers", "url_allowlist", "api_keys", "cors_origins", "video_stream_allowlist", mode="before"
+        "providers",
+        "url_allowlist",
+        "api_keys",
+        "cors_origins",
+        "video_stream_allowlist",
+        "video_formats",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("compat_keys", mode="before")
-    @classmethod
-    def _key_pairs(cls, value: object) -> object:
-        """`key1=gallery1,key2=gallery2`, or a JSON object."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                return json.loads(text)
-            pairs = {}
-            for item in text.split(","):
-                if not item.strip():
-                    continue
-                key, sep, gallery = item.partition("=")
-                if not sep or not key.strip() or not gallery.strip():
-                    raise ValueError(f"FACEREST_COMPAT_KEYS entries are key=gallery; got {item.strip()!r}")
-                pairs[key.strip()] = gallery.strip()
-            return pairs
         return value
 
     @field_validator("gpus", mode="before")
@@ -564,6 +737,22 @@ class Settings(BaseSettings):
     def gpu_required(self) -> bool:
         """FACEREST_REQUIRE_GPU, defaulting to on when GPUs are named."""
         return bool(self.gpus) if self.require_gpu is None else self.require_gpu
+
+    @model_validator(mode="after")
+    def _apply_model_pack(self) -> Settings:
+        for name, value in MODEL_PACKS[self.model_pack].items():
+            if name not in self.model_fields_set:
+                setattr(self, name, value)
+        return self
+
+    @model_validator(mode="after")
+    def _check_reembed(self) -> Settings:
+        if self.reembed_pause_s >= self.reembed_lease_s / 2:
+            raise ValueError(
+                "FACEREST_REEMBED_PAUSE_S must be under half of FACEREST_REEMBED_LEASE_S: a runner resting "
+                "that long would look crashed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_precision(self) -> Settings:

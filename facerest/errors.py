@@ -95,6 +95,22 @@ class TooManyJobs(FaceRestError):
     code = "too_many_jobs"
 
 
+class TooManyListeners(FaceRestError):
+    """The server holds as many event streams open as FACEREST_VIDEO_MAX_LISTENERS allows."""
+
+    status_code = 429
+    code = "too_many_listeners"
+
+
+class TooManyFaces(BadInput):
+    """More faces marked by hand than a request may embed, or more unsorted faces than one
+    clustering may group (FACEREST_MAX_FACES_PER_REQUEST, _MAX_BOX_MARKS_PER_REQUEST,
+    _CLUSTER_MAX_FACES)."""
+
+    status_code = 413
+    code = "too_many_faces"
+
+
 class FeatureUnavailable(FaceRestError):
     """The request asks for a model the server was not started with."""
 
@@ -124,6 +140,13 @@ class Unauthorized(FaceRestError):
 class NotFound(FaceRestError):
     status_code = 404
     code = "not_found"
+
+
+class Forbidden(FaceRestError):
+    """The key is valid but its role or its galleries do not cover the request (issue 30)."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class Overloaded(FaceRestError):
@@ -169,6 +192,12 @@ class DownloadFailed(ModelError):
 
 class BackendUnavailable(ModelError):
     code = "backend_unavailable"
+
+
+class LicenceRefused(ModelError):
+    """FACEREST_COMMERCIAL_USE=true and a configured model's licence does not allow it (issue 32)."""
+
+    code = "licence_refused"
 
 
 class InferenceBackendError(FaceRestError):

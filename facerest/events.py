@@ -94,7 +94,7 @@ class GalleryChanged(Event):
     """Faces or subjects of a gallery were added, moved, renamed or deleted."""
 
     gallery: str
-    action: str  # enrol, delete_face, delete_subject, delete_gallery, rename, merge, move, review
+    action: str  # enrol, delete_face, delete_subject, delete_gallery, rename, merge, move, review, reembed
     subject: str | None = None
     face_ids: list[int] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)

@@ -36,6 +36,18 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def shared_people(set_name: str) -> dict[str, list[Path]]:
+    """A shared verification set's photos by identity (its identities.csv)."""
+    import csv
+
+    root = shared_path("verify", set_name)
+    people: dict[str, list[Path]] = {}
+    with (root / "identities.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            people.setdefault(row["identity"], []).append(root / row["img"])
+    return people
+
+
 def read_bgr(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert image is not None, path
@@ -110,4 +122,53 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
     with server.client() as c:
+        yield c
+
+
+# --- model packs (issue 32): the tests that exercise the models run once per pack. The default
+# pack's instances are the fixtures above; the commercial pack's are made once per session.
+PACKS = ["default", "commercial"]
+
+
+@pytest.fixture(scope="session", params=PACKS)
+def pack(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pack_settings(pack: str, models_dir: Path) -> Settings:
+    return Settings(models_dir=models_dir, threads=2, model_pack=pack)
+
+
+@pytest.fixture(scope="session")
+def pack_analyzer(pack: str, pack_settings: Settings, request: pytest.FixtureRequest) -> Iterator:
+    if pack == "default":
+        yield request.getfixturevalue("analyzer")
+        return
+    from facerest.pipeline import FaceAnalyzer
+    from facerest.preparation import load_models
+
+    analyzer = FaceAnalyzer(load_models(pack_settings), pack_settings)
+    yield analyzer
+    analyzer.close()
+
+
+@pytest.fixture(scope="session")
+def pack_server(
+    pack: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory, request
+) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    if pack == "default":
+        yield request.getfixturevalue("server")
+        return
+    log_dir = tmp_path_factory.mktemp(f"server-{pack}")
+    env = {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_MODEL_PACK": pack}
+    srv = start_server(env, log_dir / "server.log")
+    yield srv
+    stop_server(srv)
+    assert "Traceback" not in srv.log(), srv.log()
+
+
+@pytest.fixture
+def pack_client(pack_server: Server) -> Iterator[httpx.Client]:
+    with pack_server.client() as c:
         yield c

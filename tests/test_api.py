@@ -49,7 +49,10 @@ def test_health_is_ready(client):
     assert response.json()["status"] == "ok"
 
 
-def test_extract_v2_envelope(client):
+def test_extract_v2_envelope(pack, pack_client):
+    """Run with each model pack (issue 32): the answer has the same shape, the vector the pack
+    recognizer's dimension."""
+    client = pack_client
     body = {"images": {"data": [b64(YAO)]}, "return_landmarks": True, "verbose_timings": True}
     answer = client.post("/extract", json=body).json()
     assert set(answer["took"]) >= {"total_ms", "read_imgs_ms", "embed_all_ms"}
@@ -63,7 +66,7 @@ def test_extract_v2_envelope(client):
     assert face["num_det"] == 0
     assert 0.6 < face["prob"] <= 1
     vec = np.array(face["vec"])
-    assert vec.shape == (512,)
+    assert vec.shape == (EMBEDDING_DIMS[pack],)
     assert abs(np.linalg.norm(vec) - 1) < 1e-4
     assert face["norm"] > 1
     landmarks = np.array(face["landmarks"])
@@ -71,6 +74,10 @@ def test_extract_v2_envelope(client):
     # eyes above the nose, nose above the mouth, all inside the box
     assert landmarks[:2, 1].max() < landmarks[2, 1] < landmarks[3:, 1].min()
     assert (landmarks[:, 0] >= x1).all() and (landmarks[:, 0] <= x2).all()
+
+
+#: the dimension of each model pack's recognizer
+EMBEDDING_DIMS = {"default": 512, "commercial": 128}
 
 
 def test_extract_original_2020_format(client):

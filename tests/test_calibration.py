@@ -20,12 +20,29 @@ from facerest.errors import BadInput, OutsideCalibration
 from facerest.gallery import calibration as calib
 
 SHIPPED = ROOT / "facerest" / "models" / "calibration" / "w600k_mbf.json"
+#: every recognizer of the catalogue that installs here ships a calibration (issue 32)
+SHIPPED_ALL = sorted((ROOT / "facerest" / "models" / "calibration").glob("*.json"))
 
 
-def test_shipped_calibration_is_what_its_data_gives(settings: Settings) -> None:
-    """Must show 1: the catalogue's calibration recomputed from the data its file names."""
+def test_every_installable_recognizer_ships_a_calibration() -> None:
+    from facerest.models.catalog import Catalog
+    from facerest.models.store import embedded_path
+
+    installable = {
+        e.name
+        for e in Catalog.load()
+        if e.task == "recognition" and all(f.embedded and embedded_path(f.embedded) for f in e.files)
+    }
+    assert installable >= {"w600k_mbf", "sface_2021dec_int8bq", "dlib_resnet_v1"}
+    assert {p.stem for p in SHIPPED_ALL} >= installable
+
+
+@pytest.mark.parametrize("path", SHIPPED_ALL, ids=lambda p: p.stem)
+def test_shipped_calibration_is_what_its_data_gives(path: Path, models_dir: Path) -> None:
+    """Must show 1 (issue 20), and 2 of issue 32: each of the catalogue's calibrations recomputed
+    from the data its file names, with the detector it names."""
     shared_path("verify")  # skips without the shared test data
-    shipped = json.loads(SHIPPED.read_text())
+    shipped = json.loads(path.read_text())
     labelled, crowds = [], []
     for source in shipped["made_from"]["sources"]:
         if "labelled" in source:
@@ -33,7 +50,15 @@ def test_shipped_calibration_is_what_its_data_gives(settings: Settings) -> None:
         else:
             crowds.append(resolve_source(source["crowd"], ROOT.parent))
     pipeline = shipped["made_from"]["pipeline"]
-    assert (settings.det_name, settings.det_thresh) == (pipeline["detector"], pipeline["det_thresh"])
+    settings = Settings(
+        models_dir=models_dir,
+        threads=2,
+        det_name=pipeline["detector"],
+        det_thresh=pipeline["det_thresh"],
+        max_size=pipeline["max_size"],
+        align_antialias=pipeline["align_antialias"],
+        rec_name=shipped["model"],
+    )
     again, data, _ = build(labelled, crowds, settings)
     rebuilt = again.to_json()
     assert data.skipped == []
@@ -59,8 +84,12 @@ def test_shipped_calibration_is_what_its_data_gives(settings: Settings) -> None:
         assert new["impostor_pairs_above"] <= old["fmr"] * old["impostor_pairs"] + 1
     thresholds = [row["threshold"] for row in shipped["thresholds"]]
     assert thresholds == sorted(thresholds), "a smaller FMR must need a higher threshold"
-    assert shipped["thresholds"][1]["tmr"] >= 0.99  # FMR 1e-3, the verify default
-    assert (SHIPPED.with_suffix(".png")).stat().st_size > 10_000
+    # FMR 1e-3, the verify default: w600k_mbf separates the shared sets; the commercial
+    # recognizers do less well (docs/models.md), dlib's ResNet least
+    assert shipped["thresholds"][1]["tmr"] >= {"w600k_mbf": 0.99, "sface_2021dec_int8bq": 0.9}.get(
+        path.stem, 0.5
+    )
+    assert (path.with_suffix(".png")).stat().st_size > 10_000
 
 
 def synthetic(n_ids: int = 60, per_id: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]]:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,27 +19,68 @@ import numpy as np
 import pytest
 from conftest import Server, package_photo, shared_path, start_server, stop_server
 
-from facerest.api.compat import confidence, gallery_for_key
+from facerest.access.keys import key_digest
+from facerest.access.roles import Principal
+from facerest.api.access import key_gallery
+from facerest.api.compat import confidence
 from facerest.api.compreface import face_id_of, uuid_of
-from facerest.config import Settings
-from facerest.errors import Unauthorized
+from facerest.errors import Forbidden
 from facerest.gallery.calibration import decide, shipped
 
 KEY_A = "5f0b8c3e-0000-4000-8000-00000000000a"  # CompreFace's keys are UUIDs
 KEY_B = "5f0b8c3e-0000-4000-8000-00000000000b"
+VIEWER_A = "5f0b8c3e-0000-4000-8000-0000000000a1"  # may search and list "home", not enrol
+KEY_TWO = "5f0b8c3e-0000-4000-8000-000000000002"  # of two galleries: no one service
+ADMIN = "admin-key"  # FACEREST_API_KEYS: an admin of every gallery, FACEREST_COMPAT_GALLERY here
+AS_ADMIN = {"x-api-key": ADMIN}
+
+
+def _key(name: str, key: str, role: str, galleries: list[str]) -> dict[str, object]:
+    """A FACEREST_ACCESS_KEYS entry: how an operator keeps a CompreFace service's existing key."""
+    return {"name": name, "role": role, "galleries": galleries, "sha256": key_digest(key)}
+
+
+COMPAT = {"FACEREST_COMPREFACE_ENABLED": "true", "FACEREST_DEEPSTACK_ENABLED": "true"}
 ENV = {
-    "FACEREST_COMPREFACE_ENABLED": "true",
-    "FACEREST_DEEPSTACK_ENABLED": "true",
-    "FACEREST_COMPAT_KEYS": f"{KEY_A}=home,{KEY_B}=office",
+    **COMPAT,
+    "FACEREST_API_KEYS": ADMIN,
+    "FACEREST_COMPAT_GALLERY": "shared",
+    "FACEREST_ACCESS_KEYS": json.dumps(
+        [
+            _key("home", KEY_A, "operator", ["home"]),
+            _key("office", KEY_B, "operator", ["office"]),
+            _key("home-viewer", VIEWER_A, "viewer", ["home"]),
+            _key("two", KEY_TWO, "operator", ["home", "office"]),
+        ]
+    ),
 }
 #: Double-Take's defaults: a match from 60 %, "unknown" below 40 %
 MATCH, UNKNOWN = 0.6, 0.4
 
 
 @pytest.fixture(scope="module")
-def compat_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def compat_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compat-data")
+
+
+@pytest.fixture(scope="module")
+def compat_server(
+    models_dir: Path, compat_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Keys with roles and galleries (issue 30): one CompreFace service / DeepStack key per gallery."""
     log_dir = tmp_path_factory.mktemp("compat-server")
-    srv = start_server({"FACEREST_MODELS_DIR": str(models_dir), **ENV}, log_dir / "server.log")
+    env = {"FACEREST_MODELS_DIR": str(models_dir), "FACEREST_DATA_DIR": str(compat_data), **ENV}
+    srv = start_server(env, log_dir / "server.log")
+    yield srv
+    stop_server(srv)
+    assert "Traceback" not in srv.log(), srv.log()
+
+
+@pytest.fixture(scope="module")
+def open_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """No key anywhere: every request is an admin of every gallery (CodeProject.AI's clients)."""
+    log_dir = tmp_path_factory.mktemp("open-server")
+    srv = start_server({"FACEREST_MODELS_DIR": str(models_dir), **COMPAT}, log_dir / "server.log")
     yield srv
     stop_server(srv)
     assert "Traceback" not in srv.log(), srv.log()
@@ -90,20 +135,12 @@ def test_similarity_reads_the_decision_at_60_and_strangers_below_40() -> None:
 
 
 def test_a_key_reaches_exactly_one_gallery() -> None:
-    settings = Settings(compat_keys={"a": "home", "b": "office"})
-    assert gallery_for_key(settings, "a") == "home" and gallery_for_key(settings, "b") == "office"
-    assert gallery_for_key(settings, None) == "default"  # no FACEREST_API_KEYS: the server is open
-    with pytest.raises(Unauthorized):
-        gallery_for_key(settings, "c")
-    keyed = Settings(api_keys=["admin"], compat_keys={"a": "home"}, compat_gallery="shared")
-    assert gallery_for_key(keyed, "admin") == "shared" and gallery_for_key(keyed, "a") == "home"
-    for refused in (None, "", "b"):
-        with pytest.raises(Unauthorized):
-            gallery_for_key(keyed, refused)
-    assert Settings.model_validate({"compat_keys": "k1=g1, k2 = g2"}).compat_keys == {"k1": "g1", "k2": "g2"}
-    assert Settings.model_validate({"compat_keys": '{"k": "g"}'}).compat_keys == {"k": "g"}
-    with pytest.raises(ValueError):
-        Settings.model_validate({"compat_keys": "nogallery"})
+    """The gallery of a CompreFace / DeepStack request is the key's own (api/access.py)."""
+    assert key_gallery(Principal("home", "operator", frozenset({"home"})), "shared") == "home"
+    assert key_gallery(Principal("boss", "admin"), "shared") == "shared"  # a key of every gallery
+    assert key_gallery(Principal("two", "viewer", frozenset({"a", "shared"})), "shared") == "shared"
+    with pytest.raises(Forbidden, match="scoped to one gallery"):
+        key_gallery(Principal("two", "viewer", frozenset({"a", "b"})), "shared")
 
 
 def test_image_ids_are_uuids_that_name_face_ids() -> None:
@@ -229,7 +266,7 @@ def test_compreface_base64_and_embeddings(compat_server: Server) -> None:
 # --- must show 2: DeepStack clients from PyPI, and the posts Double-Take and CodeProject.AI send ---
 
 
-def test_deepstack_clients_register_recognize_list_delete(compat_server: Server) -> None:
+def test_deepstack_clients_register_recognize_list_delete(compat_server: Server, open_server: Server) -> None:
     import deepstack.core as deepstack_python
     from deepstack_sdk import Face, ServerConfig
 
@@ -283,8 +320,9 @@ def test_deepstack_clients_register_recognize_list_delete(compat_server: Server)
         removed = client.post(f"{url}/delete", data={"userid": alice, "api_key": KEY_B})
         assert removed.json()["success"] is True
 
-        # CodeProject.AI's clients (and Double-Take's aiserver detector) send no key: the default
-        # gallery of a server without FACEREST_API_KEYS; register takes image1..n, match image1/image2
+    # CodeProject.AI's clients (and Double-Take's aiserver detector) send no key: the default
+    # gallery of a server without keys; register takes image1..n, match image1/image2
+    with open_server.client() as client:
         client.post(f"{url}/delete", data={"userId": bob})
         registered = client.post(
             f"{url}/register",
@@ -327,7 +365,7 @@ def _deepstack_users(server: Server, key: str) -> list[str]:
 # --- must show 4: a key reaches only its own gallery, through both APIs ---
 
 
-def test_two_keys_two_galleries_through_both_apis(compat_server: Server) -> None:
+def test_two_keys_two_galleries_through_both_apis(compat_server: Server, compat_data: Path) -> None:
     root, by_person = people("facerec_ageitgey")
     (alice, alice_photos), (bob, bob_photos) = [(p, ph) for p, ph in by_person.items() if len(ph) >= 2][:2]
     with compat_server.client() as client:
@@ -377,13 +415,38 @@ def test_two_keys_two_galleries_through_both_apis(compat_server: Server) -> None
         assert client.get("/api/v1/recognition/subjects", headers={"x-api-key": KEY_A}).json()[
             "subjects"
         ] == [alice]
-        galleries = {g["name"]: g["subjects"] for g in client.get("/galleries").json()["galleries"]}
+        listed = client.get("/galleries", headers=AS_ADMIN).json()["galleries"]
+        galleries = {g["name"]: g["subjects"] for g in listed}
         assert galleries["home"] == 1 and galleries["office"] == 1
         # a key the server does not know reaches nothing
         unknown = client.get("/api/v1/recognition/subjects", headers={"x-api-key": str(uuid.uuid4())})
         assert unknown.status_code == 401 and unknown.json()["code"] == 10
         refused = client.post("/v1/vision/face/list", data={"api_key": "guess"})
         assert refused.status_code == 401 and refused.json()["error"] == "Incorrect api key"
+    # the audit trail (issue 30) has the compatibility APIs' reads and writes as the native API's
+    found = audit(compat_data, "--subject", alice)
+    assert ("home", "enrol", "home", "/api/v1/recognition/faces", "ok") in found
+    assert ("home", "read", "home", "/api/v1/recognition/subjects", "ok") in found
+    assert ("office", "delete", "office", "/v1/vision/face/delete", "ok") in found
+    assert all(gallery == key for key, _, gallery, _, _ in found), found  # never the other's
+    assert ("office", "enrol", "office", "/v1/vision/face/register", "ok") in audit(
+        compat_data, "--subject", bob
+    )
+
+
+def audit(data_dir: Path, *args: str) -> list[tuple[str, str, str, str, str]]:
+    """`facerest audit ... --json` as (key, action, gallery, route, outcome) rows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "facerest.cli", "audit", *args, "--json"],
+        env={**env, "FACEREST_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    return [(r["key"], r["action"], r["gallery"], r["route"], r["outcome"]) for r in rows]
 
 
 # --- bad input: their error shapes, never a 500 ---
@@ -470,13 +533,15 @@ def test_bad_input_gets_each_apis_error_shape(compat_server: Server) -> None:
     ]
     with compat_server.client() as client:
         for path, kwargs, error in deepstack_cases:
-            answer = client.post(f"/v1/vision/face{path}", **kwargs)
+            # the key as the header where the case's form has none (issue 30: every request has one)
+            headers = {**kwargs.pop("headers", {}), "x-api-key": KEY_A}  # type: ignore[dict-item]
+            answer = client.post(f"/v1/vision/face{path}", headers=headers, **kwargs)
             body = answer.json()
             assert 400 <= answer.status_code < 500 and body["success"] is False, (path, answer.text)
             assert error is None or body["error"] == error, (path, body)
         # many files in one form: bounded, refused in DeepStack's shape
         files = [("image", photo)] * 100
-        many = client.post("/v1/vision/face/register", files=files, data={"userid": "x"})
+        many = client.post("/v1/vision/face/register", files=files, data={"userid": "x", "api_key": KEY_A})
         assert many.status_code == 400 and many.json()["success"] is False, many.text
     assert "Traceback" not in compat_server.log()
 
@@ -498,52 +563,65 @@ def test_both_apis_are_off_by_default_and_listed_in_info(server: Server, compat_
         assert apis["compreface"] is False and apis["deepstack"] is False
         assert client.get("/info").json()["publishing"] == {"mqtt": None}
     with compat_server.client() as client:
-        apis = client.get("/info").json()["apis"]
+        apis = client.get("/info", headers=AS_ADMIN).json()["apis"]
         assert apis == {"facerest": True, "insightface_rest": True, "compreface": True, "deepstack": True}
 
 
-def test_keys_of_facerest_guard_both_apis(models_dir: Path, tmp_path: Path) -> None:
-    """With FACEREST_API_KEYS: a facerest key reaches FACEREST_COMPAT_GALLERY, a mapped key its
-    gallery, a request without one CompreFace's "missing header" and DeepStack's "incorrect key"."""
-    env = {
-        "FACEREST_MODELS_DIR": str(models_dir),
-        **ENV,
-        "FACEREST_API_KEYS": "admin-key",
-        "FACEREST_COMPAT_GALLERY": "shared",
-    }
-    srv = start_server(env, tmp_path / "server.log")
-    try:
-        with srv.client() as client:
-            missing = client.get("/api/v1/recognition/subjects")
-            assert missing.status_code == 400 and missing.json() == {
-                "message": "Missing header: x-api-key",
-                "code": 20,
-            }
-            assert client.post("/v1/vision/face/list").json()["error"] == "Incorrect api key"
-            ok = client.get("/api/v1/recognition/subjects", headers={"x-api-key": "admin-key"})
-            assert ok.status_code == 200 and ok.json() == {"subjects": []}
-            assert client.post("/v1/vision/face/list", data={"api_key": KEY_A}).json()["success"] is True
-            # the mapped key opens its compatibility API only, never facerest's own routes
-            assert client.get("/galleries", headers={"x-api-key": KEY_A}).status_code == 401
-            assert client.get("/galleries", headers={"x-api-key": "admin-key"}).status_code == 200
-    finally:
-        stop_server(srv)
-    assert "Traceback" not in srv.log()
+def test_keys_of_facerest_guard_both_apis(compat_server: Server) -> None:
+    """Issue 30's keys and rules guard both APIs, answered in each API's shape: no key is 401
+    (CompreFace's "missing header", DeepStack's "incorrect key"), a key of every gallery reaches
+    FACEREST_COMPAT_GALLERY, a viewer may list and search but not enrol (403), a key of two
+    galleries is no one service (403), and a service key is an ordinary facerest key on facerest's
+    own routes, limited to its gallery."""
+    photo = package_photo("yaoming.jpg").read_bytes()
+    with compat_server.client() as client:
+        missing = client.get("/api/v1/recognition/subjects")
+        assert missing.status_code == 401 and missing.json() == {
+            "message": "Missing header: x-api-key",
+            "code": 20,
+        }
+        refused = client.post("/v1/vision/face/list")
+        assert refused.status_code == 401 and refused.json()["error"] == "Incorrect api key"
+        ok = client.get("/api/v1/recognition/subjects", headers=AS_ADMIN)
+        assert ok.status_code == 200 and ok.json() == {"subjects": []}
+        assert client.post("/v1/vision/face/list", data={"api_key": ADMIN}).json()["success"] is True
+        # the header works for DeepStack too (the form field wins where both are sent)
+        assert client.post("/v1/vision/face/list", headers={"x-api-key": KEY_A}).json()["success"] is True
+        # a viewer of home: lists and searches, never enrols
+        viewer = {"x-api-key": VIEWER_A}
+        assert client.get("/api/v1/recognition/subjects", headers=viewer).status_code == 200
+        enrol = client.post(
+            "/api/v1/recognition/faces", params={"subject": "v"}, headers=viewer, files={"file": photo}
+        )
+        assert enrol.status_code == 403 and "needs the operator role" in enrol.json()["message"]
+        register = client.post(
+            "/v1/vision/face/register", files={"image": photo}, data={"userid": "v", "api_key": VIEWER_A}
+        )
+        assert register.status_code == 403 and register.json()["success"] is False
+        assert "needs the operator role" in register.json()["error"]
+        # a key of two galleries stands for no one service
+        two = client.get("/api/v1/recognition/subjects", headers={"x-api-key": KEY_TWO})
+        assert two.status_code == 403 and "scoped to one gallery" in two.json()["message"]
+        # facerest's own routes: the service key sees its gallery only
+        assert client.get("/galleries", headers={"x-api-key": KEY_A}).status_code == 200
+        assert client.get("/gallery/office", headers={"x-api-key": KEY_A}).status_code == 403
 
 
 def test_a_search_through_compreface_is_a_search(compat_server: Server) -> None:
     """The adapter calls the gallery service: what facerest's own API enrols, CompreFace finds."""
     with compat_server.client() as client:
-        client.delete("/gallery/home")
+        client.delete("/gallery/home", headers=AS_ADMIN)
         photo = package_photo("yaoming.jpg").read_bytes()
         import base64
 
         enrolled = client.post(
-            "/gallery/home/subjects/yao/faces", json={"images": {"data": [base64.b64encode(photo).decode()]}}
+            "/gallery/home/subjects/yao/faces",
+            json={"images": {"data": [base64.b64encode(photo).decode()]}},
+            headers=AS_ADMIN,
         )
         assert enrolled.status_code == 200, enrolled.text
         found = client.post(
             "/api/v1/recognition/recognize", headers={"x-api-key": KEY_A}, files={"file": photo}
         ).json()
         assert found["result"][0]["subjects"][0] == {"subject": "yao", "similarity": 1.0}
-        client.delete("/gallery/home")
+        client.delete("/gallery/home", headers=AS_ADMIN)

@@ -1,50 +1,27 @@
-"""The /demo page in a real browser: Debian's chromium driven by Playwright, against a real server.
-
-The browser is the system's /usr/bin/chromium (`make test` installs the Debian package when it can,
-scripts/ensure-chromium.sh); Playwright's own browser downloads are never used.
-"""
+"""The /demo page in a real browser: Debian's chromium driven by Playwright, against a real server
+(tests/browser.py says how the browser is found)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import httpx
-import numpy as np
 import pytest
+from browser import chromium, save_screenshot
 from conftest import ROOT, Server, package_photo
 from helpers import b64
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PLAYERS = package_photo("players.jpg")
 YAO = package_photo("yaoming.jpg")
 SCREENSHOT = ROOT / "docs" / "img" / "demo.png"
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency: make dev")
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"{CHROMIUM} is absent: `make test` installs Debian's chromium when apt-get is usable "
-            "(scripts/ensure-chromium.sh); install it with `apt-get install chromium`"
-        )
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -121,27 +98,7 @@ def test_demo_draws_the_faces_of_players(page, server: Server, tmp_path: Path):
     page.screenshot(path=str(shot))
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[1] == 1100
-    save_screenshot(image)
-
-
-def save_screenshot(image: np.ndarray) -> None:
-    """docs/img/demo.png, shown in the README: written when absent or when UPDATE_SCREENSHOTS=1.
-
-    Rewriting it on every run would leave a changed tracked file after each `make test`.
-    """
-    if SCREENSHOT.exists() and os.environ.get("UPDATE_SCREENSHOTS") != "1":
-        return
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image  # installed with scikit-image, a dev dependency
-
-    small = cv2.resize(
-        image, (image.shape[1] * 3 // 4, image.shape[0] * 3 // 4), interpolation=cv2.INTER_AREA
-    )
-    # a 128-colour palette keeps the committed PNG small (a third of the full-colour size)
-    palette = Image.fromarray(small[:, :, ::-1]).quantize(colors=128, dither=Image.Dither.NONE)
-    tmp = SCREENSHOT.with_suffix(".tmp.png")
-    palette.save(tmp, optimize=True)
-    shutil.move(tmp, SCREENSHOT)
+    save_screenshot(image, SCREENSHOT)
 
 
 def test_demo_reports_a_bad_file(page, server: Server, tmp_path: Path):

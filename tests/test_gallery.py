@@ -23,11 +23,11 @@ SETS = ["deepface", "facerec_ageitgey"]
 DEFAULT_FMR = Settings.model_fields["verify_fmr"].default
 
 
-def calibrated_threshold() -> float:
+def calibrated_threshold(model: str = "w600k_mbf") -> float:
     """The server's default /verify decision: the shipped calibration's threshold at FMR 1e-3."""
-    entry = Catalog.load().get("w600k_mbf")
+    entry = Catalog.load().get(model)
     assert entry is not None and entry.verify_threshold is not None  # the fallback without one
-    calibration = shipped("w600k_mbf")
+    calibration = shipped(model)
     assert calibration is not None
     return calibration.threshold_for(DEFAULT_FMR)
 
@@ -51,6 +51,16 @@ def largest(faces: list[dict]) -> dict:
 @pytest.fixture(scope="module")
 def embeddings(analyzer) -> dict[str, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
     """In-process largest-face embeddings of every shared photo, taken as test_correctness takes them."""
+    return embed_sets(analyzer)
+
+
+@pytest.fixture(scope="module")
+def pack_embeddings(pack_analyzer) -> dict[str, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """The same with each model pack's models (issue 32)."""
+    return embed_sets(pack_analyzer)
+
+
+def embed_sets(analyzer) -> dict[str, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
     out: dict[str, dict[str, np.ndarray]] = {}
     for set_name in SETS:
         root, people = identities(set_name)
@@ -82,15 +92,19 @@ def test_calibrated_threshold_separates_the_shared_sets(embeddings) -> None:  # 
 
 
 @pytest.mark.parametrize("set_name", SETS)
-def test_identification_rank1_and_unknowns(set_name, server: Server, embeddings) -> None:  # type: ignore[no-untyped-def]
-    """Enrol one photo per identity, search with every other photo; leave each identity out in turn."""
+def test_identification_rank1_and_unknowns(
+    set_name, pack_server: Server, pack_settings, pack_embeddings
+) -> None:  # type: ignore[no-untyped-def]
+    """Enrol one photo per identity, search with every other photo; leave each identity out in
+    turn. With each model pack (issue 32)."""
+    server, embeddings = pack_server, pack_embeddings
     root, people = identities(set_name)
     reference: dict[str, str] = {}
     for img, who in people:
         reference.setdefault(who, img)
     probes = [(img, who) for img, who in people if reference[who] != img]
     gallery = f"id-{set_name}"
-    threshold = calibrated_threshold()
+    threshold = calibrated_threshold(pack_settings.rec_name)
     with server.client() as client:
         client.delete(f"/gallery/{gallery}")
         for who, img in reference.items():
@@ -147,16 +161,20 @@ def test_identification_rank1_and_unknowns(set_name, server: Server, embeddings)
 
 
 @pytest.mark.parametrize("set_name", SETS)
-def test_verify_gives_the_pairwise_decisions(set_name, server: Server, embeddings) -> None:  # type: ignore[no-untyped-def]
-    """/verify decides as test_correctness's pair test does (largest face, cosine >= threshold).
+def test_verify_gives_the_pairwise_decisions(
+    set_name, pack_server: Server, pack_settings, pack_embeddings
+) -> None:  # type: ignore[no-untyped-def]
+    """/verify decides as test_correctness's pair test does (largest face, cosine >= threshold),
+    with each model pack (issue 32).
 
     Every pair goes through /verify as two embeddings; with two images, each photo at least once
     plus every pair within 0.1 of the threshold (the only ones a small difference in the pipeline
     could flip).
     """
+    server = pack_server
     root, _ = identities(set_name)
-    vectors = embeddings[set_name]
-    threshold = calibrated_threshold()
+    vectors = pack_embeddings[set_name]
+    threshold = calibrated_threshold(pack_settings.rec_name)
     all_pairs = pairs(set_name)
     expected = {(a, b): float(vectors[a] @ vectors[b]) for a, b, _ in all_pairs}
     with_images, seen = [], set()
@@ -215,9 +233,23 @@ def test_gallery_management_over_http(server: Server) -> None:
             "index": "exact",
         }
         subjects = client.get("/gallery/team/subjects").json()["subjects"]
-        assert subjects == [{"subject": "players", "faces": len(added)}, {"subject": "yao", "faces": 1}]
+        assert [{k: s[k] for k in ("subject", "faces")} for s in subjects] == [
+            {"subject": "players", "faces": len(added)},
+            {"subject": "yao", "faces": 1},
+        ]
         face = client.get("/gallery/team/subjects/yao").json()["faces"][0]
-        assert set(face) == {"face_id", "bbox", "prob", "image_hash", "model", "added_at"}
+        assert set(face) == {
+            "face_id",
+            "bbox",
+            "prob",
+            "image_hash",
+            "model",
+            "added_at",
+            "quality",
+            "source",
+            "has_image",
+            "representative",
+        }
         assert len(face["image_hash"]) == 64 and face["model"] == "w600k_mbf"
 
         # the tallest player is Yao Ming: searching his portrait names him, the rest are someone else

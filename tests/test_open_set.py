@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import Server, package_photo, read_bgr, shared_path
 from helpers import b64
 from scipy.stats import binom
 
-from facerest.gallery.calibration import clopper_pearson_upper
+from facerest.gallery.calibration import clopper_pearson_upper, shipped
 from facerest.pipeline import ExtractOptions
 
 SETS = ["deepface", "facerec_ageitgey"]
@@ -77,7 +78,9 @@ def score(hits: list[dict], known: list[Photo], unknown: list[Photo]) -> tuple[i
     return named, rank1, answered_unknown
 
 
-def test_open_set_identification(server: Server, analyzer) -> None:  # type: ignore[no-untyped-def]
+def test_open_set_identification(pack_server: Server, pack_analyzer) -> None:  # type: ignore[no-untyped-def]
+    """With each model pack (issue 32)."""
+    server, analyzer = pack_server, pack_analyzer
     references, known, unknown = split(photos())
     gallery = "open-set"
     with server.client() as client:
@@ -97,7 +100,13 @@ def test_open_set_identification(server: Server, analyzer) -> None:  # type: ign
             f"({answered_unknown / len(unknown):.4f})"
         )
         assert decision["basis"] == "fpir" and decision["subjects"] == len(references)
-        assert named / len(known) >= 0.99
+        # known probes are named as often as the calibration says genuine pairs pass this threshold
+        # (1.0 for w600k_mbf; the commercial recognizers' figures are in docs/models.md)
+        model = client.get("/info").json()["models"]["rec_name"]
+        tmr = shipped(model).tmr_at(decision["threshold"])  # type: ignore[union-attr]
+        slack = 3 * np.sqrt(tmr * (1 - tmr) / len(known)) + 1 / len(known)
+        print(f"  {model}: calibrated TMR at the threshold {tmr:.4f}")
+        assert named / len(known) >= (0.99 if tmr >= 0.99 else tmr - slack)
         assert answered_unknown / len(unknown) >= 0.99
         for hit in hits:  # each match says what its score means
             assert all(0 < m["fmr"] <= 1 for m in hit["matches"])
@@ -151,7 +160,8 @@ def test_open_set_identification(server: Server, analyzer) -> None:  # type: ign
             mine = [v.tolist() for subject, v in distractors if subject.startswith(f"crowd-{name}-")]
             r = client.post(f"/gallery/{others}/search", json={"embeddings": mine})
             assert r.status_code == 200, r.text
-            assert r.json()["decision"]["fpir"] == np.float64(fpir)
+            # the same FPIR, but for float rounding of the FMR <-> FPIR round trip
+            assert r.json()["decision"]["fpir"] == pytest.approx(fpir, rel=1e-9)
             false_matches += sum(item["faces"][0]["subject"] is not None for item in r.json()["data"])
             strangers += len(mine)
             assert client.delete(f"/gallery/{others}").status_code == 200

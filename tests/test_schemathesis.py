@@ -12,11 +12,13 @@ pytest 9, so its Python API drives Hypothesis directly here.)
 from __future__ import annotations
 
 import time
+from urllib.parse import quote, urlencode
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from schemathesis import GenerationMode
+from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from facerest.api.app import create_app
@@ -28,6 +30,7 @@ TIME_BUDGET_S = 150.0
 CALL_TIMEOUT_S = 20.0
 
 _PATHS = create_app(Settings()).openapi()["paths"]
+REQUEST_LINE_LIMIT = Settings().max_request_line_bytes
 OPERATIONS = [
     (method.upper(), path)
     for path, item in _PATHS.items()
@@ -65,9 +68,18 @@ def _can_be_invalid(method: str, path: str) -> bool:
     return False
 
 
+# A body over one of the server's counts (embeddings, arrays) is refused 413 before its schema is
+# read, so a schema-breaking body that is also too big is rightly rejected with 413 (a negative
+# example of 1240 arrays did that once the schema documented 403, which moved the generated data)
+REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+
 @pytest.fixture(scope="module")
 def api_schema(server):  # type: ignore[no-untyped-def]
-    return schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    config = SchemathesisConfig.from_dict(
+        {"checks": {"negative_data_rejection": {"expected-statuses": REJECTIONS}}}
+    )
+    return schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=config)
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +108,20 @@ def test_operation_answers_as_documented(api_schema, server, budget_ends, method
     def answers_as_documented(case) -> None:  # type: ignore[no-untyped-def]
         if time.monotonic() > budget_ends:
             pytest.skip(f"the {TIME_BUDGET_S:.0f} s budget of the schemathesis tests is spent")
+        # a request target past FACEREST_MAX_REQUEST_LINE_BYTES is answered 414 by the HTTP
+        # protocol before any route (tests/test_http_limits.py): a string parameter one past its
+        # maxLength, in 4-byte characters percent-encoded, gets there (a list cursor, issue 29)
+        assume(request_target_bytes(case) < REQUEST_LINE_LIMIT - 256)
         keep_urls_on_loopback(case)
         case.call_and_validate(base_url=server.url, timeout=CALL_TIMEOUT_S, excluded_checks=excluded)
 
     answers_as_documented()
+
+
+def request_target_bytes(case) -> int:  # type: ignore[no-untyped-def]
+    """The bytes of the request line's target the case is sent with (path and query, encoded)."""
+    query = urlencode(case.query or {}, doseq=True)
+    return len(quote(case.formatted_path, safe="/")) + 1 + len(query)
 
 
 def keep_urls_on_loopback(case) -> None:  # type: ignore[no-untyped-def]

@@ -41,7 +41,15 @@ def make_cast(analyzer: FaceAnalyzer) -> Cast:
         sources.append(("stallone", players, 1, 60.0))
     people, stills = {}, {}
     options = ExtractOptions()
+    # Yao Ming is in players.jpg too: the players are its faces but his (the one most like his
+    # own photo), whatever order a detector lists them in (issue 32: YuNet puts him first)
+    yao_still = analyzer.process([yao], options)[0].faces[0].embedding
+    player_faces = analyzer.process([players], options)[0].faces
+    yao_there = int(np.argmax([float(f.embedding @ yao_still) for f in player_faces]))
+    not_yao = [i for i in range(len(player_faces)) if i != yao_there]
     for name, image, index, width in sources:
+        if image is players:
+            index = not_yao[index]
         face = analyzer.process([image], options)[0].faces[index]
         assert face.embedding is not None
         people[name] = person_from_photo(name, image, face.bbox, width)

@@ -13,15 +13,20 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from facerest import __version__
+from facerest.api.access import Access
 from facerest.api.compreface import router as compreface_router
+from facerest.api.console import router as console_router
 from facerest.api.deepstack import router as deepstack_router
 from facerest.api.demo import router as demo_router
 from facerest.api.errors import document_errors, install_error_handlers
+from facerest.api.faces import router as faces_router
 from facerest.api.gallery import router as gallery_router
 from facerest.api.metrics import Metrics
 from facerest.api.metrics import router as metrics_router
 from facerest.api.middleware import HardeningMiddleware
 from facerest.api.people import router as people_router
+from facerest.api.retention import router as retention_router
+from facerest.api.review import router as review_router
 from facerest.api.routes import PARSED_BODIES, router
 from facerest.api.state import AppState
 from facerest.api.video import router as video_router
@@ -85,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         root_path=settings.root_path,
     )
-    app.add_middleware(HardeningMiddleware, settings=settings)
+    app.state.access = Access(settings)  # keys and the audit trail (issue 30)
+    app.add_middleware(HardeningMiddleware, settings=settings, access=app.state.access)
     if settings.cors_origins:  # added last = outermost: preflights are answered before the key check
         app.add_middleware(
             CORSMiddleware,
@@ -99,12 +105,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(demo_router)  # /demo (issue 7)
     app.include_router(gallery_router)
     app.include_router(people_router)
+    app.include_router(faces_router)  # pages, pictures, merge and move (issue 29)
+    app.include_router(review_router)  # the review queue (issue 29)
+    app.include_router(console_router)  # /console (issue 29)
     app.include_router(metrics_router)
     app.include_router(video_router)  # /video/..., /multipart/video/extract (issue 17)
-    if settings.compreface_enabled:  # CompreFace's and DeepStack's APIs, off by default (issue 31)
+    # CompreFace's and DeepStack's APIs, off by default (issue 31); their rules answer a missing
+    # key in the API's own error shape (DeepStack's key is a form field)
+    if settings.compreface_enabled:
         app.include_router(compreface_router)
+        app.state.access.keys_checked_by_rule(compreface_router.prefix + "/")
     if settings.deepstack_enabled:
         app.include_router(deepstack_router)
+        app.state.access.keys_checked_by_rule(deepstack_router.prefix)
+    app.include_router(retention_router)  # no routes: erases what has expired (issue 30)
     _document_bodies(app)
     return app
 

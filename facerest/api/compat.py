@@ -1,6 +1,6 @@
-"""What the CompreFace and DeepStack adapters share (issue 31): the gallery a key reaches, the 0..1
-similarity their clients set thresholds on, images from their bodies, and routes whose errors
-take the other API's shape.
+"""What the CompreFace and DeepStack adapters share (issue 31): the gallery a key reaches (chosen
+by the access rule, api/access.py: key_gallery), the 0..1 similarity their clients set thresholds
+on, images from their bodies, and routes whose errors take the other API's shape.
 
 The adapters (api/compreface.py, api/deepstack.py) translate requests and answers only; the work
 is GalleryService's and the pipeline's, which never learn which API called.
@@ -8,7 +8,6 @@ is GalleryService's and the pipeline's, which never learn which API called.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 from collections.abc import Callable, Coroutine
@@ -23,11 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from facerest.api.access import Grant
 from facerest.api.errors import ERROR_CODE_KEY
-from facerest.api.middleware import key_is_valid
 from facerest.api.routes import parse_body
 from facerest.config import Settings
-from facerest.errors import FaceRestError, ImageTooLarge, TooManyEmbeddings, Unauthorized
+from facerest.errors import FaceRestError, ImageTooLarge, TooManyEmbeddings
 from facerest.gallery.calibration import Calibration, Decision, fpir_for_fmr
 from facerest.gallery.service import check_name
 from facerest.imaging.loader import Loaded, load_images
@@ -35,29 +34,11 @@ from facerest.imaging.loader import Loaded, load_images
 log = logging.getLogger(__name__)
 
 
-def gallery_for_key(settings: Settings, key: str | None) -> str:
-    """The one gallery a CompreFace service key or a DeepStack `api_key` reaches.
-
-    The one place this is decided: a key of FACEREST_COMPAT_KEYS reaches its gallery and nothing
-    else. Any other request reaches FACEREST_COMPAT_GALLERY if FACEREST_API_KEYS admits it; on a
-    server without FACEREST_API_KEYS (whose own API is open anyway) a request without a key does
-    (CodeProject.AI's clients send none), one with a key the server does not know is refused.
-    With access scopes (issue 30) this becomes "the presented key's principal, whose gallery scope
-    must be exactly one gallery".
-    """
-    given = (key or "").encode("utf-8", "replace")
-    mapped = None
-    for known, gallery in settings.compat_keys.items():  # every key compared: no early exit
-        if hmac.compare_digest(given, known.encode("utf-8")):
-            mapped = gallery
-    if mapped is not None:
-        return check_name("gallery", mapped)
-    if settings.api_keys:
-        if not key_is_valid(key or "", settings.api_keys):
-            raise Unauthorized("this API key reaches no gallery on this server")
-    elif key and settings.compat_keys:
-        raise Unauthorized("this API key reaches no gallery on this server")
-    return check_name("gallery", settings.compat_gallery)
+def compat_gallery(grant: Grant) -> str:
+    """The one gallery of the CompreFace service or DeepStack server the request's key stands for:
+    its rule (`allow(..., gallery=KEY)`, api/access.py: key_gallery) chose and checked it."""
+    assert grant.gallery is not None  # a KEY rule always names one
+    return check_name("gallery", grant.gallery)
 
 
 # --- the similarity other APIs' clients threshold ---

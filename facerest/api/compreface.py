@@ -3,7 +3,8 @@ written against it: recognition (subjects, faces, recognize, verify), detection 
 images as multipart `file` or base64 JSON, and its error shape `{"message", "code"}`.
 
 A translation only: the work is GalleryService's (gallery/service.py) and the pipeline's. The
-`x-api-key` of a CompreFace service names one gallery (api/compat.py: gallery_for_key), so one
+`x-api-key` of a CompreFace service is a facerest key scoped to one gallery (issue 30's key ring;
+each route's rule, `allow(..., gallery=KEY)`, checks its role and picks that gallery), so one
 server stands in for several services. Similarities are facerest's calibrated decisions mapped to
 0..1 (api/compat.py: confidence); docs/moving.md documents every field and difference.
 """
@@ -22,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from facerest.api.compat import confidence, decode, embeddings_body, error_route, read_upload
-from facerest.api.compat import gallery_for_key as _gallery_of
+from facerest.api.access import KEY, Grant, allow
+from facerest.api.compat import compat_gallery, confidence, decode, embeddings_body, error_route, read_upload
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body
 from facerest.api.state import AppState
@@ -31,6 +32,7 @@ from facerest.errors import (
     BadInput,
     Conflict,
     FaceRestError,
+    Forbidden,
     ImageDecodeError,
     ImageTooLarge,
     NoFace,
@@ -73,6 +75,8 @@ def _compreface_code(status: int, exc: Exception) -> tuple[int, int]:
         return 400, 28  # NO_FACES_FOUND: Double-Take reads it as "no face", not as a failure
     if isinstance(exc, Unauthorized):
         return 401, 10  # MODEL_NOT_FOUND: no service with this key
+    if isinstance(exc, Forbidden):
+        return 403, 0  # facerest's roles: CompreFace has no code for them (UNDEFINED)
     if isinstance(exc, NotFound):
         return 404, 44 if str(exc.detail).startswith("Image") else 42  # EMBEDDING / SUBJECT_NOT_FOUND
     if isinstance(exc, Conflict):
@@ -86,25 +90,20 @@ def _compreface_code(status: int, exc: Exception) -> tuple[int, int]:
 
 def _render(request: Request, status: int, message: str, exc: Exception) -> Response:
     status, code = _compreface_code(status, exc)
+    if isinstance(exc, Unauthorized) and "x-api-key" not in request.headers:
+        message, code = "Missing header: x-api-key", 20  # MISSING_REQUEST_HEADER
     return JSONResponse({"message": message, "code": code}, status)
 
 
 router = APIRouter(prefix="/api/v1", tags=["CompreFace"], route_class=error_route(_render))
 
 
-# --- what every route needs ---
+# --- what every route needs: its access rule, the action and the key's one gallery ---
 
 
-async def compreface_gallery(request: Request) -> str:
-    """The gallery of the service whose key came in `x-api-key`."""
-    settings = app_state(request).settings
-    key = request.headers.get("x-api-key")
-    if key is None and settings.api_keys:
-        raise CompreFaceRefusal("Missing header: x-api-key", 20)  # MISSING_REQUEST_HEADER
-    return _gallery_of(settings, key)
-
-
-Gallery = Annotated[str, Depends(compreface_gallery)]
+def _rule(action: str) -> Any:
+    """The route's one rule: the action, on the gallery the service key is scoped to."""
+    return Depends(allow(action, gallery=KEY))
 
 
 def _service(request: Request) -> tuple[AppState, GalleryService]:
@@ -284,36 +283,64 @@ def face_id_of(value: str) -> int | None:
     return number if 1 <= number < 2**63 else None
 
 
-# --- the gallery behind a key (blocking helpers, run in worker threads) ---
+# --- the gallery behind a key (blocking helpers, run in worker threads): the gallery service's
+# pages, lookups and deletion path (issues 29 and 30), so erasure and events are the native API's ---
 
 
 def _subjects(service: GalleryService, gallery: str) -> list[tuple[str, int]]:
+    """(subject, faces) by name, without the unsorted faces; none when the gallery is not there."""
     if service.store.gallery(gallery) is None:
         return []
     return [(s, n) for s, n in service.store.subjects(gallery) if s != UNSORTED]
 
 
-def _faces(service: GalleryService, gallery: str, subject: str | None) -> list[StoredFace]:
-    """Every face of the gallery (or of one subject), by subject then id."""
-    if service.store.gallery(gallery) is None:
-        return []
-    names = [subject] if subject is not None else [s for s, _ in _subjects(service, gallery)]
-    return [face for name in names for face in service.store.faces(gallery, name)]
-
-
-def _face_by_id(service: GalleryService, gallery: str, face_id: int, embedding: bool = False) -> StoredFace:
-    for subject, _ in _subjects(service, gallery):
-        for face in service.store.faces(gallery, subject, with_embeddings=embedding):
-            if face.face_id == face_id:
-                return face
-    raise NotFound(f"Image {uuid_of(face_id)} not found")
+def _faces_page(
+    service: GalleryService, gallery: str, subject: str | None, page: int, size: int
+) -> tuple[list[StoredFace], int]:
+    """CompreFace's numbered page of a gallery's faces (or one subject's), by subject then id, and
+    how many there are: whole subjects are skipped by their counts, then the store's keyset pages."""
+    counts = [(s, n) for s, n in _subjects(service, gallery) if subject is None or s == subject]
+    total = sum(n for _, n in counts)
+    skip, out = page * size, []
+    for name, count in counts:
+        if skip >= count:
+            skip -= count
+            continue
+        rows = service.store.faces_page(gallery, name, None, min(skip + size - len(out), count))
+        out += rows[skip:]
+        skip = 0
+        if len(out) >= size:
+            break
+    return out[:size], total
 
 
 def _face_of(service: GalleryService, gallery: str, raw_id: str, embedding: bool = False) -> StoredFace:
+    """The face an image_id names in this gallery (with its embedding when asked); NotFound else."""
     face_id = face_id_of(raw_id)
-    if face_id is None:
+    if face_id is None or service.store.gallery(gallery) is None:
         raise NotFound(f"Image {raw_id[:100]} not found")
-    return _face_by_id(service, gallery, face_id, embedding)
+    try:
+        face = service.face(gallery, face_id)
+    except NotFound:
+        raise NotFound(f"Image {raw_id[:100]} not found") from None
+    if embedding:
+        kept = service.store.faces(gallery, face.subject, with_embeddings=True)
+        face = next((f for f in kept if f.face_id == face_id), None)  # type: ignore[assignment]
+        if face is None:  # deleted meanwhile
+            raise NotFound(f"Image {raw_id[:100]} not found")
+    return face
+
+
+def _delete_subjects(service: GalleryService, gallery: str, grant: Grant, subject: str | None) -> int:
+    """Every face of `subject` (None: of every subject) through the one deletion path."""
+    deleted = 0
+    for name, _ in _subjects(service, gallery):
+        if subject is None or name == subject:
+            grant.touched(subjects=[name])
+            removed = service.delete_subject(gallery, name)
+            grant.touched(faces=removed.faces)
+            deleted += len(removed.faces)
+    return deleted
 
 
 # --- subjects ---
@@ -321,42 +348,53 @@ def _face_of(service: GalleryService, gallery: str, raw_id: str, embedding: bool
 
 @router.get("/recognition/subjects", summary="CompreFace: list subjects")
 @router.get("/recognition/subjects/", include_in_schema=False)
-async def list_subjects(request: Request, gallery: Gallery) -> JSONResponse:
+async def list_subjects(request: Request, grant: Grant = _rule("read")) -> JSONResponse:
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     subjects = await state.run(lambda: _subjects(service, gallery))
+    grant.touched(subjects=[s for s, _ in subjects])
     return JSONResponse({"subjects": [s for s, _ in subjects]})
 
 
 @router.post("/recognition/subjects", status_code=201, summary="CompreFace: add a subject")
-async def add_subject(request: Request, gallery: Gallery) -> JSONResponse:
+async def add_subject(request: Request, grant: Grant = _rule("enrol")) -> JSONResponse:
     """A subject exists in facerest once it has a face: the name is checked and answered, and the
     first face added under it creates it."""
+    compat_gallery(grant)
     body: SubjectBody = await parse_body(request, SubjectBody)
     check_name("subject", body.subject)
+    grant.touched(subjects=[body.subject])
     return JSONResponse({"subject": body.subject}, 201)
 
 
 @router.put("/recognition/subjects/{subject}", summary="CompreFace: rename a subject")
-async def rename_subject(request: Request, gallery: Gallery, subject: str) -> JSONResponse:
+async def rename_subject(request: Request, subject: str, grant: Grant = _rule("edit")) -> JSONResponse:
+    """To a name that exists already: the two subjects are merged, as CompreFace merges them."""
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     body: SubjectBody = await parse_body(request, SubjectBody)
+    grant.touched(subjects=[subject, body.subject])
     if body.subject == subject:
         return JSONResponse({"updated": False})
 
     def work() -> bool:
         if service.store.gallery(gallery) is None:
             raise NotFound(f"Subject {subject} not found")
-        return service.store.rename_subject(gallery, subject, body.subject) > 0
+        try:
+            return service.rename(gallery, subject, body.subject) > 0
+        except Conflict:
+            return service.merge(gallery, subject, body.subject).moved > 0
 
     return JSONResponse({"updated": await state.run(work)})
 
 
 @router.delete("/recognition/subjects/{subject}", summary="CompreFace: delete a subject and its faces")
-async def delete_subject(request: Request, gallery: Gallery, subject: str) -> JSONResponse:
+async def delete_subject(request: Request, subject: str, grant: Grant = _rule("delete")) -> JSONResponse:
     state, service = _service(request)
+    gallery = compat_gallery(grant)
 
     def work() -> None:
-        if service.store.gallery(gallery) is None or not service.store.delete_subject(gallery, subject):
+        if not _delete_subjects(service, gallery, grant, subject):
             raise NotFound(f"Subject {subject} not found")
 
     await state.run(work)
@@ -364,13 +402,13 @@ async def delete_subject(request: Request, gallery: Gallery, subject: str) -> JS
 
 
 @router.delete("/recognition/subjects", summary="CompreFace: delete every subject")
-async def delete_subjects(request: Request, gallery: Gallery) -> JSONResponse:
+async def delete_subjects(request: Request, grant: Grant = _rule("delete")) -> JSONResponse:
     state, service = _service(request)
+    gallery = compat_gallery(grant)
 
     def work() -> int:
         subjects = _subjects(service, gallery)
-        for subject, _ in subjects:
-            service.store.delete_subject(gallery, subject)
+        _delete_subjects(service, gallery, grant, None)
         return len(subjects)
 
     return JSONResponse({"deleted": await state.run(work)})
@@ -382,14 +420,16 @@ async def delete_subjects(request: Request, gallery: Gallery) -> JSONResponse:
 @router.post("/recognition/faces", status_code=201, summary="CompreFace: add an example of a subject")
 async def add_face(
     request: Request,
-    gallery: Gallery,
     subject: Annotated[str, Query(min_length=1)],
     det_prob_threshold: DetProb = None,
+    grant: Grant = _rule("enrol"),
 ) -> JSONResponse:
     """The largest face of the image joins the subject (created if new); faces below the
     enrolment floors (FACEREST_ENROL_*) are refused with the reason."""
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     image = (await _images(request, state, ("file",)))[0]
+    grant.touched(subjects=[subject])
 
     def work() -> int:
         loaded = _loaded([image], state)
@@ -400,55 +440,52 @@ async def add_face(
         return done.added[0][0]
 
     face_id = await state.run(work)
+    grant.touched(faces=[face_id])
     return JSONResponse({"image_id": uuid_of(face_id), "subject": subject}, 201)
 
 
 @router.get("/recognition/faces", summary="CompreFace: list examples, paged")
 async def list_faces(
     request: Request,
-    gallery: Gallery,
-    page: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[int, Query(ge=0, le=2**31)] = 0,
     size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     subject: str | None = None,
+    grant: Grant = _rule("read"),
 ) -> JSONResponse:
     state, service = _service(request)
-    faces = await state.run(lambda: _faces(service, gallery, subject or None))
-    chosen = faces[page * size : (page + 1) * size]
+    gallery = compat_gallery(grant)
+    faces, total = await state.run(lambda: _faces_page(service, gallery, subject or None, page, size))
+    grant.touched(subjects={f.subject for f in faces}, faces=[f.face_id for f in faces])
     return JSONResponse(
         {
-            "faces": [{"image_id": uuid_of(f.face_id), "subject": f.subject} for f in chosen],
+            "faces": [{"image_id": uuid_of(f.face_id), "subject": f.subject} for f in faces],
             "page_number": page,
             "page_size": size,
-            "total_pages": math.ceil(len(faces) / size),
-            "total_elements": len(faces),
+            "total_pages": math.ceil(total / size),
+            "total_elements": total,
         }
     )
 
 
 @router.delete("/recognition/faces", summary="CompreFace: delete the examples of a subject (or all)")
-async def delete_faces(request: Request, gallery: Gallery, subject: str | None = None) -> JSONResponse:
+async def delete_faces(
+    request: Request, subject: str | None = None, grant: Grant = _rule("delete")
+) -> JSONResponse:
     state, service = _service(request)
-
-    def work() -> int:
-        info = service.store.gallery(gallery)
-        if info is None:
-            return 0
-        if subject:
-            return service.store.delete_subject(gallery, subject)
-        deleted = sum(n for _, n in service.store.subjects(gallery))
-        service.store.delete_gallery(gallery)
-        return deleted
-
-    return JSONResponse({"deleted": await state.run(work)})
+    gallery = compat_gallery(grant)
+    deleted = await state.run(lambda: _delete_subjects(service, gallery, grant, subject or None))
+    return JSONResponse({"deleted": deleted})
 
 
 @router.delete("/recognition/faces/{image_id}", summary="CompreFace: delete an example by id")
-async def delete_face(request: Request, gallery: Gallery, image_id: str) -> JSONResponse:
+async def delete_face(request: Request, image_id: str, grant: Grant = _rule("delete")) -> JSONResponse:
     state, service = _service(request)
+    gallery = compat_gallery(grant)
 
     def work() -> StoredFace:
         face = _face_of(service, gallery, image_id)
-        service.store.delete_face(gallery, face.face_id)
+        grant.touched(subjects=[face.subject], faces=[face.face_id])
+        service.delete_face(gallery, face.face_id)
         return face
 
     face = await state.run(work)
@@ -456,21 +493,24 @@ async def delete_face(request: Request, gallery: Gallery, image_id: str) -> JSON
 
 
 @router.post("/recognition/faces/delete", summary="CompreFace: delete several examples by id")
-async def delete_many(request: Request, gallery: Gallery) -> JSONResponse:
+async def delete_many(request: Request, grant: Grant = _rule("delete")) -> JSONResponse:
     """Ids that name no face of this service are skipped, as CompreFace skips them."""
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     ids = await parse_body(request, _IdList)
 
     def work() -> list[dict[str, str]]:
-        done = []
+        named: dict[int, tuple[str, StoredFace]] = {}
         for raw in ids.root:
             try:
                 face = _face_of(service, gallery, raw)
             except NotFound:
                 continue
-            if service.store.delete_face(gallery, face.face_id):
-                done.append({"image_id": raw, "subject": face.subject})
-        return done
+            named.setdefault(face.face_id, (raw, face))
+        removed = service.delete_faces(gallery, list(named)) if named else None
+        gone = [] if removed is None else removed.faces
+        grant.touched(subjects={named[i][1].subject for i in gone}, faces=gone)
+        return [{"image_id": named[i][0], "subject": named[i][1].subject} for i in gone]
 
     return JSONResponse(await state.run(work))
 
@@ -485,17 +525,18 @@ class _IdList(RootModel[Annotated[list[str], Field(max_length=MAX_IDS_PER_DELETE
 @router.post("/recognition/recognize", summary="CompreFace: recognize the faces of an image")
 async def recognize(
     request: Request,
-    gallery: Gallery,
     limit: Limit = 0,
     det_prob_threshold: DetProb = None,
     prediction_count: PredictionCount = 1,
     face_plugins: Plugins = "",
     status: Status = False,
     detect_faces: bool = True,
+    grant: Grant = _rule("search"),
 ) -> JSONResponse:
     """Each face with its `prediction_count` closest subjects; `similarity` reads 0.6 at facerest's
     decision point (docs/moving.md)."""
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     image = (await _images(request, state, ("file",)))[0]
     plugins = _plugins(face_plugins)
     options = _options(state, det_prob_threshold, limit, plugins, detect_faces)
@@ -513,6 +554,11 @@ async def recognize(
         answer = answers[0]
         if isinstance(answer, FaceRestError):
             raise answer
+        # who was looked up: the subjects named, and those answered as candidates below the decision
+        grant.touched(
+            subjects=[hit.subject for hit in answer if hit.subject is not None],
+            candidates=[m.subject for hit in answer for m in hit.matches],
+        )
         return decision, [(hit.face, hit.matches) for hit in answer]
 
     decision, faces = await state.run(work)
@@ -536,20 +582,22 @@ async def recognize(
 @router.post("/recognition/faces/{image_id}/verify", summary="CompreFace: compare an image with one example")
 async def verify_face(
     request: Request,
-    gallery: Gallery,
     image_id: str,
     limit: Limit = 0,
     det_prob_threshold: DetProb = None,
     face_plugins: Plugins = "",
     status: Status = False,
+    grant: Grant = _rule("verify"),
 ) -> JSONResponse:
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     image = (await _images(request, state, ("file",)))[0]
     plugins = _plugins(face_plugins)
     options = _options(state, det_prob_threshold, limit, plugins)
 
     def work() -> tuple[StoredFace, list[FoundFace]]:
         face = _face_of(service, gallery, image_id, embedding=True)
+        grant.touched(subjects=[face.subject], faces=[face.face_id])
         found = service.detect(_loaded([image], state), largest_only=False, options=options)[0]
         if found.error is not None:
             raise found.error
@@ -576,9 +624,10 @@ async def verify_face(
 
 @router.post("/recognition/embeddings/recognize", summary="CompreFace: recognize posted embeddings")
 async def recognize_embeddings(
-    request: Request, gallery: Gallery, prediction_count: PredictionCount = 1
+    request: Request, prediction_count: PredictionCount = 1, grant: Grant = _rule("search")
 ) -> JSONResponse:
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     body: EmbeddingsBody = await embeddings_body(request, state.settings, EmbeddingsBody)
 
     def work() -> tuple[Decision | None, list[list[SubjectMatch]]]:
@@ -587,6 +636,11 @@ async def recognize_embeddings(
             return None, [[] for _ in vectors]
         decision, answers = service.search(
             gallery, embeddings=[v.tolist() for v in vectors], top_k=min(prediction_count, MAX_TOP_K)
+        )
+        hits = [hit for a in answers if isinstance(a, list) for hit in a]
+        grant.touched(
+            subjects=[hit.subject for hit in hits if hit.subject is not None],
+            candidates=[m.subject for hit in hits for m in hit.matches],
         )
         return decision, [a[0].matches if isinstance(a, list) and a else [] for a in answers]
 
@@ -609,13 +663,15 @@ async def recognize_embeddings(
     "/recognition/embeddings/faces/{image_id}/verify",
     summary="CompreFace: compare embeddings with one example",
 )
-async def verify_embeddings(request: Request, gallery: Gallery, image_id: str) -> JSONResponse:
+async def verify_embeddings(request: Request, image_id: str, grant: Grant = _rule("verify")) -> JSONResponse:
     state, service = _service(request)
+    gallery = compat_gallery(grant)
     body: EmbeddingsBody = await embeddings_body(request, state.settings, EmbeddingsBody)
 
     def work() -> list[float]:
         vectors = service.embeddings(body.embeddings)
         face = _face_of(service, gallery, image_id, embedding=True)
+        grant.touched(subjects=[face.subject], faces=[face.face_id])
         assert face.embedding is not None
         return [float(v @ face.embedding) for v in vectors]
 
@@ -640,11 +696,11 @@ def _ranked(
 @router.post("/detection/detect", summary="CompreFace: detect the faces of an image")
 async def detect(
     request: Request,
-    gallery: Gallery,
     limit: Limit = 0,
     det_prob_threshold: DetProb = None,
     face_plugins: Plugins = "",
     status: Status = False,
+    _: Grant = Depends(allow("extract")),
 ) -> JSONResponse:
     state = app_state(request)
     image = (await _images(request, state, ("file",)))[0]
@@ -667,11 +723,11 @@ async def detect(
 @router.post("/verification/verify", summary="CompreFace: compare the faces of two images")
 async def verify_images(
     request: Request,
-    gallery: Gallery,
     limit: Limit = 0,
     det_prob_threshold: DetProb = None,
     face_plugins: Plugins = "",
     status: Status = False,
+    _: Grant = Depends(allow("extract")),
 ) -> JSONResponse:
     """The source image's largest face against every face of the target image."""
     state, service = _service(request)
@@ -706,7 +762,7 @@ async def verify_images(
 
 
 @router.post("/verification/embeddings/verify", summary="CompreFace: compare embeddings")
-async def verify_embedding_pairs(request: Request, gallery: Gallery) -> JSONResponse:
+async def verify_embedding_pairs(request: Request, _: Grant = Depends(allow("extract"))) -> JSONResponse:
     state, service = _service(request)
     body: SourceTargetsBody = await embeddings_body(request, state.settings, SourceTargetsBody)
 

@@ -2,23 +2,27 @@
 Double-Take, Home Assistant's DeepStack face integration, the DeepStack SDKs and scripts: multipart
 forms in (`image`, `userid`, `min_confidence`, `api_key`), `{"success", ...}` out.
 
-A translation only: the work is GalleryService's and the pipeline's. The `api_key` form field names
-one gallery (api/compat.py: gallery_for_key); `confidence` is facerest's calibrated decision mapped to
-0..1 (api/compat.py: confidence), so `min_confidence` chooses a decision point (docs/moving.md).
+A translation only: the work is GalleryService's and the pipeline's. The `api_key` form field is a
+facerest key (issue 30's key ring; the X-API-Key header works too) scoped to one gallery: each route
+reads the form first (`_posted`), then its rule (`allow(..., gallery=KEY)`) checks the key's role
+and picks its gallery. `confidence` is facerest's calibrated decision mapped to 0..1
+(api/compat.py: confidence), so `min_confidence` chooses a decision point (docs/moving.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
-from facerest.api.compat import AT_DECISION, confidence, decode, error_route, read_upload
-from facerest.api.compat import gallery_for_key as _gallery_of
+from facerest.api.access import KEY, Access, Grant, allow
+from facerest.api.compat import AT_DECISION, compat_gallery, confidence, decode, error_route, read_upload
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state
 from facerest.api.state import AppState
@@ -27,6 +31,7 @@ from facerest.errors import (
     ImageDecodeError,
     ImageTooLarge,
     NoFace,
+    NotFound,
     StorageUnavailable,
     Unauthorized,
 )
@@ -67,17 +72,37 @@ def _service(request: Request) -> tuple[AppState, GalleryService]:
     return state, state.gallery
 
 
-async def _form(request: Request, state: AppState) -> tuple[dict[str, str], list[bytes]]:
-    """The form's text fields and its files, in order (their field names do not matter: DeepStack
-    reads `image`, its register any name, CodeProject.AI's match `image1`/`image2`)."""
+@dataclass(slots=True)
+class Posted:
+    """A DeepStack form: its text fields (names lower-cased) and its files, in order."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    images: list[bytes] = field(default_factory=list)
+
+
+async def _posted(request: Request) -> Posted:
+    """The form, read before the route's rule: its `api_key` field is the request's key (looked up
+    in the key ring, Access.use_key); the file fields' names do not matter (DeepStack reads `image`,
+    its register any name, CodeProject.AI's match `image1`/`image2`)."""
+    state = app_state(request)
     content_type = request.headers.get("content-type", "").lower()
     if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        return {}, []
-    limit = state.settings.max_images_per_request
-    async with request.form(max_files=limit, max_fields=MAX_FORM_FIELDS) as form:
-        return _fields(form), [
-            await read_upload(v, state.settings) for _, v in form.multi_items() if _is_file(v)
-        ]
+        posted = Posted()
+    else:
+        limit = state.settings.max_images_per_request
+        async with request.form(max_files=limit, max_fields=MAX_FORM_FIELDS) as form:
+            posted = Posted(
+                _fields(form),
+                [await read_upload(v, state.settings) for _, v in form.multi_items() if _is_file(v)],
+            )
+    key = posted.fields.get("api_key", "")
+    if key:
+        access: Access = request.app.state.access
+        access.use_key(request.scope, key)
+    return posted
+
+
+Form = Depends(_posted)
 
 
 def _is_file(value: Any) -> bool:
@@ -87,10 +112,6 @@ def _is_file(value: Any) -> bool:
 def _fields(form: FormData) -> dict[str, str]:
     # CodeProject.AI's .NET client writes `userId`; DeepStack reads `userid`
     return {k.lower(): v for k, v in form.multi_items() if isinstance(v, str)}
-
-
-def _gallery(state: AppState, fields: dict[str, str]) -> str:
-    return _gallery_of(state.settings, fields.get("api_key"))
 
 
 def _min_confidence(fields: dict[str, str]) -> float | None:
@@ -141,12 +162,13 @@ def _ok(started: float, **body: Any) -> JSONResponse:
 
 @router.post("", summary="DeepStack: detect faces")
 @router.post("/", include_in_schema=False)
-async def detect(request: Request) -> JSONResponse:
+async def detect(
+    request: Request, posted: Posted = Form, _: Grant = Depends(allow("extract"))
+) -> JSONResponse:
     """`min_confidence`: the detection score a face needs (default: the server's)."""
     started = time.perf_counter()
     state = app_state(request)
-    fields, images = await _form(request, state)
-    _gallery(state, fields)
+    fields, images = posted.fields, posted.images
     image = _one_image(images)
     threshold = _min_confidence(fields)
     options = ExtractOptions(  # detection only: no recognizer run
@@ -162,15 +184,18 @@ async def detect(request: Request) -> JSONResponse:
 
 
 @router.post("/register", summary="DeepStack: register the face of one or more images as a user")
-async def register(request: Request) -> JSONResponse:
+async def register(
+    request: Request, posted: Posted = Form, grant: Grant = Depends(allow("enrol", gallery=KEY))
+) -> JSONResponse:
     """The largest face of each image joins the user (created if new)."""
     started = time.perf_counter()
     state, service = _service(request)
-    fields, images = await _form(request, state)
-    gallery = _gallery(state, fields)
+    fields, images = posted.fields, posted.images
+    gallery = compat_gallery(grant)
     userid = _userid(fields)
     if not images:
         raise DeepStackRefusal("No valid image file found")
+    grant.touched(subjects=[userid])
 
     def work() -> str:
         existed = service.store.gallery(gallery) is not None and bool(service.store.faces(gallery, userid))
@@ -180,19 +205,22 @@ async def register(request: Request) -> JSONResponse:
             if reasons <= {"no face found"}:
                 raise DeepStackRefusal("no face detected")
             raise DeepStackRefusal("; ".join(sorted(reasons)))
+        grant.touched(faces=[face_id for face_id, _ in done.added])
         return "face updated" if existed else "face added"
 
     return _ok(started, message=await state.run(work))
 
 
 @router.post("/recognize", summary="DeepStack: recognize the faces of an image")
-async def recognize(request: Request) -> JSONResponse:
+async def recognize(
+    request: Request, posted: Posted = Form, grant: Grant = Depends(allow("search", gallery=KEY))
+) -> JSONResponse:
     """Every face with its closest user; `userid` "unknown" (confidence 0) below the decision point:
     facerest's (0.6) unless `min_confidence` asks for another."""
     started = time.perf_counter()
     state, service = _service(request)
-    fields, images = await _form(request, state)
-    gallery = _gallery(state, fields)
+    fields, images = posted.fields, posted.images
+    gallery = compat_gallery(grant)
     image = _one_image(images)
     wanted = _min_confidence(fields)
     options = ExtractOptions(threshold=state.settings.det_thresh)
@@ -211,8 +239,11 @@ async def recognize(request: Request) -> JSONResponse:
         out = []
         for hit in answer:
             best = hit.matches[0] if hit.matches else None
+            grant.touched(candidates=[m.subject for m in hit.matches])
             score = confidence(best.similarity, decision, service.calibration) if best else 0.0
             named = best is not None and score >= (AT_DECISION if wanted is None else wanted)
+            if named and best is not None:
+                grant.touched(subjects=[best.subject])
             out.append(
                 {
                     "confidence": score if named else 0,
@@ -229,45 +260,55 @@ async def recognize(request: Request) -> JSONResponse:
 
 
 @router.post("/list", summary="DeepStack: the registered users")
-async def list_faces(request: Request) -> JSONResponse:
+async def list_faces(
+    request: Request, posted: Posted = Form, grant: Grant = Depends(allow("read", gallery=KEY))
+) -> JSONResponse:
     started = time.perf_counter()
     state, service = _service(request)
-    fields, _ = await _form(request, state)
-    gallery = _gallery(state, fields)
+    gallery = compat_gallery(grant)
 
     def work() -> list[str]:
         if service.store.gallery(gallery) is None:
             return []
         return [s for s, _ in service.store.subjects(gallery) if s != UNSORTED]
 
-    return _ok(started, faces=await state.run(work))
+    users = await state.run(work)
+    grant.touched(subjects=users)
+    return _ok(started, faces=users)
 
 
 @router.post("/delete", summary="DeepStack: delete a registered user and their faces")
-async def delete(request: Request) -> JSONResponse:
+async def delete(
+    request: Request, posted: Posted = Form, grant: Grant = Depends(allow("delete", gallery=KEY))
+) -> JSONResponse:
     """Succeeds whether or not the user existed, as DeepStack does."""
     started = time.perf_counter()
     state, service = _service(request)
-    fields, _ = await _form(request, state)
-    gallery = _gallery(state, fields)
-    userid = _userid(fields)
+    gallery = compat_gallery(grant)
+    userid = _userid(posted.fields)
+    grant.touched(subjects=[userid])
 
     def work() -> None:
-        if service.store.gallery(gallery) is not None:
-            service.store.delete_subject(gallery, userid)
+        if service.store.gallery(gallery) is None:
+            return
+        # the one deletion path: pictures, review items, feedback and index entries go too; a
+        # user that is not there is no error (DeepStack's answer)
+        with contextlib.suppress(NotFound):
+            grant.touched(faces=service.delete_subject(gallery, userid).faces)
 
     await state.run(work)
     return _ok(started)
 
 
 @router.post("/match", summary="DeepStack: how similar are the faces of two images")
-async def match(request: Request) -> JSONResponse:
+async def match(
+    request: Request, posted: Posted = Form, _: Grant = Depends(allow("extract"))
+) -> JSONResponse:
     """The largest face of each image; `similarity` as `confidence` reads it (0.6: facerest's
     1:1 decision point)."""
     started = time.perf_counter()
     state, service = _service(request)
-    fields, images = await _form(request, state)
-    _gallery(state, fields)
+    images = posted.images
     if len(images) < 2:
         raise DeepStackRefusal("No valid image file found")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
+from facerest.api.access import allow
 from facerest.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
@@ -22,12 +23,12 @@ def _read(name: str) -> bytes:
     return resources.files("facerest.api").joinpath("static", name).read_bytes()
 
 
-@router.get("/demo")
+@router.get("/demo", dependencies=[Depends(allow("extract"))])
 async def demo_page() -> Response:
     return Response(_read("demo.html"), media_type="text/html; charset=utf-8")
 
 
-@router.get("/demo/static/{name}")
+@router.get("/demo/static/{name}", dependencies=[Depends(allow("extract"))])
 async def demo_static(name: str) -> Response:
     media = _STATIC.get(name)
     if media is None:

@@ -25,6 +25,7 @@ ERROR_CODE_KEY = "facerest.error_code"
 _HTTP_CODES = {
     400: "bad_input",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",
@@ -88,7 +89,7 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="What went wrong, in one line (never a stack trace).")
     code: str = Field(
         description="Stable machine-readable kind: validation_error, bad_input, image_decode_error, "
-        "image_too_large, too_many_images, body_too_large, unauthorized, not_found, overloaded, "
+        "image_too_large, too_many_images, body_too_large, unauthorized, forbidden, not_found, overloaded, "
         "timeout, feature_unavailable, model_mismatch, ..."
     )
 
@@ -96,7 +97,8 @@ class ErrorBody(BaseModel):
 # the error answers any operation may give, whatever its route declares
 _DOCUMENTED_ERRORS = {
     "400": "Bad input (malformed body, unavailable feature...)",
-    "401": "Missing or wrong API key (when FACEREST_API_KEYS is set)",
+    "401": "Missing or wrong API key (when keys are configured)",
+    "403": "The key's role or galleries do not cover this request (the detail says which)",
     "413": "Body, image or image count over its limit",
     "422": "The body or a parameter does not match the schema",
     "503": "Overloaded: retry after the Retry-After header's seconds",

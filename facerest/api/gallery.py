@@ -12,25 +12,36 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError, WithJsonSchema
 
+from facerest.api.access import BODY, Grant, allow
 from facerest.api.responses import JSONResponse
-from facerest.api.routes import app_state, parse_body, parsed_body
+from facerest.api.routes import app_state, face_marks, parse_body, parsed_body
 from facerest.api.schemas import Images, Name
 from facerest.api.serialize import MSGPACK_TYPES
 from facerest.api.state import AppState
-from facerest.errors import BadInput, FaceRestError, NotFound, StorageUnavailable, TooManyEmbeddings
+from facerest.errors import BadInput, FaceRestError, StorageUnavailable, TooManyEmbeddings
 from facerest.gallery import gallery_url, index_options, open_store
-from facerest.gallery.people import UNSORTED
-from facerest.gallery.service import FoundFace, GalleryService, check_embedding_count
-from facerest.gallery.store import MAX_TOP_K
+from facerest.gallery.pages import DEFAULT_PAGE, MAX_CURSOR, Page
+from facerest.gallery.reembed import shown_state
+from facerest.gallery.service import Enrolled, FoundFace, GalleryService, check_embedding_count
+from facerest.gallery.store import MAX_PAGE, MAX_TOP_K, UNSORTED, GalleryInfo, ReembedJob, StoredFace
 from facerest.imaging.loader import Loaded, load_images
 
 log = logging.getLogger(__name__)
 
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
+#: every list is a page (issue 29): `limit` rows after `cursor` (the last page's `next_cursor`)
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Rows per page (at most {MAX_PAGE}).")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=MAX_CURSOR, description="`next_cursor` of the previous page (absent: the first page)."),
+]
+Needle = Annotated[
+    str | None, Query(max_length=200, description="Only rows whose name contains this (case-insensitive).")
+]
 ErrorRate = Annotated[float, Field(gt=0.0, lt=1.0)]
 #: embedding lists are only counted while the body is parsed (on the event loop); their numbers
 #: are validated in the worker thread (`_vectors`), so 40,000 posted vectors cost the loop nothing
@@ -120,6 +131,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.gallery = GalleryService(
         store, state.analyzer, state.settings, store_error=reason, events=state.events
     )
+    if store is not None:  # moves a crashed server left are taken up once their lease runs out
+        state.gallery.reembeds.resume_interrupted()
     try:
         yield
     finally:
@@ -189,33 +202,103 @@ def _box(face: FoundFace) -> dict[str, Any]:
     return {"bbox": bbox, "prob": face.prob}
 
 
-@router.get("/galleries", summary="Every gallery with its model and size")
-async def list_galleries(request: Request) -> JSONResponse:
+def gallery_body(g: GalleryInfo) -> dict[str, Any]:
+    return {
+        "name": g.name,
+        "model": g.model.name,
+        "model_md5": g.model.md5,
+        "subjects": g.subjects,
+        "faces": g.faces,
+        "index": g.index,
+    }
+
+
+def face_body(f: StoredFace, subject: bool = False) -> dict[str, Any]:
+    """A stored face as the API writes it (`subject` too where the list is not one subject's)."""
+    item: dict[str, Any] = {
+        "face_id": f.face_id,
+        "bbox": None if f.bbox is None else [round(v) for v in f.bbox],
+        "prob": f.prob,
+        "image_hash": f.image_hash,
+        "model": f.model,
+        "added_at": f.added_at,
+        "quality": f.quality,
+        "source": f.source,
+        "has_image": f.has_crop,
+        "representative": f.representative,
+    }
+    if subject:
+        item["subject"] = None if f.subject == UNSORTED else f.subject
+    if f.embedding is not None:
+        item["embedding"] = f.embedding.tolist()
+    return item
+
+
+def page_body(key: str, page: Page[Any], rows: list[Any], **extra: Any) -> JSONResponse:
+    return JSONResponse({**extra, key: rows, "next_cursor": page.next_cursor})
+
+
+def added_body(done: Enrolled, asked_quality: bool) -> dict[str, Any]:
+    return {
+        "added": [
+            {"face_id": face_id, **_box(face), **_quality(face, asked_quality)}
+            for face_id, face in done.added
+        ],
+        "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
+        # two faces of one picture in one subject: one of them is someone else (move it)
+        "same_photo": [list(pair) for pair in done.same_photo],
+    }
+
+
+@router.get("/galleries", summary="Every gallery with its model and size, a page at a time")
+async def list_galleries(
+    request: Request,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    q: Needle = None,
+    grant: Grant = Depends(allow("read")),
+) -> JSONResponse:
+    """A key limited to some galleries sees only those (issue 30)."""
     state, service = _service(request)
-    found = await state.run(service.store.galleries)
-    return JSONResponse(
-        {
-            "galleries": [
-                {
-                    "name": g.name,
-                    "model": g.model.name,
-                    "model_md5": g.model.md5,
-                    "subjects": g.subjects,
-                    "faces": g.faces,
-                    "index": g.index,
-                }
-                for g in found
-            ]
-        }
-    )
+    only = grant.principal.galleries
+    page = await state.run(lambda: service.galleries_page(limit, cursor, q, only))
+    return page_body("galleries", page, [gallery_body(g) for g in page.items])
+
+
+@router.put(
+    "/gallery/{gallery}",
+    summary="Create an empty gallery for the recognizer in use",
+    responses={
+        201: {"description": "Created", "content": {"application/json": {}}},
+        409: {"description": "The gallery exists, built with another recognizer"},
+    },
+)
+async def create_gallery(
+    request: Request, gallery: Name, _: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
+    """A gallery is also created by its first enrolment; this makes one to enrol into later. 201
+    when new, 200 when it exists (409 when it was built with another recognizer)."""
+    state, service = _service(request)
+    info, created = await state.run(lambda: service.create_gallery(gallery))
+    return JSONResponse({**gallery_body(info), "created": created}, 201 if created else 200)
+
+
+@router.get("/gallery/{gallery}", summary="One gallery: its model, size and index")
+async def get_gallery(
+    request: Request, gallery: Name, _: Grant = Depends(allow("read", gallery="gallery"))
+) -> JSONResponse:
+    state, service = _service(request)
+    info = await state.run(lambda: service.info(gallery))
+    return JSONResponse(gallery_body(info))
 
 
 @router.delete("/gallery/{gallery}", summary="Delete a gallery and every face in it")
-async def delete_gallery(request: Request, gallery: Name) -> JSONResponse:
+async def delete_gallery(
+    request: Request, gallery: Name, _: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
+    """Its faces, their pictures, its review queue, its index and the feedback given on it."""
     state, service = _service(request)
-    if not await state.run(lambda: service.store.delete_gallery(gallery)):
-        raise NotFound(f"no gallery {gallery!r}")
-    await state.run(lambda: service.people.forget(gallery))
+    await state.run(lambda: service.delete_gallery(gallery))
     return JSONResponse({"gallery": gallery, "deleted": True})
 
 
@@ -224,79 +307,81 @@ async def delete_gallery(request: Request, gallery: Name) -> JSONResponse:
     openapi_extra=parsed_body(EnrolRequest),
     summary="Enrol faces into a subject",
 )
-async def enrol(request: Request, gallery: Name, subject: Name) -> JSONResponse:
-    """From images (the largest face of each, or all with `all_faces`) and/or posted embeddings.
+async def enrol(
+    request: Request,
+    gallery: Name,
+    subject: Name,
+    grant: Grant = Depends(allow("enrol", gallery="gallery")),
+) -> JSONResponse:
+    """From images (the largest face of each, or all with `all_faces`, or the faces marked in
+    `images.faces`) and/or posted embeddings.
 
     The gallery is created on first use and records the recognizer; images without a face are
-    listed in `failed`.
+    listed in `failed`. Each face keeps a picture (FACEREST_GALLERY_KEEP_CROPS); `same_photo` lists
+    pairs of the subject's faces taken from one picture.
     """
     state, service = _service(request)
     req: EnrolRequest = await _parse(request, state, EnrolRequest)
     embeddings = _counted(state, req.embeddings)
+    # counted before any work (FACEREST_MAX_FACES_PER_REQUEST, FACEREST_MAX_BOX_MARKS_PER_REQUEST)
+    marks = face_marks(req.images, state.settings) if req.images is not None else None
 
     def work():  # type: ignore[no-untyped-def]
         vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force)
+        return service.enrol(gallery, subject, images, vectors, req.all_faces, req.force, marks)
 
     done = await state.run(work)
-    return JSONResponse(
-        {
-            "gallery": gallery,
-            "subject": subject,
-            "added": [
-                {"face_id": face_id, **_box(face), **_quality(face, req.return_quality)}
-                for face_id, face in done.added
-            ],
-            "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
-        }
-    )
+    grant.touched(subjects=[subject], faces=[face_id for face_id, _ in done.added])
+    return JSONResponse({"gallery": gallery, "subject": subject, **added_body(done, req.return_quality)})
 
 
-@router.get("/gallery/{gallery}/subjects", summary="The subjects of a gallery and their face counts")
-async def list_subjects(request: Request, gallery: Name) -> JSONResponse:
+@router.get("/gallery/{gallery}/subjects", summary="The subjects of a gallery, a page at a time")
+async def list_subjects(
+    request: Request,
+    gallery: Name,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    q: Needle = None,
+    _: Grant = Depends(allow("read", gallery="gallery")),
+) -> JSONResponse:
+    """Sorted by name; each with its number of faces and the face that shows it
+    (`representative`: the one chosen, else the best quality one)."""
     state, service = _service(request)
-
-    def work() -> list[tuple[str, int]]:
-        service.require(gallery)
-        return service.store.subjects(gallery)
-
-    subjects = await state.run(work)
-    listed = [{"subject": s, "faces": n} for s, n in subjects if s != UNSORTED]
-    return JSONResponse({"gallery": gallery, "subjects": listed})
+    page = await state.run(lambda: service.subjects_page(gallery, limit, cursor, q))
+    rows = [{"subject": s.subject, "faces": s.faces, "representative": s.representative} for s in page.items]
+    return page_body("subjects", page, rows, gallery=gallery)
 
 
-@router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject")
+@router.get("/gallery/{gallery}/subjects/{subject}", summary="The faces of one subject, a page at a time")
 async def get_subject(
     request: Request,
     gallery: Name,
     subject: Name,
-    embeddings: bool = Query(False, description="Add each face's embedding (for export)."),
+    embeddings: bool = Query(False, description="Add each face's embedding (for export: operator)."),
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Only faces whose source contains this.")
+    ] = None,
+    grant: Grant = Depends(allow("read", gallery="gallery")),
 ) -> JSONResponse:
     state, service = _service(request)
+    if embeddings:
+        grant.require("export", gallery)
 
-    def work():  # type: ignore[no-untyped-def]
-        if service.store.gallery(gallery) is None:
-            raise NotFound(f"no gallery {gallery!r}")
-        return service.store.faces(gallery, subject, with_embeddings=embeddings)
+    def work() -> Page[StoredFace]:
+        page = service.faces_page(gallery, subject, limit, cursor, q)
+        if embeddings:  # the page's faces again, with their vectors
+            wanted = {f.face_id for f in page.items}
+            page.items = [
+                f for f in service.store.faces(gallery, subject, with_embeddings=True) if f.face_id in wanted
+            ]
+        return page
 
-    faces = await state.run(work)
-    if not faces:
-        raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
-    out = []
-    for f in faces:
-        item: dict[str, Any] = {
-            "face_id": f.face_id,
-            "bbox": None if f.bbox is None else [round(v) for v in f.bbox],
-            "prob": f.prob,
-            "image_hash": f.image_hash,
-            "model": f.model,
-            "added_at": f.added_at,
-        }
-        if f.embedding is not None:
-            item["embedding"] = f.embedding.tolist()
-        out.append(item)
-    return JSONResponse({"gallery": gallery, "subject": subject, "faces": out})
+    page = await state.run(work)
+    grant.touched(subjects=[subject], faces=[f.face_id for f in page.items])
+    return page_body("faces", page, [face_body(f) for f in page.items], gallery=gallery, subject=subject)
 
 
 @router.patch(
@@ -304,34 +389,145 @@ async def get_subject(
     openapi_extra=parsed_body(RenameRequest),
     summary="Rename a subject",
 )
-async def rename_subject(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+async def rename_subject(
+    request: Request,
+    gallery: Name,
+    subject: Name,
+    grant: Grant = Depends(allow("edit", gallery="gallery")),
+) -> JSONResponse:
     state, service = _service(request)
     req: RenameRequest = await parse_body(request, RenameRequest)
-    moved = await state.run(lambda: service.store.rename_subject(gallery, subject, req.new_name))
+    grant.touched(subjects=[subject, req.new_name])
+    moved = await state.run(lambda: service.rename(gallery, subject, req.new_name))
     return JSONResponse({"gallery": gallery, "subject": req.new_name, "faces": moved})
 
 
 @router.delete("/gallery/{gallery}/subjects/{subject}", summary="Delete a subject and its faces")
-async def delete_subject(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+async def delete_subject(
+    request: Request,
+    gallery: Name,
+    subject: Name,
+    grant: Grant = Depends(allow("delete", gallery="gallery")),
+) -> JSONResponse:
     state, service = _service(request)
-    deleted = await state.run(lambda: service.store.delete_subject(gallery, subject))
-    if not deleted:
-        raise NotFound(f"no subject {subject!r} in gallery {gallery!r}")
-    return JSONResponse({"gallery": gallery, "subject": subject, "deleted_faces": deleted})
+    grant.touched(subjects=[subject])
+    removed = await state.run(lambda: service.delete_subject(gallery, subject))
+    grant.touched(faces=removed.faces)
+    return JSONResponse({"gallery": gallery, "subject": subject, "deleted_faces": len(removed.faces)})
 
 
 #: face ids are 64-bit integers in both stores; a larger number can name no face
 FACE_ID_MAX = 2**63 - 1
+FaceIdPath = Annotated[int, Path(ge=1, le=FACE_ID_MAX)]
 
 
 @router.delete("/gallery/{gallery}/faces/{face_id}", summary="Delete one face")
 async def delete_face(
-    request: Request, gallery: Name, face_id: Annotated[int, Path(ge=1, le=FACE_ID_MAX)]
+    request: Request,
+    gallery: Name,
+    face_id: FaceIdPath,
+    grant: Grant = Depends(allow("delete", gallery="gallery")),
+) -> JSONResponse:
+    """The face, its picture, its index entry and the feedback given on it."""
+    state, service = _service(request)
+    grant.touched(faces=[face_id])
+    await state.run(lambda: service.delete_face(gallery, face_id))
+    return JSONResponse({"gallery": gallery, "face_id": face_id, "deleted": True})
+
+
+# --- moving a gallery to another recognizer (issue 32). Access rule for all three: admin (the
+# move changes which model answers for the gallery, and loads a model on the server) ---
+
+
+class ReembedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Catalogue name of the recognizer to move to (absent: take up the gallery's "
+        "unfinished move).",
+    )
+    into: Name | None = Field(
+        None, description="Make this new gallery instead of moving the gallery in place (it stays as it is)."
+    )
+    drop_missing: StrictBool = Field(
+        False,
+        description="In place: delete the faces that keep no crop to embed again (listed in `missing`) at "
+        "the switch; without it such a gallery is refused.",
+    )
+
+
+def reembed_body(job: ReembedJob, lease_s: float) -> dict[str, Any]:
+    return {
+        "gallery": job.gallery,
+        "state": shown_state(job, lease_s),
+        "model": job.target.name,
+        "model_md5": job.target.md5,
+        "dim": job.target.dim,
+        "alignment": job.alignment,
+        "from_model": job.source.name,
+        "from_model_md5": job.source.md5,
+        "into": job.into,
+        "drop_missing": job.drop_missing,
+        "faces": job.faces,
+        "done": job.done,
+        "missing": {"count": job.missing_count, "face_ids": job.missing},
+        "review_items": job.review_items,
+        "review_done": job.review_done,
+        "review_dropped": job.review_dropped,
+        "started_at": job.started_at,
+        "updated_at": job.updated_at,
+        "finished_at": job.finished_at,
+        "error": job.error,
+    }
+
+
+@router.post(
+    "/gallery/{gallery}/reembed",
+    openapi_extra=parsed_body(ReembedRequest),
+    status_code=202,
+    summary="Move a gallery to another recognizer, embedding its faces again from their pictures",
+    responses={
+        202: {"description": "The move began (or was taken up)", "content": {"application/json": {}}},
+        409: {
+            "description": "A move is under way or unfinished, `into` exists, or faces would be lost "
+            "(`drop_missing`)"
+        },
+    },
+)
+async def reembed(
+    request: Request, gallery: Name, grant: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
+    """In the background: searches answer from the old model until the switch (or `into` is made).
+    Unknown models, recognizers that do not fit, an existing `into` and faces that would be lost
+    are refused before anything changes. Asked again, it takes up an interrupted move."""
+    state, service = _service(request)
+    req: ReembedRequest = await parse_body(request, ReembedRequest)
+    if req.into is not None:  # a new gallery: the key must be allowed to make that one too
+        grant.require("manage", req.into)
+    job = await state.run(lambda: service.reembeds.start(gallery, req.model, req.into, req.drop_missing))
+    return JSONResponse(reembed_body(job, state.settings.reembed_lease_s), 202)
+
+
+@router.get("/gallery/{gallery}/reembed", summary="How a gallery's move to another recognizer is going")
+async def reembed_status(
+    request: Request, gallery: Name, _: Grant = Depends(allow("read", gallery="gallery"))
 ) -> JSONResponse:
     state, service = _service(request)
-    if not await state.run(lambda: service.store.delete_face(gallery, face_id)):
-        raise NotFound(f"no face {face_id} in gallery {gallery!r}")
-    return JSONResponse({"gallery": gallery, "face_id": face_id, "deleted": True})
+    job = await state.run(lambda: service.reembeds.status(gallery))
+    return JSONResponse(reembed_body(job, state.settings.reembed_lease_s))
+
+
+@router.delete("/gallery/{gallery}/reembed", summary="Cancel a gallery's unfinished move")
+async def reembed_cancel(
+    request: Request, gallery: Name, _: Grant = Depends(allow("manage", gallery="gallery"))
+) -> JSONResponse:
+    """The embeddings written for it are deleted; the gallery stays as it was."""
+    state, service = _service(request)
+    await state.run(lambda: service.reembeds.cancel(gallery))
+    return JSONResponse({"gallery": gallery, "cancelled": True})
 
 
 @router.post(
@@ -339,7 +535,9 @@ async def delete_face(
     openapi_extra=parsed_body(SearchRequest),
     summary="Identify every face in the images (1:N)",
 )
-async def search(request: Request, gallery: Name) -> JSONResponse:
+async def search(
+    request: Request, gallery: Name, grant: Grant = Depends(allow("search", gallery="gallery"))
+) -> JSONResponse:
     """For every face, the `top_k` closest subjects; `subject` is null below the threshold.
 
     `data` holds one entry per image (request order), then one per posted embedding.
@@ -361,6 +559,11 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
         if isinstance(result, FaceRestError):
             data.append({"status": "failed", "traceback": result.detail, "code": result.code, "faces": []})
             continue
+        # who was looked up: the subjects named, and those shown as candidates below the threshold
+        grant.touched(
+            subjects=[hit.subject for hit in result if hit.subject is not None],
+            candidates=[m.subject for hit in result for m in hit.matches],
+        )
         faces = [
             {
                 **_box(hit.face),
@@ -379,7 +582,8 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
             }
             for hit in result
         ]
-        data.append({"status": "ok", "faces": faces})
+        # the picture's hash: what "no face of this picture is X" feedback names
+        data.append({"status": "ok", "image_hash": result[0].image_hash if result else None, "faces": faces})
     return JSONResponse(
         {"gallery": gallery, "threshold": decision.threshold, "decision": decision.to_json(), "data": data}
     )
@@ -390,7 +594,7 @@ async def search(request: Request, gallery: Name) -> JSONResponse:
     openapi_extra=parsed_body(VerifyRequest),
     summary="Same person? Two images, an image and a subject, or two embeddings",
 )
-async def verify(request: Request) -> JSONResponse:
+async def verify(request: Request, grant: Grant = Depends(allow("verify", gallery=BODY))) -> JSONResponse:
     """Compares the largest face of each image (or the posted embeddings); against a subject, its
     closest face counts. `same` is `similarity >= threshold`."""
     state, service = _service(request)
@@ -401,6 +605,9 @@ async def verify(request: Request) -> JSONResponse:
     with_subject = req.gallery is not None or req.subject is not None
     if with_subject and (req.gallery is None or req.subject is None):
         raise BadInput("verify against a subject needs both `gallery` and `subject`")
+    if req.gallery is not None and req.subject is not None:
+        grant.use_gallery(req.gallery)
+        grant.touched(subjects=[req.subject])
     wanted = 1 if with_subject else 2
     if inputs != wanted:
         raise BadInput(

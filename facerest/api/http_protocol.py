@@ -21,13 +21,21 @@ byte reaches the app or the API key check) with what is missing added at the con
   uvicorn reading and dropping a body of any declared size.
 
 Pipelined requests are answered in order by uvicorn's h11 protocol, also when the client shuts
-its side of the connection after sending them (uvicorn closed then, answering none).
+its side of the connection after sending them (uvicorn closed then, answering none), and after a
+request answered before its small body was read (the body is read and dropped, see
+`drains_unread_body`, instead of the connection ending with the requests behind it unanswered).
+
+Before the app sees a request (issue 28): an HTTP version other than 1.0/1.1 (`HTTP/9.9`, the
+HTTP/2 preface `PRI * HTTP/2.0`) is 505, a method the service has no use for (`CONNECT`,
+`TRACE`, ...) 501, a header value with a control character 400, all closing the connection; a
+chunk declared larger than the body limit is 413 at once (h11 would wait for its 2^72 bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +54,33 @@ if TYPE_CHECKING:
 LINGER_S = 2.0
 LINGER_BYTES = 1 << 20
 
+#: the methods some route or middleware of the service answers; others are 501 before the app
+SERVED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+HTTP_VERSIONS = frozenset({"1.0", "1.1"})
+# C0 controls but horizontal tab, and DEL: h11 lets every byte but NUL and whitespace through
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def decimal_header(value: str | bytes | None) -> int | None:
+    """A header's non-negative decimal number (Content-Length, Last-Event-ID), or None when it is
+    not one: ASCII digits only, at most 18 of them. `str.isdigit` accepts other Unicode digits
+    that `int` refuses ("²"), and `int` refuses more than 4300 digits: both raised (500s)."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return int(text) if _DECIMAL.fullmatch(text) else None
+
+
+def drains_unread_body(content_length: str | bytes | None, chunked: bool) -> bool:
+    """Whether a body left unread by an early answer is read and dropped, keeping the connection
+    (and the requests pipelined behind it), rather than ending the connection: a declared length
+    of at most LINGER_BYTES. One rule for the middleware's `Connection: close` and for
+    `on_response_complete` below, which disagreed: a 404 to a POST of 5 bytes dropped the request
+    behind it."""
+    declared = decimal_header(content_length)
+    return not chunked and declared is not None and declared <= LINGER_BYTES
+
 
 @dataclass(frozen=True)
 class HttpLimits:
@@ -55,6 +90,7 @@ class HttpLimits:
     body_timeout_s: float
     keep_alive_timeout_s: float
     max_connections: int
+    max_body_bytes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
@@ -65,6 +101,7 @@ class HttpLimits:
             body_timeout_s=settings.body_timeout_s,
             keep_alive_timeout_s=settings.keep_alive_timeout_s,
             max_connections=settings.max_connections,
+            max_body_bytes=settings.max_body_bytes,
         )
 
 
@@ -189,7 +226,31 @@ class LimitedH11Protocol(H11Protocol):
             # the first byte of a head after a keep-alive pause: the head's own clock starts
             self._arm(self.limits.header_timeout_s, self._head_timed_out)
         super().data_received(data)
+        self._refuse_oversized_chunk()
         self._follow_state()
+
+    def _refuse_oversized_chunk(self) -> None:
+        """413 as soon as a chunk declares more than the body limit: h11 (0.16) reads chunk sizes
+        of up to 20 hex digits and waits for every byte, so a size line of 2^72 held the
+        connection until the body timeout instead of an answer. h11 keeps the size of the chunk
+        being read in its reader; without that attribute (another h11) the body limit still cuts
+        the body as it arrives."""
+        if self._refused or self.conn.their_state is not h11.SEND_BODY:
+            return
+        left = getattr(getattr(self.conn, "_reader", None), "_bytes_in_chunk", 0)
+        if not isinstance(left, int) or left <= self.limits.max_body_bytes:
+            return
+        cycle = self.cycle
+        if cycle is not None:
+            if cycle.response_started:
+                self.transport.close()
+                return
+            # the app stops waiting for the body (it reads a disconnect) and its answer is dropped
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.logger.warning("refused a chunk of %d bytes", left)
+        detail = f"request body is larger than the limit of {self.limits.max_body_bytes} bytes"
+        self._refuse(_canned(413, "Content Too Large", detail, "body_too_large"))
 
     def on_response_complete(self) -> None:
         if (
@@ -214,10 +275,8 @@ class LimitedH11Protocol(H11Protocol):
         """The request declares a body of at most LINGER_BYTES (chunked bodies declare none)."""
         if self.cycle is None:
             return False
-        for name, value in self.cycle.scope["headers"]:
-            if name == b"content-length":
-                return value.isdigit() and int(value) <= LINGER_BYTES
-        return False
+        headers = dict(self.cycle.scope["headers"])
+        return drains_unread_body(headers.get(b"content-length"), b"transfer-encoding" in headers)
 
     def _follow_state(self) -> None:
         if self._refused:
@@ -292,7 +351,9 @@ class LimitedH11Protocol(H11Protocol):
 
 class _HeadLimit:
     """The same limits for a head that came complete in one read: h11 bounds only a head still
-    incomplete, so a 20 KiB head sent at once gets this far (before the app and its key check)."""
+    incomplete, so a 20 KiB head sent at once gets this far (before the app and its key check);
+    and what h11 lets through that no request of ours may be (issue 28): another HTTP version,
+    a method the service has no use for, a control character in a header value."""
 
     def __init__(self, app: Any, limits: HttpLimits) -> None:
         self.app = app
@@ -311,6 +372,19 @@ class _HeadLimit:
                 detail = f"the request head is larger than {limit} bytes"
                 await _answer(send, 431, detail, "headers_too_large")
                 return
+            if scope["http_version"] not in HTTP_VERSIONS:
+                detail = f"HTTP/{scope['http_version']} is not supported: this server speaks HTTP/1.1"
+                await _answer(send, 505, detail, "http_version_not_supported")
+                return
+            if scope["method"] not in SERVED_METHODS:
+                detail = f"the method {scope['method'][:32]} is not implemented by this server"
+                await _answer(send, 501, detail, "method_not_implemented")
+                return
+            for name, value in scope["headers"]:
+                if _CONTROL.search(value):
+                    shown = name[:64].decode("latin-1")
+                    await _answer(send, 400, f"the header {shown} holds a control character", "bad_input")
+                    return
         await self.app(scope, receive, send)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse, Response
 
+from facerest.api.access import allow
 from facerest.events import EventBus
 from facerest.models.faces import ImageResult
 from facerest.pipeline.scheduler import SchedulerStats
@@ -121,6 +122,7 @@ router = APIRouter()
 
 @router.get(
     "/metrics",
+    dependencies=[Depends(allow("metrics"))],
     summary="Prometheus metrics: requests, latencies, faces, queue depth, errors by code",
     response_class=PlainTextResponse,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},

@@ -1,5 +1,6 @@
 """One ASGI middleware for what every request goes through before any route: a request id,
-API keys, the body-size limit, an access log line and the request metrics.
+API keys (who the request acts as: facerest/api/access.py), the body-size limit, an access log
+line and the request metrics.
 
 It is plain ASGI (not Starlette's BaseHTTPMiddleware) so that bodies stream through untouched and
 an oversized body is cut off while it arrives, whatever route (JSON, msgpack, multipart) reads it.
@@ -7,7 +8,6 @@ an oversized body is cut off while it arrives, whatever route (JSON, msgpack, mu
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import time
@@ -16,7 +16,9 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facerest.api.access import PRINCIPAL_KEY, Access
 from facerest.api.errors import ERROR_CODE_KEY, error_body
+from facerest.api.http_protocol import decimal_header, drains_unread_body
 from facerest.api.responses import JSONResponse
 from facerest.config import Settings
 from facerest.errors import BodyTooLarge
@@ -27,6 +29,19 @@ log = logging.getLogger("facerest.access")
 # Paths answered without an API key: readiness probes, and the API's own documentation (the
 # schema holds nothing secret and the docs page is where a user enters the key).
 OPEN_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# the console's page and static files (issue 29): the page is where the key is typed; every call
+# it then makes to the API carries the key
+CONSOLE_PATHS = frozenset({"/console", "/console/"})
+CONSOLE_FILES = "/console/static/"
+
+
+def is_open(path: str) -> bool:
+    """Whether `path` is answered without a key (its route's rule is `public()`)."""
+    if path in OPEN_PATHS or path in CONSOLE_PATHS:
+        return True
+    # one file name under the console's folder, nothing deeper (the route serves a fixed list)
+    return path.startswith(CONSOLE_FILES) and "/" not in path[len(CONSOLE_FILES) :]
+
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -37,41 +52,11 @@ def incoming_request_id(headers: Headers) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-#: where the CompreFace and DeepStack APIs live (issue 31): their routes check their own keys (a
-#: CompreFace service key, a DeepStack `api_key` form field), each reaching only its gallery
-COMPREFACE_PREFIX = "/api/v1/"
-DEEPSTACK_PREFIX = "/v1/vision/"
-
-
-def checks_own_key(settings: Settings, path: str) -> bool:
-    """Whether `path` belongs to a compatibility API that is on and checks the key itself."""
-    return (settings.compreface_enabled and path.startswith(COMPREFACE_PREFIX)) or (
-        settings.deepstack_enabled and path.startswith(DEEPSTACK_PREFIX)
-    )
-
-
-def key_is_valid(given: str, keys: list[str]) -> bool:
-    """Constant-time comparison against every configured key (no early exit on the first match)."""
-    given_bytes = given.encode("utf-8", "replace")
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given_bytes, key.encode("utf-8"))
-    return matched
-
-
-def presented_key(headers: Headers) -> str:
-    """`X-API-Key: <key>`, or `Authorization: Bearer <key>` (what Prometheus scrapers can send)."""
-    key = headers.get("x-api-key")
-    if key is not None:
-        return key
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else ""
-
-
 class HardeningMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, access: Access) -> None:
         self.app = app
         self.settings = settings
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -101,7 +86,7 @@ class HardeningMiddleware:
                     return
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = rid
-                if has_body and not body_read:  # answered with the body unread: see _reject
+                if ends_connection and not body_read:  # answered with the body unread: see _reject
                     MutableHeaders(scope=message)["Connection"] = "close"
             await send(message)
 
@@ -113,7 +98,7 @@ class HardeningMiddleware:
             await send(message)
 
         received = 0
-        has_body = _has_body(headers)
+        ends_connection = _unread_body_ends_connection(headers)
         body_read = False
 
         async def limited_receive() -> Message:
@@ -128,12 +113,12 @@ class HardeningMiddleware:
             return message
 
         try:
-            if (
-                self.settings.api_keys
-                and self._path(scope) not in OPEN_PATHS
-                and not checks_own_key(self.settings, self._path(scope))
-                and not key_is_valid(presented_key(headers), self.settings.api_keys)
-            ):
+            principal = scope[PRINCIPAL_KEY] = self.access.principal(headers)
+            path = self._path(scope)
+            # the compatibility APIs' rules answer a missing key themselves, in their own shape
+            # (DeepStack's key is in the form): Access.keys_checked_by_rule
+            if principal is None and not is_open(path) and not self.access.passes_without_key(path):
+                self.access.refused_key(scope)
                 await self._reject(
                     scope,
                     send_with_id_raw,
@@ -155,8 +140,8 @@ class HardeningMiddleware:
                     {"Retry-After": "1"},
                 )
                 return
-            declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            declared = decimal_header(headers.get("content-length"))
+            if declared is not None and declared > self.settings.max_body_bytes:
                 await self._reject(scope, send_with_id_raw, 413, self._too_large_detail(), "body_too_large")
                 return
             try:
@@ -170,6 +155,7 @@ class HardeningMiddleware:
                     raise
         finally:
             self._record(scope, status, time.perf_counter() - started)
+            self.access.finish(scope, status)  # the audit record, with the outcome the client saw
             request_id.reset(token)
 
     @staticmethod
@@ -214,9 +200,10 @@ class HardeningMiddleware:
     ) -> None:
         scope[ERROR_CODE_KEY] = code
         headers = dict(headers or {})
-        if _has_body(Headers(scope=scope)):
+        if _unread_body_ends_connection(Headers(scope=scope)):
             # the body is left unread, so the connection ends after this answer: saying so keeps
-            # a client from sending its next request on a connection we are closing
+            # a client from sending its next request on a connection we are closing (a small body
+            # is read and dropped instead, and the connection serves the next request)
             headers["Connection"] = "close"
         response = JSONResponse(error_body(detail, code), status, headers=headers)
 
@@ -248,5 +235,8 @@ class HardeningMiddleware:
         )
 
 
-def _has_body(headers: Headers) -> bool:
-    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+def _unread_body_ends_connection(headers: Headers) -> bool:
+    """A body left unread ends the connection unless the protocol drains it (http_protocol.py)."""
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return False  # no body at all
+    return not drains_unread_body(headers.get("content-length"), "transfer-encoding" in headers)

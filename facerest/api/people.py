@@ -5,15 +5,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from facerest.api.gallery import FACE_ID_MAX, EnrolRequest, ErrorRate, Similarity, _box, _images, _service
+from facerest.api.access import Grant, allow
+from facerest.api.gallery import (
+    FACE_ID_MAX,
+    EnrolRequest,
+    ErrorRate,
+    Similarity,
+    _counted,
+    _images,
+    _parse,
+    _service,
+    _vectors,
+    added_body,
+)
 from facerest.api.responses import JSONResponse
-from facerest.api.routes import parse_body, parsed_body
+from facerest.api.routes import face_marks, parse_body, parsed_body
+from facerest.errors import TooManyFaces
 from facerest.gallery.store import StoredFace
 
 FaceId = Annotated[int, Field(ge=1, le=FACE_ID_MAX)]
+#: pairs and "not" items in one feedback body (issue 28: 3,000,000 pairs held the event loop 9 s)
+MAX_FEEDBACK_ITEMS = 10_000
 
 
 class ClusterRequest(BaseModel):
@@ -32,18 +47,35 @@ class ClusterRequest(BaseModel):
 class NotSubject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    face_id: FaceId
+    face_id: FaceId | None = Field(None, description="A face of the gallery that is not `subject`.")
+    image_hash: str | None = Field(
+        None,
+        pattern="^[0-9a-f]{64}$",
+        description="Instead of `face_id`: a searched picture (its `image_hash` in the search answer) "
+        "none of whose faces is `subject`.",
+    )
     subject: str
+
+    @model_validator(mode="after")
+    def _one_of(self) -> NotSubject:
+        if (self.face_id is None) == (self.image_hash is None):
+            raise ValueError("give either face_id or image_hash")
+        return self
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     different: list[Annotated[list[FaceId], Field(min_length=2, max_length=2)]] = Field(
-        default_factory=list, description="Pairs of face ids that are different people."
+        default_factory=list,
+        max_length=MAX_FEEDBACK_ITEMS,
+        description="Pairs of face ids that are different people.",
     )
     not_: list[NotSubject] = Field(
-        default_factory=list, alias="not", description="Faces that are not the named subject."
+        default_factory=list,
+        alias="not",
+        max_length=MAX_FEEDBACK_ITEMS,
+        description="Faces that are not the named subject.",
     )
 
 
@@ -59,25 +91,27 @@ def _face(face: StoredFace) -> dict[str, Any]:
     openapi_extra=parsed_body(EnrolRequest),
     summary="Enrol faces without a subject (for clustering)",
 )
-async def enrol_unsorted(request: Request, gallery: str) -> JSONResponse:
+async def enrol_unsorted(
+    request: Request, gallery: str, grant: Grant = Depends(allow("enrol", gallery="gallery"))
+) -> JSONResponse:
     """As enrolling into a subject, with the subject left open: `POST /gallery/{gallery}/cluster`
     groups these faces into people."""
     state, service = _service(request)
-    req: EnrolRequest = await parse_body(request, EnrolRequest)
+    # the embeddings are read as enrolling into a subject reads them (issue 28: an int, a string
+    # or strings as embeddings were 500s here, 4xx there)
+    req: EnrolRequest = await _parse(request, state, EnrolRequest)
+    embeddings = _counted(state, req.embeddings)
+    # counted before any work (FACEREST_MAX_FACES_PER_REQUEST, FACEREST_MAX_BOX_MARKS_PER_REQUEST)
+    marks = face_marks(req.images, state.settings) if req.images is not None else None
 
     def work():  # type: ignore[no-untyped-def]
+        vectors = _vectors(embeddings)
         images = _images(state, req.images, req.img_req_headers)
-        return service.enrol(gallery, None, images, req.embeddings or [], req.all_faces, req.force)
+        return service.enrol(gallery, None, images, vectors, req.all_faces, req.force, marks)
 
     done = await state.run(work)
-    return JSONResponse(
-        {
-            "gallery": gallery,
-            "subject": None,
-            "added": [{"face_id": face_id, **_box(face)} for face_id, face in done.added],
-            "failed": [{"index": index, "detail": detail} for index, detail in done.failed],
-        }
-    )
+    grant.touched(faces=[face_id for face_id, _ in done.added])
+    return JSONResponse({"gallery": gallery, "subject": None, **added_body(done, req.return_quality)})
 
 
 @router.post(
@@ -85,7 +119,9 @@ async def enrol_unsorted(request: Request, gallery: str) -> JSONResponse:
     openapi_extra=parsed_body(ClusterRequest),
     summary="Group the faces enrolled without a subject into people",
 )
-async def cluster(request: Request, gallery: str) -> JSONResponse:
+async def cluster(
+    request: Request, gallery: str, _: Grant = Depends(allow("review", gallery="gallery"))
+) -> JSONResponse:
     """Clusters (largest first) of the unsorted faces, each with its most central faces and the
     enrolled subject it matches at the decision point, if any. New faces join the last clusters
     (cluster ids stay put) unless `recluster`; "different" feedback always holds."""
@@ -117,13 +153,25 @@ async def cluster(request: Request, gallery: str) -> JSONResponse:
     openapi_extra=parsed_body(FeedbackRequest),
     summary='Say "these faces are different people" or "this face is not X"',
 )
-async def feedback(request: Request, gallery: str) -> JSONResponse:
+async def feedback(
+    request: Request, gallery: str, grant: Grant = Depends(allow("edit", gallery="gallery"))
+) -> JSONResponse:
     """Kept for the gallery: later clustering never groups a "different" pair, never suggests X
     for a cluster holding a face that is "not X", and search never names X for a probe of the same
     picture. Unknown faces or subjects: 404, nothing stored."""
     state, service = _service(request)
+    raw = await request.body()  # each pair is a JSON array and each "not" an object: counted unparsed
+    if raw.count(b"[") + raw.count(b"{") > 2 * MAX_FEEDBACK_ITEMS + 2:
+        raise TooManyFaces(
+            f"a feedback body names at most {MAX_FEEDBACK_ITEMS} pairs and {MAX_FEEDBACK_ITEMS} faces"
+        )
     req: FeedbackRequest = await parse_body(request, FeedbackRequest)
     different = [(a, b) for a, b in req.different]
-    not_subject = [(n.face_id, n.subject) for n in req.not_]
-    await state.run(lambda: service.feedback(gallery, different, not_subject))
+    not_subject = [(n.face_id, n.subject) for n in req.not_ if n.face_id is not None]
+    not_in_picture = [(n.image_hash, n.subject) for n in req.not_ if n.image_hash is not None]
+    grant.touched(
+        subjects=[n.subject for n in req.not_],
+        faces=[i for pair in different for i in pair] + [i for i, _ in not_subject],
+    )
+    await state.run(lambda: service.feedback(gallery, different, not_subject, not_in_picture))
     return JSONResponse({"gallery": gallery, "different": len(different), "not": len(not_subject)})

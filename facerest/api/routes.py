@@ -10,18 +10,20 @@ from typing import Any
 import msgpack
 import numpy as np
 import orjson
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from facerest import __version__
+from facerest.api.access import allow, public
 from facerest.api.responses import JSONResponse, body_response
 from facerest.api.schemas import DrawRequest, ExtractRequest, ImageOptions, Images
 from facerest.api.serialize import MSGPACK_TYPES, FaceFields, encode_jpeg, v1_body, v2_body
 from facerest.api.state import AppState
-from facerest.errors import BadInput, FaceRestError, ImageTooLarge
+from facerest.config import Settings
+from facerest.errors import BadInput, FaceRestError, ImageTooLarge, TooManyFaces
 from facerest.imaging.draw import draw_faces
 from facerest.imaging.loader import load_images
 from facerest.imaging.marks import FaceMark
@@ -104,14 +106,30 @@ def _extract_options(req: ExtractRequest, state: AppState) -> ExtractOptions:
         extract_ga=req.extract_ga,
         detect_masks=req.detect_masks,
         dense_landmarks=req.return_dense_landmarks,
-        marks=face_marks(req.images),
+        marks=face_marks(req.images, state.settings),
         return_quality=req.return_quality,
     )
 
 
-def face_marks(images: Images) -> list[list[FaceMark] | None] | None:
+def face_marks(images: Images, settings: Settings) -> list[list[FaceMark] | None] | None:
+    """The faces marked by hand, per image; TooManyFaces before any work when they are more than
+    a request may embed (FACEREST_MAX_FACES_PER_REQUEST, as detected faces) or more boxes alone
+    than it may search (FACEREST_MAX_BOX_MARKS_PER_REQUEST: each can cost a detector pass)."""
     if images.faces is None:
         return None
+    marked = [m for marks in images.faces if marks is not None for m in marks]
+    if len(marked) > settings.max_faces_per_request:
+        raise TooManyFaces(
+            f"{len(marked)} faces marked in one request; the limit is {settings.max_faces_per_request} "
+            "(FACEREST_MAX_FACES_PER_REQUEST)"
+        )
+    boxes = sum(1 for m in marked if m.landmarks is None)
+    if boxes > settings.max_box_marks_per_request:
+        raise TooManyFaces(
+            f"{boxes} faces marked by a box alone in one request; the limit is "
+            f"{settings.max_box_marks_per_request} (FACEREST_MAX_BOX_MARKS_PER_REQUEST; marks with "
+            "landmarks need no search)"
+        )
     return [
         None
         if marks is None
@@ -172,6 +190,7 @@ def parsed_body(model: type[BaseModel]) -> dict[str, Any]:
 
 @router.post(
     "/extract",
+    dependencies=[Depends(allow("extract"))],
     openapi_extra=parsed_body(ExtractRequest),
     summary="Detect faces and extract embeddings, gender/age, masks",
     responses={200: {"content": {"application/json": {}, "application/x-msgpack": {}}}},
@@ -187,6 +206,7 @@ async def extract(request: Request) -> Response:
 
 @router.post(
     "/multipart/extract",
+    dependencies=[Depends(allow("extract"))],
     summary="Same as /extract, images uploaded as files",
     responses={200: {"content": {"application/json": {}, "application/x-msgpack": {}}}},
 )
@@ -262,6 +282,7 @@ async def _draw(
 
 @router.post(
     "/draw_detections",
+    dependencies=[Depends(allow("extract"))],
     openapi_extra=parsed_body(DrawRequest),
     summary="Draw the detected faces on each image",
     responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}},
@@ -296,6 +317,7 @@ async def draw_detections(request: Request) -> Response:
 
 @router.post(
     "/multipart/draw_detections",
+    dependencies=[Depends(allow("extract"))],
     summary="Draw the detected faces on an uploaded image",
     responses={200: {"content": {"image/jpeg": {}}}},
 )
@@ -329,7 +351,7 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
-@router.get("/info", summary="Version, models and settings in force")
+@router.get("/info", dependencies=[Depends(allow("info"))], summary="Version, models and settings in force")
 async def info(request: Request) -> JSONResponse:
     state = app_state(request)
     s = state.settings
@@ -357,7 +379,11 @@ async def info(request: Request) -> JSONResponse:
                 "force_fp16": s.force_fp16,
                 "triton_uri": s.triton_uri if s.runtime == "triton" else None,
                 "providers": models.backends,
+                # issue 32: each model's licence and whether it allows commercial use; the pack
+                # the names came from and whether the operator declared commercial use
                 "licences": models.licences(),
+                "model_pack": s.model_pack,
+                "commercial_use": s.commercial_use,
             },
             "defaults": {
                 "threshold": s.det_thresh,
@@ -388,6 +414,15 @@ async def info(request: Request) -> JSONResponse:
                 "max_faces_per_request": s.max_faces_per_request,
                 "max_embeddings_per_body": s.max_embeddings_per_body,
                 "max_search_comparisons": s.max_search_comparisons,
+                # issue 28
+                "max_box_marks_per_request": s.max_box_marks_per_request,
+                "cluster_max_faces": s.cluster_max_faces,
+                "video_formats": s.video_formats,
+                "video_max_fps": s.video_max_fps,
+                "video_max_pixels_per_byte": s.video_max_pixels_per_byte,
+                "video_max_frames_per_sample": s.video_max_frames_per_sample,
+                "video_max_frame_bytes": s.video_max_frame_bytes,
+                "video_max_listeners": s.video_max_listeners,
             },
             # enforced per connection, before a route or the API key check (api/http_protocol.py)
             "http_limits": {
@@ -432,7 +467,9 @@ def _decisions(state: AppState) -> dict[str, Any]:
     }
 
 
-@router.get("/health", summary="Ready when the models are loaded and answer")
+@router.get(
+    "/health", dependencies=[Depends(public())], summary="Ready when the models are loaded and answer"
+)
 async def health(request: Request) -> JSONResponse:
     state = app_state(request)
     probe = np.zeros((64, 64, 3), np.uint8)
@@ -443,6 +480,6 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "models": state.analyzer.models.backends})
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", dependencies=[Depends(public())], include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/docs")

@@ -156,7 +156,10 @@ Name = Annotated[
 ]
 
 
-Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+#: marks are kept as float32, which holds every whole pixel up to 2^24: a coordinate beyond it
+#: (1e39 overflowed to infinity, issue 28) names no pixel of any image this server decodes
+MAX_COORDINATE = float(1 << 24)
+Coordinate = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 
 
 class FaceMarkIn(BaseModel):

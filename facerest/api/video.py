@@ -5,7 +5,10 @@ Parsing and serialising only: decoding, tracking and jobs live in facerest/video
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -16,22 +19,27 @@ import anyio
 import anyio.to_thread
 import numpy as np
 import orjson
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
+from facerest.api.access import BODY, Grant, allow
+from facerest.api.http_protocol import decimal_header
 from facerest.api.responses import JSONResponse
 from facerest.api.routes import app_state, parse_body, parsed_body
 from facerest.api.state import AppState
-from facerest.errors import FaceRestError, FeatureUnavailable, StorageUnavailable, VideoTooLarge
+from facerest.errors import FaceRestError, FeatureUnavailable, NotFound, StorageUnavailable, VideoTooLarge
 from facerest.events import TrackFinished
 from facerest.imaging.loader import fetch_policy
 from facerest.imaging.sources import load_source
 from facerest.pipeline import ExtractOptions
 from facerest.video.analyze import Identify, VideoAnalyzer, VideoOptions, track_body, track_event
 from facerest.video.decode import Sampling, VideoLimits, VideoSource
-from facerest.video.jobs import JobManager, VideoJob
+from facerest.video.jobs import JobManager, Listener, VideoJob
 from facerest.video.tracker import Track, TrackerConfig, track_gap
+
+#: an event stream that stays silent this long gets a comment line (proxies close silent streams)
+KEEP_ALIVE_S = 15.0
 
 Fps = Field(None, ge=0.0, le=120.0, description="Frames sampled per second of video; 0: every frame.")
 
@@ -49,6 +57,7 @@ class VideoOptionsBody(BaseModel):
     gallery_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="Similarity at which a track is a subject (gallery default)."
     )
+    return_crops: bool = Field(False, description="Each track's best face as a JPEG (base64), `best.image`.")
 
 
 class VideoExtractRequest(VideoOptionsBody):
@@ -92,7 +101,12 @@ def _video_options(body: VideoOptionsBody, state: AppState, return_boxes: bool) 
     )
     tracker = TrackerConfig(max_gap_s=track_gap(state.settings.video_track_gap_s, _sampling(body, state)))
     tracker.high_score = extract.threshold
-    return VideoOptions(extract=extract, return_boxes=return_boxes, tracker=tracker)
+    settings = state.settings
+    # each track's best face is kept as a picture when it is asked for, or for the review queue
+    # of the gallery the tracks are identified in
+    review = body.gallery is not None and settings.people_review and settings.gallery_keep_crops
+    crop_size = settings.gallery_crop_size if body.return_crops or review else 0
+    return VideoOptions(extract=extract, return_boxes=return_boxes, tracker=tracker, crop_size=crop_size)
 
 
 def _identifier(state: AppState, body: VideoOptionsBody) -> Identify | None:
@@ -162,9 +176,9 @@ def _analyse(
         embedded = [i for i, t in enumerate(ended) if t.embedding is not None]
         for i, identity in zip(embedded, identify([ended[i].embedding for i in embedded]), strict=True):  # type: ignore[misc]
             identities[i] = identity
-    if state.events.wants(TrackFinished):
-        for track, identity in zip(ended, identities, strict=True):
-            state.events.publish(track_event(track, identity, body.gallery, "video", name))
+        if state.events.wants(TrackFinished):  # the review queue keeps the tracks nobody could name
+            for track, identity in zip(ended, identities, strict=True):
+                state.events.publish(track_event(track, identity, body.gallery, "video", name))
     sampling = _sampling(body, state)
     return {
         "video": {
@@ -180,20 +194,28 @@ def _analyse(
             "keyframes": sampling.keyframes,
         },
         "tracks": [
-            track_body(t, identity, embedding=body.return_embedding)
+            track_body(t, identity, embedding=body.return_embedding, crop=body.return_crops)
             for t, identity in zip(ended, identities, strict=True)
         ],
     }
 
 
 async def _respond(
-    state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool, name: str
+    state: AppState, data: bytes, body: VideoOptionsBody, return_boxes: bool, name: str, grant: Grant
 ) -> JSONResponse:
     started = time.perf_counter()
     identify = _identifier(state, body)
     answer = await state.run(lambda: _analyse(state, data, body, return_boxes, identify, name))
+    named = [(t.get("identity") or {}).get("subject") for t in answer["tracks"]]
+    grant.touched(subjects=[s for s in named if s])
     answer["took"] = {"total_ms": round((time.perf_counter() - started) * 1000, 1)}
     return JSONResponse(answer)
+
+
+def _searches(grant: Grant, body: VideoOptionsBody) -> None:
+    """Identifying tracks in a gallery is a search of it: the key must be allowed to."""
+    if body.gallery is not None:
+        grant.use_gallery(body.gallery, "search")
 
 
 _NO_GALLERY = {404: {"description": "The `gallery` named does not exist"}}
@@ -214,6 +236,8 @@ async def video_extract_multipart(
     return_boxes: bool = Form(False),
     gallery: str | None = Form(None),
     gallery_threshold: float | None = Form(None, ge=-1.0, le=1.0),
+    return_crops: bool = Form(False),
+    grant: Grant = Depends(allow("extract", gallery=BODY)),
 ) -> Response:
     """One entry per track (a person's continuous appearance): first/last timestamp, best frame,
     aggregated embedding, optional per-frame boxes, gender/age and gallery identity."""
@@ -231,8 +255,11 @@ async def video_extract_multipart(
         return_embedding=return_embedding,
         gallery=gallery or None,
         gallery_threshold=gallery_threshold,
+        return_crops=return_crops,
     )
-    return await _respond(state, data, body, return_boxes, f"upload {(file.filename or 'video')[:100]}")
+    _searches(grant, body)
+    name = f"upload {(file.filename or 'video')[:100]}"
+    return await _respond(state, data, body, return_boxes, name, grant)
 
 
 @router.post(
@@ -241,12 +268,16 @@ async def video_extract_multipart(
     summary="Face tracks of a video file fetched from a URL",
     responses=_NO_GALLERY,
 )
-async def video_extract_url(request: Request) -> Response:
+async def video_extract_url(
+    request: Request, grant: Grant = Depends(allow("extract", gallery=BODY))
+) -> Response:
     state = app_state(request)
     req: VideoExtractRequest = await parse_body(request, VideoExtractRequest)
+    _searches(grant, req)  # before the download
     policy = replace(fetch_policy(state.settings), max_bytes=state.settings.video_max_bytes)
     data = await state.run(lambda: load_source(req.url, policy, req.img_req_headers))
-    return await _respond(state, data, req, req.return_boxes, urlsplit(req.url).path.rsplit("/", 1)[-1][:100])
+    name = urlsplit(req.url).path.rsplit("/", 1)[-1][:100]
+    return await _respond(state, data, req, req.return_boxes, name, grant)
 
 
 def _jobs(request: Request) -> JobManager:
@@ -256,6 +287,23 @@ def _jobs(request: Request) -> JobManager:
     return request.app.state.video_jobs
 
 
+def _mine(grant: Grant, job: VideoJob) -> bool:
+    """A job belongs to the key that made it; an admin of every gallery sees every job."""
+    return grant.principal.sees_everything or job.owner == grant.principal.name
+
+
+def _described(job: VideoJob) -> dict[str, Any]:
+    return {**job.describe(), "owner": job.owner}
+
+
+def _own_job(request: Request, grant: Grant, job_id: str) -> VideoJob:
+    """The job, when this key may see it; another key's job is answered as no job at all."""
+    job = _jobs(request).get(job_id)
+    if not _mine(grant, job):
+        raise NotFound(f"no video job {job_id!r}")
+    return job
+
+
 @router.post(
     "/video/jobs",
     openapi_extra=parsed_body(VideoJobRequest),
@@ -263,11 +311,14 @@ def _jobs(request: Request) -> JobManager:
     summary="Start a live-stream job (when the operator enabled streams)",
     responses={**_NO_GALLERY, 429: {"description": "FACEREST_VIDEO_MAX_JOBS jobs are running"}},
 )
-async def create_job(request: Request) -> JSONResponse:
-    """Tracks are published as they end: `GET /video/jobs/{id}/events` (Server-Sent Events)."""
-    jobs = _jobs(request)
+async def create_job(request: Request, grant: Grant = Depends(allow("stream", gallery=BODY))) -> JSONResponse:
+    """Tracks are published as they end: `GET /video/jobs/{id}/events` (Server-Sent Events). The
+    job belongs to the key that made it: other keys neither see nor stop it (admins do)."""
     state = app_state(request)
     req: VideoJobRequest = await parse_body(request, VideoJobRequest)
+    if req.gallery is not None:
+        grant.use_gallery(req.gallery)
+    jobs = _jobs(request)
     identify = _identifier(state, req)
     if identify is not None:
         await anyio.to_thread.run_sync(identify, [])
@@ -280,52 +331,86 @@ async def create_job(request: Request) -> JSONResponse:
             identify=identify,
             webhook=req.webhook,
             gallery=req.gallery,
+            return_crops=req.return_crops,
+            owner=grant.principal.name,
         )
     )
-    return JSONResponse(job.describe(), 201)
+    return JSONResponse(_described(job), 201)
 
 
-@router.get("/video/jobs", summary="Every stream job of this server")
-async def list_jobs(request: Request) -> JSONResponse:
-    return JSONResponse({"jobs": [job.describe() for job in _jobs(request).list()]})
+@router.get("/video/jobs", summary="The stream jobs of this key (an admin's: every one)")
+async def list_jobs(request: Request, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
+    mine = [_described(job) for job in _jobs(request).list() if _mine(grant, job)]
+    return JSONResponse({"jobs": mine})
 
 
 @router.get("/video/jobs/{job_id}", summary="A stream job's state and counters")
-async def get_job(request: Request, job_id: str) -> JSONResponse:
-    return JSONResponse(_jobs(request).get(job_id).describe())
+async def get_job(request: Request, job_id: str, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
+    return JSONResponse(_described(_own_job(request, grant, job_id)))
 
 
 @router.delete("/video/jobs/{job_id}", summary="Stop a stream job and free what it holds")
-async def delete_job(request: Request, job_id: str) -> JSONResponse:
+async def delete_job(request: Request, job_id: str, grant: Grant = Depends(allow("stream"))) -> JSONResponse:
     jobs = _jobs(request)
+    _own_job(request, grant, job_id)
     job = await anyio.to_thread.run_sync(lambda: jobs.delete(job_id))
-    return JSONResponse({**job.describe(), "deleted": True})
+    return JSONResponse({**_described(job), "deleted": True})
 
 
 @router.get(
     "/video/jobs/{job_id}/events",
     summary="Finished tracks and status changes as Server-Sent Events",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        429: {"description": "FACEREST_VIDEO_MAX_LISTENERS event streams are open"},
+    },
 )
-async def job_events(request: Request, job_id: str) -> StreamingResponse:
+async def job_events(
+    request: Request, job_id: str, grant: Grant = Depends(allow("stream"))
+) -> StreamingResponse:
     """`event: track` carries one finished track (the body of /multipart/video/extract's tracks),
     `event: status` the job's status changes. The stream ends when the job does; reconnect with
-    `Last-Event-ID` to resume after the last event received."""
-    job = _jobs(request).get(job_id)
-    last_event_id = request.headers.get("last-event-id")  # the SSE resume header, any client's
-    last = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    return StreamingResponse(_events(request, job, last), media_type="text/event-stream")
+    `Last-Event-ID` to resume after the last event received (a value that is not an event id
+    resumes from the first event kept)."""
+    jobs = _jobs(request)
+    job = _own_job(request, grant, job_id)
+    # the SSE resume header, any client's: ASCII digits only (int() raised on "²" and on 4301 digits)
+    last = decimal_header(request.headers.get("last-event-id")) or 0
+    listener = jobs.listen()  # before the answer starts: past the limit, a 429
+    events = _events(job, last, listener)
+    # an answer never sent never starts its generator, whose `finally` would free the place
+    weakref.finalize(events, listener.close)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
-async def _events(request: Request, job: VideoJob, last: int) -> AsyncIterator[bytes]:
-    while True:
-        for event in job.events_after(last):
-            last = event.id
-            yield f"id: {event.id}\nevent: {event.type}\ndata: ".encode() + orjson.dumps(event.data) + b"\n\n"
-        if job.finished and not job.events_after(last):
-            return
-        if await request.is_disconnected():
-            return
-        await anyio.to_thread.run_sync(job.wait, last, 1.0)
-        if not job.events_after(last):
-            yield b": keep-alive\n\n"  # proxies close connections that stay silent
+async def _events(job: VideoJob, last: int, listener: Listener) -> AsyncIterator[bytes]:
+    """The job's events after `last`, waiting on this loop for the next (no worker thread: 300
+    listeners held the thread pool that uploads wait on, issue 28). The stream ends with the
+    job, or is cancelled when the client goes (Starlette watches for the disconnect)."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def wake() -> None:  # from the job's thread
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(changed.set)
+
+    unsubscribe = job.subscribe(wake)
+    try:
+        while True:
+            changed.clear()
+            for event in job.events_after(last):
+                last = event.id
+                yield (
+                    f"id: {event.id}\nevent: {event.type}\ndata: ".encode()
+                    + orjson.dumps(event.data)
+                    + b"\n\n"
+                )
+            if job.finished and not job.events_after(last):
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), KEEP_ALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"  # proxies close connections that stay silent
+    finally:
+        unsubscribe()
+        listener.close()

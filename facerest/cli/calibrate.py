@@ -23,7 +23,9 @@ app = typer.Typer()
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif"}
 #: a pair of faces from two different crowd photos scoring this high is one person photographed
-#: twice (e.g. a player in two team photos), not an impostor pair: it is left out, and listed
+#: twice (e.g. a player in two team photos), not an impostor pair: it is left out, and listed.
+#: Recognizers whose different people score higher than that (dlib's ResNet: its vectors share a
+#: direction, strangers score 0.8-0.9) use the highest score of two labelled different people.
 SAME_PERSON_ACROSS_PHOTOS = 0.5
 
 
@@ -37,6 +39,7 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
     sources: list[dict[str, object]] = field(default_factory=list)
     merged: list[tuple[str, str, float]] = field(default_factory=list)  # crowd faces found twice
+    same_person_score: float = SAME_PERSON_ACROSS_PHOTOS  # what made a crowd face someone seen before
 
     def matrix(self) -> np.ndarray:
         return np.stack(self.embeddings) if self.embeddings else np.zeros((0, 512), np.float32)
@@ -166,10 +169,24 @@ def gather(embedder: Embedder, labelled: Sequence[Path], crowds: Sequence[Path])
     return data
 
 
+def same_person_score(data: Dataset) -> float:
+    """The score from which two faces of different photos are one person: SAME_PERSON_ACROSS_PHOTOS,
+    or the highest score of two labelled different people where that is higher."""
+    if len(data.embeddings) < 2:
+        return SAME_PERSON_ACROSS_PHOTOS
+    matrix = np.stack(data.embeddings).astype(np.float64)
+    labels = np.array(data.labels)
+    scores = matrix @ matrix.T
+    different = labels[:, None] != labels[None, :]
+    return max(SAME_PERSON_ACROSS_PHOTOS, float(scores[different].max()) if different.any() else -1.0)
+
+
 def add_crowd(data: Dataset, crowd_faces: list[tuple[str, np.ndarray]]) -> None:
     """Crowd faces, each a person of its own, unless it matches a face of another photo or a
     labelled face at a score no stranger reaches: then it is the same person, and takes its label
     (so the pair counts as genuine, not as a false match)."""
+    same_person = same_person_score(data)
+    data.same_person_score = same_person
     for name, vector in crowd_faces:
         label = f"crowd/{name}"
         photo = name.split("#")[0]
@@ -179,7 +196,7 @@ def add_crowd(data: Dataset, crowd_faces: list[tuple[str, np.ndarray]]) -> None:
             if other_name.split("#")[0] == photo:
                 continue  # two faces of one photo are two people
             score = float(vector @ other_vector)
-            if score >= SAME_PERSON_ACROSS_PHOTOS:
+            if score >= same_person:
                 label = other_label
                 data.merged.append((name, other_name, round(score, 4)))
                 break
@@ -194,7 +211,7 @@ def made_from(data: Dataset, pipeline: dict[str, object]) -> dict[str, object]:
         "sources": data.sources,
         "rule": "labelled images: the largest face, labelled by its identity; crowd photos: every "
         "face a person of its own, unless it scores >= "
-        f"{SAME_PERSON_ACROSS_PHOTOS} with a face of another photo (then the same person)",
+        f"{round(data.same_person_score, 4):g} with a face of another photo (then the same person)",
         "same_person_across_photos": [list(m) for m in data.merged],
         "skipped": [list(s) for s in data.skipped],
     }

@@ -6,7 +6,9 @@ import os
 import sys
 
 import typer
+from pydantic import ValidationError
 
+from facerest.cli import audit as cli_audit
 from facerest.cli import calibrate as cli_calibrate
 from facerest.cli import cluster as cli_cluster
 from facerest.cli import config as cli_config
@@ -14,9 +16,10 @@ from facerest.cli import extract as cli_extract
 from facerest.cli import models as cli_models
 from facerest.cli import video as cli_video
 from facerest.cli.bench import app as bench_app
-from facerest.cli.common import fail, setup_logging
+from facerest.cli.common import fail, settings_errors, setup_logging
 from facerest.cli.deploy import add_deploy_commands
 from facerest.cli.gallery import app as gallery_app
+from facerest.cli.keys import app as keys_app
 from facerest.config import Settings, settings_table
 from facerest.errors import FaceRestError
 
@@ -42,6 +45,8 @@ app.add_typer(cli_calibrate.app)
 app.add_typer(cli_cluster.app)
 app.add_typer(cli_config.app)
 app.add_typer(gallery_app, name="gallery")
+app.add_typer(keys_app, name="keys")  # issue 30
+app.add_typer(cli_audit.app)  # `facerest audit` (issue 30)
 app.add_typer(bench_app, name="bench")
 add_deploy_commands(app)  # `facerest triton ...`, `facerest ray ...`
 
@@ -59,8 +64,8 @@ def serve(
         os.environ[f"FACEREST_{key.upper()}"] = str(value)
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic's error lists every bad variable
-        fail(f"invalid settings: {exc}")
+    except ValidationError as exc:  # every bad variable, in one line
+        fail(f"invalid settings: {settings_errors(exc)}")
         return
     setup_logging(settings)
     from facerest.preparation import prepare_models

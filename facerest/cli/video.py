@@ -103,7 +103,7 @@ def _local(
     from facerest.preparation import load_models
     from facerest.video.analyze import VideoAnalyzer, VideoOptions, track_body
     from facerest.video.decode import Sampling, VideoLimits, VideoSource
-    from facerest.video.stream import open_stream
+    from facerest.video.stream import LiveConnection
     from facerest.video.tracker import TrackerConfig, track_gap
 
     settings = Settings()
@@ -124,17 +124,13 @@ def _local(
             if live:
                 if not settings.video_streams_enabled:
                     raise FaceRestError(f"{source}: live streams need FACEREST_VIDEO_STREAMS_ENABLED=true")
-                stream = open_stream(source, settings)
+                connection = LiveConnection(source, settings)  # redirects checked, as for jobs
                 started = time.monotonic()
                 stop_at = None if duration_s is None else started + duration_s
-                frames = VideoSource(
-                    stream.source,
+                frames = connection.open(
                     VideoLimits.from_settings(settings),
                     sampling,
-                    fmt=stream.fmt,
-                    live=True,
                     clock=lambda started=started: time.monotonic() - started,
-                    options=stream.options,
                 )
 
                 def until(frames: VideoSource = frames, stop_at: float | None = stop_at):  # type: ignore[no-untyped-def]
@@ -148,7 +144,7 @@ def _local(
                     publish(tracker.finish())
                 finally:
                     frames.close()
-                    stream.close()
+                    connection.close()
                 continue
             with VideoSource(
                 Path(source).read_bytes(), VideoLimits.from_settings(settings), sampling

@@ -47,7 +47,10 @@ class AsyncClient(BaseClient):
             await asyncio.sleep(delay)
 
     async def _run(self, exchange: Exchange[T]) -> T:
-        return exchange.parse(await self._send(exchange.call))
+        body = await self._send(exchange.call)
+        while (call := calls.more(exchange, body)) is not None:  # a list: every page of it
+            body = calls.joined(exchange, body, await self._send(call))
+        return exchange.parse(body)
 
     # service
 

@@ -93,6 +93,30 @@ class Exchange(Generic[T]):
 
     call: Call
     parse: Callable[[Any], T]
+    #: the answer is one page of this list (issue 29): the client asks for the next pages and joins them
+    pages: str | None = None
+
+
+#: rows the clients ask for per page of a list (the server's most)
+PAGE = 1000
+
+
+def paged(path: str, key: str, parse: Callable[[Any], T]) -> Exchange[T]:
+    """A whole list, asked for a page at a time (`more` gives each next call)."""
+    return Exchange(Call("GET", f"{path}?limit={PAGE}"), parse, pages=key)
+
+
+def more(exchange: Exchange[Any], body: Any) -> Call | None:
+    """The call for the page after `body`, or None when it was the last."""
+    cursor = body.get("next_cursor") if exchange.pages and isinstance(body, dict) else None
+    if not cursor:
+        return None
+    return Call("GET", f"{exchange.call.path}&cursor={quote(cursor, safe='')}")
+
+
+def joined(exchange: Exchange[Any], body: dict[str, Any], page: dict[str, Any]) -> dict[str, Any]:
+    key = exchange.pages or ""
+    return {**page, key: [*body[key], *page[key]]}
 
 
 class ExtractArgs(TypedDict, total=False):
@@ -193,7 +217,7 @@ def enrol(
 
 
 def galleries() -> Exchange[list[results.GalleryInfo]]:
-    return Exchange(Call("GET", "/galleries"), results.parse_galleries)
+    return paged("/galleries", "galleries", results.parse_galleries)
 
 
 def delete_gallery(gallery: str) -> Exchange[None]:
@@ -201,11 +225,11 @@ def delete_gallery(gallery: str) -> Exchange[None]:
 
 
 def subjects(gallery: str) -> Exchange[list[results.SubjectSummary]]:
-    return Exchange(Call("GET", f"{gallery_path(gallery)}/subjects"), results.parse_subjects)
+    return paged(f"{gallery_path(gallery)}/subjects", "subjects", results.parse_subjects)
 
 
 def subject(gallery: str, subject: str) -> Exchange[results.SubjectDetail]:
-    return Exchange(Call("GET", subject_path(gallery, subject)), results.parse_subject)
+    return paged(subject_path(gallery, subject), "faces", results.parse_subject)
 
 
 def rename_subject(gallery: str, subject: str, new_name: str) -> Exchange[None]:

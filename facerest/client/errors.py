@@ -58,6 +58,10 @@ class Unauthorized(APIError):
     """401/403: a missing or wrong API key."""
 
 
+class Forbidden(Unauthorized):
+    """403: a valid key whose role or galleries do not cover the request (`detail` says which)."""
+
+
 class Overloaded(APIError):
     """503: the server is at its limit and every retry was used up."""
 
@@ -69,7 +73,7 @@ class ServerError(APIError):
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequest,
     401: Unauthorized,
-    403: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: ModelMismatch,
     413: PayloadTooLarge,

@@ -47,7 +47,10 @@ class Client(BaseClient):
             time.sleep(delay)
 
     def _run(self, exchange: Exchange[T]) -> T:
-        return exchange.parse(self._send(exchange.call))
+        body = self._send(exchange.call)
+        while (call := calls.more(exchange, body)) is not None:  # a list: every page of it
+            body = calls.joined(exchange, body, self._send(call))
+        return exchange.parse(body)
 
     # service
 

@@ -145,8 +145,10 @@ class FaceIndex:
 
     # --- files ---
 
-    def save(self, path: Path) -> None:
-        """Atomically: a reader sees the old file or the new one, never half of one."""
+    def save(self, path: Path, model: str = "") -> None:
+        """Atomically: a reader sees the old file or the new one, never half of one. `model`: the
+        md5 of the recognizer whose embeddings it codes (a gallery moved to another one in place
+        keeps its face ids: its old file must not be taken for the new embeddings)."""
         import faiss
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +171,7 @@ class FaceIndex:
             "dim": self.dim,
             "count": len(self),
             "bytes": temporary.stat().st_size,
+            "model": model,
         }
         meta_path = path.with_name(path.name + ".json")
         meta_tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
@@ -181,12 +184,17 @@ class FaceIndex:
         self.dirty = False
 
     @classmethod
-    def load(cls, path: Path, dim: int, options: IndexOptions) -> FaceIndex | None:
-        """The saved index, or None when absent, unreadable or built with other settings."""
+    def load(cls, path: Path, dim: int, options: IndexOptions, model: str = "") -> FaceIndex | None:
+        """The saved index, or None when absent, unreadable or built with other settings (or for
+        another model than `model`; files saved before issue 32 name none and are taken)."""
         meta_path = path.with_name(path.name + ".json")
         try:
             meta = json.loads(meta_path.read_text())
-            if {k: meta.get(k) for k in options.shape()} != options.shape() or meta.get("dim") != dim:
+            if (
+                {k: meta.get(k) for k in options.shape()} != options.shape()
+                or meta.get("dim") != dim
+                or meta.get("model", model) != model
+            ):
                 log.info("gallery index %s was built with other settings; rebuilding", path.name)
                 return None
             if path.stat().st_size != meta.get("bytes"):

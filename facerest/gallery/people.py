@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +22,9 @@ import numpy as np
 from facerest.errors import NotFound
 from facerest.gallery import clustering
 from facerest.gallery.calibration import Decision
-from facerest.gallery.store import StoredFace
+from facerest.gallery.store import UNSORTED, StoredFace
 
-#: the subject unsorted faces are stored under (a control character: check_name refuses it)
-UNSORTED = "\x1funsorted"
+__all__ = ["UNSORTED", "FeedbackStore", "PersonCluster", "check_faces", "cluster_unsorted"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS different (gallery TEXT, face_a INTEGER, face_b INTEGER,
@@ -44,6 +43,8 @@ class FeedbackStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # what is forgotten is overwritten, not only unlinked from the tree (issue 30)
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
@@ -90,10 +91,48 @@ class FeedbackStore:
                 "INSERT INTO clustered VALUES (?, ?, ?)", [(gallery, f, label) for f, label in labels.items()]
             )
 
-    def forget(self, gallery: str) -> None:
+    def forget(self, gallery: str) -> int:
+        """Everything said about the gallery; the rows removed (then gone from the files too)."""
         with self._lock, self._db:
-            for table in ("different", "not_subject", "clustered"):
-                self._db.execute(f"DELETE FROM {table} WHERE gallery = ?", (gallery,))
+            removed = sum(
+                self._db.execute(f"DELETE FROM {table} WHERE gallery = ?", (gallery,)).rowcount
+                for table in ("different", "not_subject", "clustered")
+            )
+        self.erase_deleted()
+        return removed
+
+    def forget_faces(self, gallery: str, face_ids: Sequence[int]) -> int:
+        """What was said about faces that are deleted goes with them; the rows removed."""
+        rows = [(gallery, i) for i in face_ids]
+        removed = 0
+        with self._lock, self._db:
+            for row in rows:
+                removed += self._db.execute(
+                    "DELETE FROM different WHERE gallery = ?1 AND (face_a = ?2 OR face_b = ?2)", row
+                ).rowcount
+                for table in ("not_subject", "clustered"):
+                    removed += self._db.execute(
+                        f"DELETE FROM {table} WHERE gallery = ? AND face_id = ?", row
+                    ).rowcount
+        if removed:
+            self.erase_deleted()
+        return removed
+
+    def forget_subject(self, gallery: str, subject: str) -> int:
+        """Every "face F is not X" once X is deleted: the name goes with the subject."""
+        with self._lock, self._db:
+            removed = self._db.execute(
+                "DELETE FROM not_subject WHERE gallery = ? AND subject = ?", (gallery, subject)
+            ).rowcount
+        if removed:
+            self.erase_deleted()
+        return removed
+
+    def erase_deleted(self) -> list[str]:
+        """The WAL emptied into the file (secure_delete zeroed the rows there): what was done."""
+        with self._lock:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return ["people.db: WAL emptied" if not busy else "people.db: WAL busy, emptied at the next delete"]
 
     def close(self) -> None:
         self._db.close()
@@ -110,14 +149,15 @@ class PersonCluster:
 
 def cluster_unsorted(
     faces: list[StoredFace],
-    subjects: dict[str, np.ndarray],
+    subjects: Callable[[np.ndarray], dict[str, np.ndarray]],
     decision: Decision,
     feedback: FeedbackStore,
     gallery: str,
     recluster: bool,
 ) -> list[PersonCluster]:
     """The unsorted faces grouped at the decision threshold; incrementally (new faces join the
-    last clustering's groups) unless `recluster`. `subjects`: each enrolled subject's faces."""
+    last clustering's groups) unless `recluster`. `subjects(vectors)`: the enrolled faces of the
+    subjects a group of faces could be (facerest/gallery/service.py searches for them)."""
     if not faces:
         feedback.save_labels(gallery, {})
         return []
@@ -126,6 +166,12 @@ def cluster_unsorted(
     links = [
         (position[a], position[b]) for a, b in feedback.different(gallery) if a in position and b in position
     ]
+    # one person appears once in a photo: two faces of one picture are never grouped
+    by_photo: dict[str, list[int]] = {}
+    for i, face in enumerate(faces):
+        if face.image_hash is not None:
+            by_photo.setdefault(face.image_hash, []).append(i)
+    links += [(a, b) for group in by_photo.values() for k, a in enumerate(group) for b in group[k + 1 :]]
     before = {} if recluster else feedback.labels(gallery)
     old = [i for i, f in enumerate(faces) if f.face_id in before]
     new = [i for i, f in enumerate(faces) if f.face_id not in before]
@@ -149,7 +195,8 @@ def cluster_unsorted(
         banned = set().union(*(refused.get(f.face_id, set()) for f in members))
         centre = vectors[group.members]
         best, best_score = None, None
-        for subject, enrolled in subjects.items():
+        # the candidates come from the group's most central faces; every face counts in the score
+        for subject, enrolled in subjects(vectors[group.representatives]).items():
             if subject in banned:
                 continue
             score = float((centre @ enrolled.T).max(axis=1).mean())

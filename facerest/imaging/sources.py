@@ -51,6 +51,7 @@ class FetchPolicy:
     retries: int = 1  # extra attempts after a connection failure or a 502/503/504
     # the service always verifies against the system CAs; tests pass a context trusting their own CA
     tls_verify: ssl.SSLContext | bool = True
+    allowlist_setting: str = "FACEREST_URL_ALLOWLIST"  # named in the refusal's detail
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -114,11 +115,11 @@ def resolve_url(url: str, policy: FetchPolicy) -> list[IPAddress]:
         raise UrlRefused(f"{host} resolves to a cloud metadata address")
     if _allowlisted(host, addresses, policy.allowlist):
         return addresses
-    refused = [str(a) for a in addresses if not _is_public(a)]
-    if refused:
+    if not all(_is_public(a) for a in addresses):
+        # the address is not named: an answer must not map the internal network for the client
         raise UrlRefused(
-            f"{host} resolves to a non-public address ({', '.join(refused)}); "
-            "an operator can allow it with FACEREST_URL_ALLOWLIST"
+            f"{host} resolves to a non-public address; an operator can allow it with "
+            f"{policy.allowlist_setting}"
         )
     return addresses
 
@@ -146,7 +147,7 @@ def fetch_url(url: str, policy: FetchPolicy, headers: dict[str, str] | None = No
             origin = _origin(url)
         # a client per hop: a pooled connection (and its TLS session, made for one name) is
         # never reused for another name that happens to share the address
-        with httpx.Client(follow_redirects=False, verify=_tls_context(policy), trust_env=False) as client:
+        with httpx.Client(follow_redirects=False, verify=tls_context(policy), trust_env=False) as client:
             outcome = _fetch_with_retries(client, url, policy, sent, deadline)
         if isinstance(outcome, bytes):
             return outcome
@@ -160,7 +161,8 @@ def _system_tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _tls_context(policy: FetchPolicy) -> ssl.SSLContext:
+def tls_context(policy: FetchPolicy) -> ssl.SSLContext:
+    """The TLS context every fetch verifies with (URLs, webhooks, streams)."""
     if isinstance(policy.tls_verify, ssl.SSLContext):
         return policy.tls_verify
     if policy.tls_verify is not True:

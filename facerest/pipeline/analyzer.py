@@ -88,6 +88,9 @@ class Deadline:
         self.pending: list[Future] = []
 
     def track(self, future: Future) -> Future:
+        # only futures still to run are kept: a done one holds its outputs (a detector pass's
+        # ~0.3 MB), and a request of 10,000 marked boxes kept 3 GB of them until it ended
+        self.pending = [f for f in self.pending if not f.done()]
         self.pending.append(future)
         return future
 

@@ -176,6 +176,13 @@ class InferenceScheduler:
         queued = {owner for q in self._queues.values() for owner in q.owners}
         return self._requests > len(queued)
 
+    def release(self, model: str) -> None:
+        """Forget the queues of `model` once they are empty: they hold its runner, hence its
+        session (a model loaded for a while, as a gallery's re-embedding loads its target)."""
+        with self._cond:
+            for key in [k for k, q in self._queues.items() if k[0] == model and not q.owners]:
+                del self._queues[key]
+
     def depth(self) -> int:
         with self._cond:
             return sum(q.items() for q in self._queues.values())

@@ -7,6 +7,7 @@ from facerest.preparation.stage import (
     load_detector,
     load_face_model,
     load_models,
+    load_recognizer,
     prepare_models,
     prepare_runtime,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "load_detector",
     "load_face_model",
     "load_models",
+    "load_recognizer",
     "open_session",
     "prepare_models",
     "prepare_runtime",

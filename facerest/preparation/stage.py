@@ -7,28 +7,26 @@ import logging
 from pathlib import Path
 
 from facerest.config import Settings
+from facerest.errors import BadInput, FeatureUnavailable, LicenceRefused, ModelError, ModelMissing
 from facerest.models import LoadedModels, build_detector, build_face_model
 from facerest.models.base import FaceModel
 from facerest.models.catalog import CatalogEntry
 from facerest.models.detection.base import Detector
+from facerest.models.recognition import Recognizer
 from facerest.models.store import ModelStore
 from facerest.preparation.sessions import engine_for, open_session, session_name
 from facerest.runtime.base import InferenceSession
 from facerest.runtime.factory import check_runtime
 from facerest.runtime.gpu import check_gpu_runtime
 from facerest.runtime.shapes import ModelRole
+from facerest.tools.converters import CONVERTERS
 from facerest.tools.mxnet_convert import convert_dropped_models
 
 log = logging.getLogger("facerest.models")
 
 
-def prepare_models(settings: Settings) -> dict[str, list[Path]]:
-    """Make sure every configured model's files are present and intact; returns their paths.
-
-    Runs once before any worker starts, so workers never download or copy at the same time.
-    """
-    convert_dropped_models(settings.models_dir, settings.mxnet_env)  # <models>/mxnet/<name>/ -> ONNX
-    store = ModelStore(settings.models_dir)
+def configured_models(settings: Settings) -> list[str]:
+    """The catalogue names of every model the settings ask for, detector first."""
     names = [
         settings.det_name,
         settings.rec_name,
@@ -36,7 +34,42 @@ def prepare_models(settings: Settings) -> dict[str, list[Path]]:
         settings.mask_name,
         settings.landmarks_name,
     ]
-    return {name: store.ensure(name, download=settings.auto_download) for name in names if name}
+    return [name for name in names if name]
+
+
+def check_licences(settings: Settings, store: ModelStore) -> None:
+    """With FACEREST_COMMERCIAL_USE=true, LicenceRefused (one line naming each model and its
+    licence) unless every configured model's licence allows commercial use."""
+    if not settings.commercial_use:
+        return
+    refused = []
+    for name in configured_models(settings):
+        entry = store.entry(name)
+        if entry.commercial_use is not True:
+            refused.append(f"{name} ({entry.licence_shown})")
+    if refused:
+        raise LicenceRefused(
+            "FACEREST_COMMERCIAL_USE=true, but the licence of "
+            + ", ".join(refused)
+            + " does not allow commercial use (or is not known); set FACEREST_MODEL_PACK=commercial or "
+            "choose models whose licence allows it (`facerest models list`; a custom model's entry in "
+            '<models>/catalog.json may say "commercial_use": true)'
+        )
+
+
+def prepare_models(settings: Settings) -> dict[str, list[Path]]:
+    """Make sure every configured model's files are present and intact; returns their paths.
+
+    Runs once before any worker starts, so workers never download or copy at the same time. With
+    FACEREST_COMMERCIAL_USE=true it first refuses models whose licence does not allow that.
+    """
+    convert_dropped_models(settings.models_dir, settings.mxnet_env)  # <models>/mxnet/<name>/ -> ONNX
+    store = ModelStore(settings.models_dir)
+    check_licences(settings, store)
+    return {
+        name: store.ensure(name, download=settings.auto_download, converters=CONVERTERS)
+        for name in configured_models(settings)
+    }
 
 
 def prepare_runtime(settings: Settings) -> None:
@@ -87,6 +120,34 @@ def load_detector(entry: CatalogEntry, paths: list[Path], settings: Settings) ->
 def load_face_model(entry: CatalogEntry, paths: list[Path], settings: Settings) -> FaceModel:
     sessions = _sessions(entry, paths, settings)
     return build_face_model(entry, sessions, paths[0], antialias=settings.align_antialias)
+
+
+def load_recognizer(name: str, settings: Settings) -> Recognizer:
+    """One recognizer besides the models in use, by catalogue name, through the same preparation
+    (files fetched or converted, the licence guard, the runtime's sessions): what a gallery moving
+    to another recognizer embeds with (issue 32). BadInput when `name` is not a recognizer;
+    FeatureUnavailable when its files cannot be had here or its licence is refused."""
+    store = ModelStore(settings.models_dir)
+    try:
+        entry = store.entry(name)
+    except ModelMissing as exc:
+        raise BadInput(exc.detail) from exc
+    if entry.task != "recognition":
+        raise BadInput(f"{name!r} is a {entry.task} model, not a face recognizer")
+    if settings.commercial_use and entry.commercial_use is not True:
+        raise FeatureUnavailable(
+            f"FACEREST_COMMERCIAL_USE=true, but the licence of {name} ({entry.licence_shown}) does not "
+            "allow commercial use (or is not known)"
+        )
+    try:
+        paths = store.ensure(name, download=settings.auto_download, converters=CONVERTERS)
+        model = load_face_model(entry, paths, settings)
+    except ModelError as exc:
+        raise FeatureUnavailable(f"{name} cannot be loaded here: {exc.detail}") from exc
+    if not isinstance(model, Recognizer):
+        raise BadInput(f"{name!r} is not a face recognizer")
+    log.info("%s loaded on %s", name, model.session.backend)
+    return model
 
 
 def load_models(settings: Settings) -> LoadedModels:

@@ -8,6 +8,7 @@ that many detector calls.
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections import deque
@@ -21,6 +22,7 @@ import numpy as np
 
 from facerest.errors import FaceRestError, RequestTimeout
 from facerest.events import Candidate, SeenFace, TrackFinished
+from facerest.imaging.crops import cut_crop
 from facerest.models.faces import ImageResult
 from facerest.pipeline import ExtractOptions, FaceAnalyzer
 from facerest.video.decode import SampledFrame
@@ -35,6 +37,8 @@ class VideoOptions:
     extract: ExtractOptions = field(default_factory=ExtractOptions)
     return_boxes: bool = False
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    #: keep each track's best face as a picture of at most this many pixels (0: none)
+    crop_size: int = 0
 
 
 @dataclass(slots=True)
@@ -75,7 +79,7 @@ class VideoAnalyzer:
                 on_frame(frame, result)
             if result.error is not None:
                 continue
-            ended = tracker.update(frame.t, self._observations(frame, result))
+            ended = tracker.update(frame.t, self._observations(frame, result, options.crop_size))
             if ended:
                 on_tracks(ended)
         return tracker
@@ -110,7 +114,7 @@ class VideoAnalyzer:
         return self.analyzer.process([frame.image], options, deadline=deadline)[0]
 
     @staticmethod
-    def _observations(frame: SampledFrame, result: ImageResult) -> list[Observation]:
+    def _observations(frame: SampledFrame, result: ImageResult, crop_size: int = 0) -> list[Observation]:
         gray = None
         out = []
         for face in result.faces:
@@ -133,6 +137,8 @@ class VideoAnalyzer:
                     landmarks=face.landmarks,
                     gender=face.gender,
                     age=face.age,
+                    # a view-free copy, small: the tracker keeps only its tracks' best ones
+                    crop=cut_crop(frame.image, face.bbox, face.landmarks, crop_size) if crop_size else None,
                 )
             )
         return out
@@ -141,10 +147,11 @@ class VideoAnalyzer:
 def track_event(
     track: Track, identity: dict[str, Any] | None, gallery: str | None, source: str, ref: str
 ) -> TrackFinished:
-    """A finished track for the event stream."""
+    """A finished track for the event stream, with its best face's picture when one was kept."""
     face = None
     if track.embedding is not None:
         best = track.best
+        crop = track.best_crop
         subject = None if identity is None else identity.get("subject")
         similarity = None if identity is None else identity.get("similarity")
         face = SeenFace(
@@ -156,14 +163,19 @@ def track_event(
             similarity,
             float(identity.get("threshold", 1.0)) if identity else 1.0,
             [Candidate(subject, similarity)] if subject is not None and similarity is not None else [],
+            jpeg=None if crop is None else crop.jpeg,
+            crop_size=None if crop is None else (crop.width, crop.height),
+            landmarks=None if crop is None else crop.landmarks,
         )
     return TrackFinished(
         gallery, source, ref, track.id, round(track.first.t, 4), round(track.last.t, 4), face
     )
 
 
-def track_body(track: Track, identity: dict[str, Any] | None, *, embedding: bool) -> dict[str, Any]:
-    """One track as JSON."""
+def track_body(
+    track: Track, identity: dict[str, Any] | None, *, embedding: bool, crop: bool = False
+) -> dict[str, Any]:
+    """One track as JSON; `crop`: the best face's picture (JPEG, base64) as `best.image`."""
     best = track.best
     body: dict[str, Any] = {
         "track": track.id,
@@ -178,6 +190,8 @@ def track_body(track: Track, identity: dict[str, Any] | None, *, embedding: bool
             "quality": round(best.quality, 4),
         },
     }
+    if crop and (picture := track.best_crop) is not None:
+        body["best"]["image"] = base64.b64encode(picture.jpeg).decode()
     if embedding and track.embedding is not None:
         body["vec"] = [round(float(v), 6) for v in track.embedding]
     if track.gender is not None:

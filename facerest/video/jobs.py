@@ -5,6 +5,12 @@ Memory per job is bounded: the frames in flight (FACEREST_VIDEO_FRAMES_IN_FLIGHT
 FACEREST_VIDEO_JOB_EVENTS events. A dropped stream is reopened with doubling back-off; a job whose
 stream stays away for FACEREST_VIDEO_STREAM_RETRIES tries fails with the reason. Deleting a job
 stops its thread, closes its connection and drops everything it held.
+
+Issue 28: a job's listeners wait without a thread (`subscribe`: the job calls them back when it
+changes), their number is bounded (FACEREST_VIDEO_MAX_LISTENERS), and so is the number of
+finished jobs kept (FACEREST_VIDEO_FINISHED_JOBS): jobs that fail at once no longer pile up.
+Redirects and credentials are handled by facerest.video.stream; an address refused there (a
+redirect's target) fails the job at once.
 """
 
 from __future__ import annotations
@@ -17,21 +23,19 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import av.error
 
 from facerest.config import Settings
-from facerest.errors import FaceRestError, NotFound, TooManyJobs
+from facerest.errors import FaceRestError, NotFound, TooManyJobs, TooManyListeners, UrlRefused
 from facerest.events import EventBus, StreamEvent, TrackFinished
 from facerest.imaging.loader import fetch_policy
 from facerest.models.faces import ImageResult
 from facerest.pipeline import FaceAnalyzer
 from facerest.video.analyze import Cancelled, Identify, VideoAnalyzer, VideoOptions, track_body, track_event
 from facerest.video.decode import SampledFrame, Sampling, VideoLimits, VideoSource
-from facerest.video.stream import OpenedStream, check_stream_url, open_stream
+from facerest.video.stream import LiveConnection, check_stream_url, shown_url
 from facerest.video.tracker import FaceTracker, Track
 from facerest.video.webhook import Webhook
 
@@ -69,10 +73,15 @@ class VideoJob:
     stop: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
     thread: threading.Thread | None = None
-    stream: OpenedStream | None = None
+    connection: LiveConnection | None = None
     webhook: Webhook | None = None
     gallery: str | None = None  # where its tracks are identified
-    bus: EventBus | None = None  # the server's event stream
+    return_crops: bool = False  # each track event carries its best face's picture
+    bus: EventBus | None = None  # the server's event stream (issue 29)
+    finished_at: float | None = None
+    listeners: set[Callable[[], None]] = field(default_factory=set)
+    #: who made it, as the API names its keys (issue 30: only they, and admins, see and stop it)
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -84,6 +93,9 @@ class VideoJob:
             self.events.append(event)
             self.next_event += 1
             self.changed.notify_all()
+            listeners = list(self.listeners)
+        for wake in listeners:
+            wake()
         if self.webhook is not None:
             self.webhook.send({"job": self.id, "id": event.id, "event": kind, "data": data})
         if self.bus is not None:
@@ -92,21 +104,30 @@ class VideoJob:
     def set_status(self, status: str, **detail: Any) -> None:
         with self.changed:
             self.status = status
+            if status in FINAL:
+                self.finished_at = time.monotonic()
         self.publish("status", {"status": status, **detail})
 
     def events_after(self, last: int) -> list[JobEvent]:
         with self.changed:
             return [e for e in self.events if e.id > last]
 
-    def wait(self, last: int, timeout_s: float) -> None:
-        """Until an event newer than `last` exists, the job ends, or the timeout passes."""
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from the job's thread: it must not block) after every event; returns the
+        function that unsubscribes. A listener waits on its own loop, not in a thread."""
         with self.changed:
-            self.changed.wait_for(lambda: self.next_event - 1 > last or self.finished, timeout=timeout_s)
+            self.listeners.add(wake)
+
+        def unsubscribe() -> None:
+            with self.changed:
+                self.listeners.discard(wake)
+
+        return unsubscribe
 
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "url": _without_credentials(self.url),
+            "url": shown_url(self.url),
             "status": self.status,
             "error": self.error,
             "created": self.created,
@@ -123,6 +144,20 @@ class VideoJob:
         }
 
 
+class Listener:
+    """One open event stream's place among FACEREST_VIDEO_MAX_LISTENERS; `close` frees it (more
+    than once is harmless: the stream's end and its garbage collection both call it)."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager: JobManager | None = manager
+
+    def close(self) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            with manager._lock:
+                manager._listeners -= 1
+
+
 class JobManager:
     def __init__(self, analyzer: FaceAnalyzer, settings: Settings, events: EventBus | None = None) -> None:
         self.analyzer = analyzer
@@ -130,6 +165,18 @@ class JobManager:
         self.events = events
         self._jobs: dict[str, VideoJob] = {}
         self._lock = threading.Lock()
+        self._listeners = 0
+
+    def listen(self) -> Listener:
+        """A place for one more event stream; TooManyListeners past the limit."""
+        with self._lock:
+            if self._listeners >= self.settings.video_max_listeners:
+                raise TooManyListeners(
+                    f"this server holds at most {self.settings.video_max_listeners} event streams open; "
+                    "retry later"
+                )
+            self._listeners += 1
+        return Listener(self)
 
     def create(
         self,
@@ -141,6 +188,8 @@ class JobManager:
         identify: Identify | None = None,
         webhook: str | None = None,
         gallery: str | None = None,
+        return_crops: bool = False,
+        owner: str | None = None,
     ) -> VideoJob:
         check_stream_url(url, self.settings)  # a refused address is the request's 4xx, not a failed job
         options.return_boxes = False  # per-frame boxes would grow without end on a live stream
@@ -153,7 +202,9 @@ class JobManager:
             identify,
             events=deque(maxlen=self.settings.video_job_events),
             gallery=gallery,
+            return_crops=return_crops,
             bus=self.events,
+            owner=owner,
         )
         with self._lock:
             self._check_room()
@@ -176,6 +227,16 @@ class JobManager:
                 f"this server runs at most {self.settings.video_max_jobs} stream jobs; "
                 "delete one (DELETE /video/jobs/{id}) or retry later"
             )
+
+    def _forget_oldest_finished(self) -> None:
+        """Keep the FACEREST_VIDEO_FINISHED_JOBS most recently finished jobs (called as each one
+        ends): a job that failed at once held its events and its place in every listing for ever."""
+        with self._lock:
+            finished = sorted(
+                (j for j in self._jobs.values() if j.finished), key=lambda j: j.finished_at or j.created
+            )
+            for job in finished[: max(0, len(finished) - self.settings.video_finished_jobs)]:
+                del self._jobs[job.id]
 
     def get(self, job_id: str) -> VideoJob:
         with self._lock:
@@ -206,9 +267,9 @@ class JobManager:
     @staticmethod
     def _stop(job: VideoJob, timeout_s: float) -> None:
         job.stop.set()
-        stream = job.stream
-        if stream is not None:
-            stream.close()  # wakes a read blocked on the socket
+        connection = job.connection
+        if connection is not None:
+            connection.close()  # wakes a read blocked on the socket
         if job.thread is not None:
             job.thread.join(timeout_s)
 
@@ -222,19 +283,14 @@ class JobManager:
         started = time.monotonic()
         failures = 0
         reason = ""
+        connection = LiveConnection(job.url, settings)
+        job.connection = connection
         try:
             while not job.stop.is_set():
                 sampled_before = job.frames_sampled
                 try:
-                    job.stream = open_stream(job.url, settings)
-                    with VideoSource(
-                        job.stream.source,
-                        limits,
-                        job.sampling,
-                        fmt=job.stream.fmt,
-                        live=True,
-                        clock=lambda: time.monotonic() - started,
-                        options=job.stream.options,
+                    with connection.open(
+                        limits, job.sampling, clock=lambda: time.monotonic() - started
                     ) as source:
                         job.set_status("running")
                         video.run(
@@ -245,17 +301,20 @@ class JobManager:
                             tracker=tracker,
                             on_frame=lambda frame, result: self._frame_seen(job, tracker, frame, result),
                         )
-                    reason = "the stream ended"
+                    reason = connection.relay_error or "the stream ended"
                 except Cancelled:
                     break
-                except FaceRestError as exc:
-                    reason = exc.detail
-                except (av.error.FFmpegError, OSError, ValueError) as exc:
-                    reason = f"the stream broke: {exc}"
+                except UrlRefused as exc:  # a redirect to an address the operator did not allow
+                    job.error = {"code": exc.code, "detail": connection.describe(exc)}
+                    break
+                except (FaceRestError, OSError, ValueError) as exc:  # FFmpeg's errors are ValueErrors
+                    reason = connection.describe(exc)
+                    if not isinstance(exc, FaceRestError):
+                        reason = f"the stream broke: {reason}"
+                    connection.close_stream()
+                    reason = connection.relay_error or reason
                 finally:
-                    if job.stream is not None:
-                        job.stream.close()
-                        job.stream = None
+                    connection.close_stream()
                 if job.stop.is_set():
                     break
                 # tracks whose face left before the drop end now, not when frames come back
@@ -276,8 +335,10 @@ class JobManager:
         except Exception as exc:  # a job must end with a reason, whatever happened in it
             if not job.stop.is_set():  # a stop closes the connection under the decoder: no failure
                 log.exception("video job %s failed", job.id)
-                job.error = {"code": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}
+                detail = f"{type(exc).__name__}: {connection.describe(exc)}"
+                job.error = {"code": "internal_error", "detail": detail}
         finally:
+            connection.close()
             self._emit(job, tracker.finish())
             job.live_tracks = 0
             if job.error is not None:
@@ -286,6 +347,7 @@ class JobManager:
                 job.set_status("stopped")
             if job.webhook is not None:
                 job.webhook.close()
+            self._forget_oldest_finished()
 
     @staticmethod
     def _counted(job: VideoJob, source: VideoSource):  # type: ignore[no-untyped-def]
@@ -313,7 +375,9 @@ class JobManager:
         finished = job.bus is not None and job.gallery is not None and job.bus.wants(TrackFinished)
         for track, identity in zip(ended, identities, strict=True):
             job.tracks += 1
-            job.publish("track", track_body(track, identity, embedding=job.return_embedding))
+            job.publish(
+                "track", track_body(track, identity, embedding=job.return_embedding, crop=job.return_crops)
+            )
             if finished:
                 job.bus.publish(track_event(track, identity, job.gallery, "stream", f"job {job.id}"))  # type: ignore[union-attr]
 
@@ -324,12 +388,3 @@ def _return_freed_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url

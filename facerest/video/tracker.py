@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from facerest.imaging.crops import FaceCrop, RawCrop
 from facerest.video.decode import Sampling
 
 #: how many of its best observations a track keeps to aggregate its embedding
@@ -36,6 +37,7 @@ class Observation:
     landmarks: np.ndarray | None = None
     gender: str | None = None
     age: int | None = None
+    crop: RawCrop | None = None  # the face's picture, kept only while it is its track's best
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class Track:
     genders: dict[str, int] = field(default_factory=dict)
     ages: list[int] = field(default_factory=list)
     _embedding: np.ndarray | None = None
+    _best_jpeg: FaceCrop | None = None
 
     @classmethod
     def start(cls, track_id: int, obs: Observation, keep_boxes: bool) -> Track:
@@ -67,7 +70,11 @@ class Track:
         self.last = obs
         self.frames += 1
         if obs.quality > self.best.quality:
+            self.best.crop = None  # one picture per track: the best face's
             self.best = obs
+            self._best_jpeg = None
+        else:
+            obs.crop = None
         self._observe(obs)
 
     def _observe(self, obs: Observation) -> None:
@@ -96,6 +103,13 @@ class Track:
             mean = (np.stack([o.embedding for o in self.top]) * weights[:, None]).sum(0)  # type: ignore[misc]
             self._embedding = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         return self._embedding
+
+    @property
+    def best_crop(self) -> FaceCrop | None:
+        """The best face's picture as JPEG (encoded once, when first asked)."""
+        if self._best_jpeg is None and self.best.crop is not None:
+            self._best_jpeg = self.best.crop.encode()
+        return self._best_jpeg
 
     @property
     def gender(self) -> str | None:

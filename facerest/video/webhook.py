@@ -3,7 +3,8 @@
 The URL follows the image URL rules (FACEREST_URL_ALLOWLIST for private addresses), checked when
 the job is created; every POST goes to the address that check resolved. A thread per webhook
 sends the events in order from a bounded queue: a receiver that is slow or down costs the job
-nothing but dropped events (counted), never memory or time in the frame loop.
+nothing but dropped events (counted), never memory or time in the frame loop; its answers are
+not read past their status line and headers.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ class Webhook:
                             headers=headers,
                             extensions=extensions,
                         )
-                        response = client.send(request)
+                        # only the status is read: a receiver's body (of any size, at any pace)
+                        # never is (issue 28: an endless answer grew memory at the receiver's rate)
+                        response = client.send(request, stream=True)
+                        response.close()
                         if response.status_code < 500:
                             self.sent += 1
                             break
