@@ -126,6 +126,45 @@ def test_a_small_request_goes_ahead_of_a_big_one_queued_before_it():
         scheduler.close()
 
 
+def test_service_is_counted_in_seconds_of_inference_not_in_inputs():
+    """Issue 28: a request whose one input took long (a detector pass over a 2048x2048 canvas)
+    has been served more than one whose input was quick, so the quick request's next job goes
+    first; counting inputs, both had one and the older job (the slow request's) went first."""
+    scheduler = InferenceScheduler()
+    order: list[str] = []
+    gate = threading.Event()
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        if not order:
+            gate.wait(10)
+        time.sleep(0.05)
+        order.append(f"slow{int(batch[0, 0])}")
+        return batch
+
+    def quick(batch: np.ndarray) -> np.ndarray:
+        order.append(f"quick{int(batch[0, 0])}")
+        return batch
+
+    def job(runner, model: str, owner: str, number: int):  # type: ignore[no-untyped-def]
+        return scheduler.submit(model, runner, np.full((1, 2), number, np.float32), max_batch=1, owner=owner)
+
+    try:
+        futures = [job(slow, "canvas", "big", 1)]
+        while scheduler.depth():  # the slow request's first job is running (held at the gate)
+            time.sleep(0.005)
+        futures += [
+            job(slow, "canvas", "big", 2),
+            job(quick, "face", "small", 1),
+            job(quick, "face", "small", 2),
+        ]
+        gate.set()
+        for future in futures:
+            future.result(10)
+        assert order == ["slow1", "quick1", "quick2", "slow2"]
+    finally:
+        scheduler.close()
+
+
 def test_jobs_past_their_deadline_are_withdrawn_unrun():
     scheduler = InferenceScheduler()
     runner = GatedRunner()

@@ -6,10 +6,13 @@ one-face requests become one batch of 8 instead of 8 calls. One thread, one sess
 the cores go to the model's own intra-op threads and never oversubscribe.
 
 Requests are served in turn (issue 14): the next batch is for the request (`owner`) served
-least so far, in inputs, across all models, and is filled with one job per request in that
-order, so a request with 100 batches queued delays a one-face request by the batch already
-running, not by 100. A job past its deadline (`expires`) is withdrawn when the next batch is
-formed, even if its request has not yet noticed.
+least so far, across all models, and is filled with one job per request in that order, so a
+request with 100 batches queued delays a one-face request by the batch already running, not by
+100. Service is counted in seconds of inference (issue 28), each queue's (model and input shape)
+measured per input as its batches run: a detector pass over a 2048x2048 canvas costs ten of a
+640x640 one, and a request that had one has been served that much, where counting inputs would
+rank it with a request that had one face embedded. A job past its deadline (`expires`) is
+withdrawn when the next batch is formed, even if its request has not yet noticed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ Runner = Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]]
 class _Job:
     items: np.ndarray
     future: Future
+    owner: Hashable
     expires: float = float("inf")
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -45,15 +49,17 @@ class _Queue:
     max_batch: int
     # per owner (a request), its jobs in order; owners in the order they are next served
     owners: dict[Hashable, deque[_Job]] = field(default_factory=dict)
-    # inputs run per owner, shared by every queue of the scheduler: a request's detector work
-    # counts when its recognizer work is ordered against other requests'
-    served: dict[Hashable, int] = field(default_factory=dict)
+    # seconds of inference run per owner, shared by every queue of the scheduler: a request's
+    # detector work counts when its recognizer work is ordered against other requests'
+    served: dict[Hashable, float] = field(default_factory=dict)
+    # what one input of this queue costs, from its batches so far (a moving average)
+    seconds_per_input: float = 0.0
 
     def items(self) -> int:
         return sum(len(j.items) for jobs in self.owners.values() for j in jobs)
 
-    def first(self) -> tuple[int, float] | None:
-        """(inputs served, time queued) of the job this queue would run first: the job of the
+    def first(self) -> tuple[float, float] | None:
+        """(seconds served, time queued) of the job this queue would run first: the job of the
         owner served least, oldest first; None when empty."""
         return min(
             ((self.served.get(o, 0), jobs[0].enqueued) for o, jobs in self.owners.items()), default=None
@@ -68,9 +74,25 @@ class _Queue:
             else:
                 del self.owners[owner]
 
+    def cost(self, inputs: int) -> float:
+        """Seconds `inputs` of this queue are expected to take; before its first batch, a token
+        that still takes the owners of one batch in turn."""
+        return inputs * (self.seconds_per_input or 1e-6)
+
+    def charge(self, jobs: list[_Job], seconds: float) -> None:
+        """Correct the owners' service from what was expected when the batch was formed to what
+        its run took, and learn this queue's cost per input from it."""
+        inputs = sum(len(j.items) for j in jobs)
+        per_input = seconds / inputs
+        for job in jobs:
+            if job.owner in self.served:
+                self.served[job.owner] += len(job.items) * per_input - self.cost(len(job.items))
+        known = self.seconds_per_input
+        self.seconds_per_input = per_input if known == 0.0 else 0.8 * known + 0.2 * per_input
+
     def take(self) -> list[_Job]:
         """One batch: a job from each owner in turn while they fit, the owner served least so far
-        (in inputs) first, so a new one-face request goes ahead of requests with 100 batches."""
+        first, so a new one-face request goes ahead of requests with 100 batches."""
         jobs: list[_Job] = []
         count = 0
         progressed = True
@@ -83,7 +105,7 @@ class _Queue:
                 job = queue.popleft()
                 jobs.append(job)
                 count += len(job.items)
-                self.served[owner] = self.served.get(owner, 0) + len(job.items)
+                self.served[owner] = self.served.get(owner, 0.0) + self.cost(len(job.items))
                 progressed = True
                 if not queue:
                     del self.owners[owner]
@@ -120,7 +142,7 @@ class InferenceScheduler:
         self._cond = threading.Condition()
         self._queues: dict[Hashable, _Queue] = {}
         self._requests = 0  # requests inside the pipeline, see `request`
-        self._served: dict[Hashable, int] = {}  # inputs run per owner, see `_Queue.take`
+        self._served: dict[Hashable, float] = {}  # seconds run per owner, see `_Queue.take`
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="facerest-inference", daemon=True)
         self._thread.start()
@@ -150,7 +172,7 @@ class InferenceScheduler:
             if queue is None:
                 queue = self._queues[key] = _Queue(runner, max(1, max_batch), served=self._served)
             owner = future if owner is None else owner
-            queue.owners.setdefault(owner, deque()).append(_Job(items, future, expires))
+            queue.owners.setdefault(owner, deque()).append(_Job(items, future, owner, expires))
             self._cond.notify()
         return future
 
@@ -228,12 +250,15 @@ class InferenceScheduler:
             if not jobs:
                 continue
             try:
+                started = time.perf_counter()
                 batch = jobs[0].items if len(jobs) == 1 else np.concatenate([j.items for j in jobs])
                 outs = [
                     queue.runner(batch[i : i + queue.max_batch])
                     for i in range(0, len(batch), queue.max_batch)
                 ]
                 out = _concat(outs)
+                with self._cond:
+                    queue.charge(jobs, time.perf_counter() - started)
             except BaseException as exc:  # every waiting request must hear of the failure
                 log.exception("inference failed for %s", key[0])
                 for job in jobs:
