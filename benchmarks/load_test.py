@@ -339,6 +339,15 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def chosen(kind: str, kinds: tuple[str, ...]) -> bool:
+    """Whether the hostile `kind` ("hostile 2: ...", "hostile 28.9: ...") is asked for by `kinds`:
+    an issue ("14", "28") takes all of its kinds, "14.2" or "28.9" one of them."""
+    number = kind.split(":")[0].removeprefix("hostile ")
+    issue = "28" if number.startswith("28.") else "14"
+    one = number if issue == "28" else f"14.{number}"
+    return issue in kinds or one in kinds
+
+
 async def run(
     url: str,
     clients: int,
@@ -354,7 +363,7 @@ async def run(
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120.0), limits=limits) as client:
         if hostile:
             job_id = await prepare_hostile(client, camera_url)
-            mix += (hostile_mix() if "14" in kinds else []) + (hostile_mix_28() if "28" in kinds else [])
+            mix += [m for m in hostile_mix() + hostile_mix_28() if chosen(m[0], kinds)]
         stop_at = time.monotonic() + duration_s
         await asyncio.gather(
             *(client_loop(client, mix, stop_at, tally, seed, url, job_id) for seed in range(clients))
@@ -415,7 +424,8 @@ def main() -> int:
     parser.add_argument(
         "--kinds",
         default="14,28",
-        help="with --hostile: whose hostile kinds to mix in, issue 14's, 28's or both (default 14,28)",
+        help="with --hostile: whose hostile kinds to mix in: issue 14's, 28's or both (default 14,28), "
+        "or single kinds (14.2, 28.9)",
     )
     parser.add_argument(
         "--log", type=Path, default=Path(tempfile.gettempdir()) / "facerest_load_test_server.log"
