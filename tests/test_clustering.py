@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,21 @@ def test_empty_and_single_face_files(extracted, tmp_path: Path) -> None:  # type
     one.write_text(path.read_text().splitlines()[0] + "\n")
     answer = run_cli(str(one), "--out", str(tmp_path / "o.json"))
     assert len(answer["clusters"]) == 1 and len(answer["clusters"][0]["faces"]) == 1
+
+
+def test_large_groupings_run_in_a_lower_priority_worker_with_the_same_labels() -> None:
+    """Issue 28: scipy's linkage holds the GIL for its whole run, so a grouping of thousands of
+    faces runs in a worker process at a lower priority; what it answers is what this process
+    would have answered (constraints included)."""
+    rng = np.random.default_rng(28)
+    count = clustering.WORKER_FROM
+    faces = rng.normal(size=(40, 512))[rng.integers(0, 40, count)] + rng.normal(size=(count, 512))
+    faces = (faces / np.linalg.norm(faces, axis=1, keepdims=True)).astype(np.float32)
+    links = [(0, 1), (2, 3)]
+    here = clustering._linked(faces, 0.3, links, "average")
+    assert len(np.unique(here)) > 1
+    assert np.array_equal(clustering.cluster(faces, 0.3, links), here)
+    assert not clustering._worker_failed
+    worker_pid = clustering.worker().submit(os.getpid).result(timeout=60)
+    assert worker_pid != os.getpid()
+    assert os.getpriority(os.PRIO_PROCESS, worker_pid) > os.getpriority(os.PRIO_PROCESS, 0)

@@ -13,11 +13,22 @@ that pair is made so large that no group holding both can form under average lin
 Incremental: a new face joins the existing cluster it is, on average, most similar to when that
 reaches the threshold (and no constraint forbids it); the faces that join none are clustered
 among themselves.
+
+Large groupings run in a worker process of lower priority (issue 28): scipy's linkage holds the
+GIL for its whole run (about 1 s at 5,000 faces, when no request thread and not the event loop
+can run) and the distance matrix takes every core, which the requests being served need first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,9 +36,20 @@ import numpy as np
 
 from facerest.errors import FeatureUnavailable
 
+log = logging.getLogger(__name__)
+
 Method = Literal["average", "single", "hdbscan"]
 #: the distance given to a pair known to be different people (forbids any merge holding both)
 APART = 1e9
+#: groupings of at least this many faces run in the worker process (below it the hop costs more
+#: than the GIL is held: 1,000 faces link in ~40 ms)
+WORKER_FROM = 1000
+#: the worker's niceness: the server's threads get the cores first
+WORKER_NICENESS = 10
+
+_worker: ProcessPoolExecutor | None = None
+_worker_failed = False  # once it could not run, groupings stay in this process
+_worker_lock = threading.Lock()
 REPRESENTATIVES = 3
 
 
@@ -54,6 +76,44 @@ def cluster(
         return np.zeros(0, np.int64)
     if count == 1:
         return np.zeros(1, np.int64)
+    if count >= WORKER_FROM and method != "hdbscan" and not _worker_failed:
+        try:
+            job = worker().submit(_linked, np.asarray(embeddings), threshold, list(cannot_link), method)
+            return job.result()
+        except (BrokenProcessPool, OSError) as exc:  # it died or could not start: here, then
+            _give_up_worker(exc)
+    return _linked(embeddings, threshold, cannot_link, method)
+
+
+def worker() -> ProcessPoolExecutor:
+    """The one worker process large groupings run in, started on first use and kept."""
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            # spawn, not fork: the server's threads (the inference thread, the thread pool) hold
+            # locks a forked child would inherit taken
+            context = multiprocessing.get_context("spawn")
+            _worker = ProcessPoolExecutor(1, mp_context=context, initializer=_lower_priority)
+        return _worker
+
+
+def _give_up_worker(reason: BaseException) -> None:
+    global _worker, _worker_failed
+    log.warning("clustering runs in the server's own process from now on: its worker failed (%s)", reason)
+    with _worker_lock:
+        if _worker is not None:
+            _worker.shutdown(wait=False, cancel_futures=True)
+        _worker, _worker_failed = None, True
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):  # a platform without it still groups, at the same priority
+        os.nice(WORKER_NICENESS)
+
+
+def _linked(
+    embeddings: np.ndarray, threshold: float, cannot_link: Iterable[tuple[int, int]], method: Method
+) -> np.ndarray:
     vectors = np.asarray(embeddings, np.float64)
     if method == "hdbscan":
         labels = _hdbscan(vectors, threshold)
