@@ -105,6 +105,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Intra-op threads of the inference session (default: the cores available).",
     )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Threads the server's matrix products (exact gallery scans, verification) may use "
+        "each: 1 leaves the other cores to the inference thread and other requests (a search of 1,000 "
+        "embeddings on both cores halved everyone else's throughput).",
+    )
     det_thresh: float = Field(0.6, ge=0.0, le=1.0, description="Default detection score threshold.")
     nms_thresh: float = Field(0.4, gt=0.0, le=1.0, description="IoU above which detections merge.")
     max_size: Annotated[list[int], NoDecode] = Field(

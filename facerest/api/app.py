@@ -11,6 +11,7 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from threadpoolctl import threadpool_limits
 
 from facerest import __version__
 from facerest.api.access import Access
@@ -47,6 +48,8 @@ def sample_image() -> bytes:
 
 
 def _startup(settings: Settings) -> FaceAnalyzer:
+    # process-wide: OpenBLAS keeps one thread count for every thread that calls it
+    threadpool_limits(limits=settings.blas_threads, user_api="blas")
     analyzer = FaceAnalyzer(load_models(settings), settings)
     analyzer.warmup(decode_image(sample_image(), max_pixels=settings.max_image_pixels))
     return analyzer
