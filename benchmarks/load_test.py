@@ -362,7 +362,10 @@ async def run(
     tally = Tally()
     mix: list = request_mix()
     job_id = None
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # idle connections given up before the server's FACEREST_KEEP_ALIVE_TIMEOUT_S (5 s) closes
+    # them: at httpx's default (also 5 s) a request could meet a connection the server was closing
+    # and end in ReadError, unanswered (once in two runs of the hostile load)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120.0), limits=limits) as client:
         if hostile:
             job_id = await prepare_hostile(client, camera_url)
