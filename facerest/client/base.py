@@ -19,6 +19,11 @@ from facerest.client.errors import (
 
 log = logging.getLogger("facerest.client")
 
+#: httpx's defaults, but idle connections given up after 2 s: the server closes them after its
+#: FACEREST_KEEP_ALIVE_TIMEOUT_S (5 s, httpx's own expiry too), and a request sent on one as it
+#: closes ends in a connection error, unanswered
+CONNECTION_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
+
 
 class BaseClient:
     """Settings, the retry policy and the error mapping; the subclasses own the transport."""

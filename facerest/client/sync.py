@@ -10,7 +10,7 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from facerest.client import calls, results
-from facerest.client.base import BaseClient
+from facerest.client.base import CONNECTION_LIMITS, BaseClient
 from facerest.client.calls import Call, DrawArgs, EnrolArgs, Exchange, ExtractArgs, SearchArgs, VerifyArgs
 from facerest.client.errors import Overloaded
 from facerest.client.images import ImageLike
@@ -23,7 +23,9 @@ class Client(BaseClient):
 
     def __init__(self, base_url: str = "http://localhost:18081", **kwargs: Any) -> None:
         super().__init__(base_url, **kwargs)
-        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=self.headers)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=self.timeout, headers=self.headers, limits=CONNECTION_LIMITS
+        )
 
     def __enter__(self) -> Client:
         return self
