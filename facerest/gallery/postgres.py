@@ -33,6 +33,7 @@ from facerest.gallery import replica_codes
 from facerest.gallery.index import IndexOptions
 from facerest.gallery.store import (
     MISSING_LISTED,
+    REEMBED_COLUMNS,
     UNSORTED,
     GalleryInfo,
     GalleryStore,
@@ -152,11 +153,6 @@ CREATE TABLE IF NOT EXISTS facerest_reembeds (
 );
 """
 
-REEMBED_COLUMNS = (
-    "gallery, model, model_md5, dim, alignment, source_model, source_md5, source_dim, into_gallery, "
-    "drop_missing, state, owner, started_at, updated_at, finished_at, error, faces, done, missing, "
-    "missing_count, review_items, review_done, review_dropped"
-)
 #: a face's crop with landmarks (`c` is facerest_face_crops; a crop kept without landmarks holds
 #: JSON null there): what a re-embed aligns from; a review item's
 USABLE_CROP = "COALESCE(jsonb_typeof(c.landmarks), '') = 'array'"
@@ -1048,27 +1044,7 @@ class PostgresStore(GalleryStore):
         ).fetchone()
         if r is None:
             return None
-        return ReembedJob(
-            gallery=r[0],
-            target=ModelTag(r[1], r[2], r[3]),
-            alignment=r[4],
-            source=ModelTag(r[5], r[6], r[7]),
-            into=r[8],
-            drop_missing=bool(r[9]),
-            state=r[10],
-            owner=r[11],
-            started_at=r[12],
-            updated_at=r[13],
-            finished_at=r[14],
-            error=r[15],
-            faces=int(r[16]),
-            done=int(r[17]),
-            missing=[int(i) for i in r[18]],
-            missing_count=int(r[19]),
-            review_items=int(r[20]),
-            review_done=int(r[21]),
-            review_dropped=int(r[22]),
-        )
+        return ReembedJob.from_row(r, missing=[int(i) for i in r[18]])
 
     @staticmethod
     def _missing(conn: Any, gallery: str, pending_only: bool) -> tuple[list[int], int]:

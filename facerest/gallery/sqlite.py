@@ -31,6 +31,7 @@ from facerest.errors import Conflict, ModelMismatch, NotFound
 from facerest.gallery.index import FaceIndex, IndexOptions, reconcile, wait_for_threads
 from facerest.gallery.store import (
     MISSING_LISTED,
+    REEMBED_COLUMNS,
     UNSORTED,
     GalleryInfo,
     GalleryStore,
@@ -156,11 +157,6 @@ ADDED_COLUMNS = {
     ),
     "review_items": (("next_embedding", "BLOB"),),
 }
-REEMBED_COLUMNS = (
-    "gallery, model, model_md5, dim, alignment, source_model, source_md5, source_dim, into_gallery, "
-    "drop_missing, state, owner, started_at, updated_at, finished_at, error, faces, done, missing, "
-    "missing_count, review_items, review_done, review_dropped"
-)
 #: a face's crop with landmarks (`c` is face_crops): what a re-embed aligns from; a review item's
 USABLE_CROP = "c.landmarks IS NOT NULL"
 REVIEW_CROP = "jpeg IS NOT NULL AND landmarks IS NOT NULL"
@@ -1312,29 +1308,7 @@ class SQLiteStore(GalleryStore):
     @staticmethod
     def _job(db: sqlite3.Connection, gallery: str) -> ReembedJob | None:
         r = db.execute(f"SELECT {REEMBED_COLUMNS} FROM reembeds WHERE gallery = ?", (gallery,)).fetchone()
-        if r is None:
-            return None
-        return ReembedJob(
-            gallery=r[0],
-            target=ModelTag(r[1], r[2], r[3]),
-            alignment=r[4],
-            source=ModelTag(r[5], r[6], r[7]),
-            into=r[8],
-            drop_missing=bool(r[9]),
-            state=r[10],
-            owner=r[11],
-            started_at=r[12],
-            updated_at=r[13],
-            finished_at=r[14],
-            error=r[15],
-            faces=r[16],
-            done=r[17],
-            missing=json.loads(r[18]),
-            missing_count=r[19],
-            review_items=r[20],
-            review_done=r[21],
-            review_dropped=r[22],
-        )
+        return None if r is None else ReembedJob.from_row(r, missing=json.loads(r[18]))
 
     @staticmethod
     def _missing(db: sqlite3.Connection, gallery: str, pending_only: bool) -> tuple[list[int], int]:

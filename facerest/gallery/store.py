@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -123,6 +124,39 @@ class ReembedJob:
     review_done: int = 0
     #: in place: review items without a crop deleted at the switch (their old embedding cannot stay)
     review_dropped: int = 0
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any], missing: list[int]) -> ReembedJob:
+        """The job from a row of REEMBED_COLUMNS; `missing` decoded as the store keeps it."""
+        return cls(
+            gallery=r[0],
+            target=ModelTag(r[1], r[2], r[3]),
+            alignment=r[4],
+            source=ModelTag(r[5], r[6], r[7]),
+            into=r[8],
+            drop_missing=bool(r[9]),
+            state=r[10],
+            owner=r[11],
+            started_at=r[12],
+            updated_at=r[13],
+            finished_at=r[14],
+            error=r[15],
+            faces=int(r[16]),
+            done=int(r[17]),
+            missing=missing,
+            missing_count=int(r[19]),
+            review_items=int(r[20]),
+            review_done=int(r[21]),
+            review_dropped=int(r[22]),
+        )
+
+
+#: a re-embedding job's row in both stores, in the order `ReembedJob.from_row` reads it
+REEMBED_COLUMNS = (
+    "gallery, model, model_md5, dim, alignment, source_model, source_md5, source_dim, into_gallery, "
+    "drop_missing, state, owner, started_at, updated_at, finished_at, error, faces, done, missing, "
+    "missing_count, review_items, review_done, review_dropped"
+)
 
 
 @dataclass(slots=True)
