@@ -89,5 +89,17 @@ def serve_until_exit(env: dict[str, str], cwd: Path) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`facerest ARGS` in a process of its own, with `env` over this one's (FACEREST_* dropped)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
+    return subprocess.run(
+        [sys.executable, "-m", "facerest.cli", *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if "error: " in line]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import Server, package_photo, start_server, stop_server
 from fastapi.routing import APIRoute, iter_route_contexts
-from helpers import b64
+from helpers import b64, run_cli
 
 from facerest.access.audit import FIELDS, AuditTrail, load_secret, pseudonym
 from facerest.access.keys import KeyFile, KeyRing, key_digest
@@ -364,17 +362,6 @@ def test_stream_jobs_belong_to_the_key_that_made_them(server: Server, keys: dict
         assert client.get("/video/jobs", headers=as_("admin")).json()["jobs"] == []
 
 
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
-    return subprocess.run(
-        [sys.executable, "-m", "facerest.cli", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_the_audit_trail_says_who_searched_for_a_subject(
     server: Server, keys: dict[str, str], data_dir: Path
 ) -> None:
@@ -413,7 +400,7 @@ def test_the_audit_trail_says_who_searched_for_a_subject(
         assert refused.status_code == 403
     env = {"FACEREST_DATA_DIR": str(data_dir)}
     time.sleep(0.2)  # records are written once the answer has gone out
-    searches = run_cli(env, "audit", "--subject", "Yao Audit", "--action", "search", "--json")
+    searches = run_cli(env, "audit", "--subject", "Yao Audit", "--action", "search", "--json", timeout=120)
     assert searches.returncode == 0, searches.stderr
     found = [json.loads(line) for line in searches.stdout.splitlines()]
     assert [(r["key"], r["role"], r["request_id"], r["outcome"]) for r in found] == [
@@ -421,7 +408,7 @@ def test_the_audit_trail_says_who_searched_for_a_subject(
         ("door", "viewer", "audit-search-door", "ok"),
     ]
     assert all(r["subjects"] == ["Yao Audit"] and r["gallery"] == "staff" for r in found)
-    everything = run_cli(env, "audit", "--subject", "Yao Audit")
+    everything = run_cli(env, "audit", "--subject", "Yao Audit", timeout=120)
     lines = everything.stdout.splitlines()
     assert [line.split("\t")[-1] for line in lines] == [
         "audit-enrol",
@@ -430,9 +417,11 @@ def test_the_audit_trail_says_who_searched_for_a_subject(
     ]
     assert f"faces {face_id}" in lines[0] and "\tenrol\t" in lines[0]
     # the stranger's search only listed Yao as a candidate: it shows with --candidates
-    wider = run_cli(env, "audit", "--subject", "Yao Audit", "--candidates", "--action", "search", "--json")
+    wider = run_cli(
+        env, "audit", "--subject", "Yao Audit", "--candidates", "--action", "search", "--json", timeout=120
+    )
     assert "audit-stranger" in [json.loads(line)["request_id"] for line in wider.stdout.splitlines()]
-    refusals = run_cli(env, "audit", "--outcome", "refused", "--key", "door", "--json")
+    refusals = run_cli(env, "audit", "--outcome", "refused", "--key", "door", "--json", timeout=120)
     [record] = [json.loads(line) for line in refusals.stdout.splitlines() if "audit-refused" in line]
     assert record["missing"] == "key 'door' may not touch gallery 'visitors'" and record["status"] == 403
     # what the files hold: the planned fields, no image, no embedding, no name, no key
@@ -490,7 +479,7 @@ def test_a_revoked_key_is_refused_at_once_by_every_worker(
             if len(clients) == 2:
                 break
         assert len(clients) == 2, "the connections never reached the second worker"
-        revoked = run_cli({"FACEREST_DATA_DIR": str(data)}, "keys", "revoke", "camera")
+        revoked = run_cli({"FACEREST_DATA_DIR": str(data)}, "keys", "revoke", "camera", timeout=120)
         assert revoked.returncode == 0, revoked.stderr
         for pid, client in clients.items():  # the same connections, so the same workers
             answer = client.get("/galleries")

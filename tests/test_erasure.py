@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Server, package_photo, start_server, stop_server
-from helpers import b64
+from helpers import b64, run_cli
 
 from facerest.gallery import erasure, open_store
 from facerest.gallery.index import IndexOptions
@@ -60,17 +57,6 @@ def files_holding(
             if any(piece in content for piece in pieces):
                 found.setdefault(what, []).append(str(path.relative_to(root)))
     return found
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FACEREST_")}
-    return subprocess.run(
-        [sys.executable, "-m", "facerest.cli", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 # --- SQLite, through a running server ---
